@@ -1,0 +1,248 @@
+//! `signalbox` — the command-line tool for security engineers: lint, build and test policy
+//! bundles, and evaluate request logs against them.
+
+mod files;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use signalbox_policy::cases::{Case, DEFAULT_CASE_NOW};
+use signalbox_policy::requests::{RequestLine, VerdictLine};
+use signalbox_policy::{EdgeHeaderNames, Policy, RemoteContext};
+
+#[derive(Parser)]
+#[command(name = "signalbox", version, about = "Signalbox policy tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with policy bundles.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Evaluate requests (JSONL) against a bundle; one verdict line per request on stdout,
+    /// a summary on stderr.
+    Eval {
+        /// Bundle file (YAML or JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Requests, one JSON object per line.
+        #[arg(long)]
+        requests: PathBuf,
+        /// Score-cache answers per request id (`{"id":"r1","ip":{...},"user":{...}}` per line);
+        /// a request without a line is evaluated as if the cache did not answer.
+        #[arg(long)]
+        remote: Option<PathBuf>,
+        /// Evaluation time, unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a bundle; print every error with its field path.
+    Lint {
+        /// Bundle file (YAML or JSON).
+        file: PathBuf,
+    },
+    /// Compile YAML/JSON (with list includes) into canonical JSON and print its digest.
+    Build {
+        /// Bundle file (YAML or JSON).
+        file: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run scenario cases against a bundle, like `opa test`.
+    Test {
+        /// Bundle for cases that do not name their own.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Directory of case files (`*.yaml`, `*.yml`, `*.json`).
+        #[arg(long)]
+        cases: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(PolicyCommand::Lint { file }) => lint(&file),
+        Command::Policy(PolicyCommand::Build { file, output }) => build(&file, &output),
+        Command::Policy(PolicyCommand::Test { bundle, cases }) => test(bundle.as_deref(), &cases),
+        Command::Eval { bundle, requests, remote, now } => {
+            eval(&bundle, &requests, remote.as_deref(), now)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn lint(file: &Path) -> Result<ExitCode> {
+    let json = files::bundle_json(file)?;
+    match Policy::from_json_slice(&json) {
+        Ok(policy) => {
+            println!("{}: ok (revision {})", file.display(), policy.revision());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            for err in e.field_errors() {
+                println!("{}: {err}", file.display());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn build(file: &Path, output: &Path) -> Result<ExitCode> {
+    let json = files::bundle_json(file)?;
+    let policy = match Policy::from_json_slice(&json) {
+        Ok(p) => p,
+        Err(e) => {
+            for err in e.field_errors() {
+                eprintln!("{}: {err}", file.display());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    std::fs::write(output, &json).with_context(|| format!("writing {}", output.display()))?;
+    let digest: String =
+        policy.digest().unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
+    println!("{}: {} bytes, revision {}", output.display(), json.len(), policy.revision());
+    println!("sha256:{digest}");
+    for list in policy.lists() {
+        println!(
+            "  list {:<12} {:>7} prefixes -> {:>7} ranges, {:>8} bytes ({:.1} bytes/prefix)",
+            list.name,
+            list.set.prefix_count(),
+            list.set.range_count(),
+            list.set.heap_bytes(),
+            list.set.heap_bytes() as f64 / list.set.prefix_count().max(1) as f64
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        bail!("no case files in {}", dir.display());
+    }
+    let default_policy = default_bundle.map(files::load_policy).transpose()?;
+    let mut loaded: HashMap<PathBuf, Policy> = HashMap::new();
+    let edge = EdgeHeaderNames::default();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in &paths {
+        let case: Case = files::read_yaml_or_json(path)?;
+        let name = case.name.clone().unwrap_or_else(|| {
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        });
+        let policy = match &case.bundle {
+            Some(reference) => {
+                let (key, policy) = files::case_policy(path, reference)?;
+                loaded.entry(key).or_insert(policy)
+            }
+            None => match &default_policy {
+                Some(p) => p,
+                None => bail!("{}: case names no bundle and --bundle is not given", path.display()),
+            },
+        };
+        let now = case.now.unwrap_or(DEFAULT_CASE_NOW);
+        let verdict = policy.evaluate(&case.request.to_facts(&edge), case.remote.as_ref(), now);
+        let mismatches = case.expect.mismatches(&verdict);
+        if mismatches.is_empty() {
+            passed += 1;
+            println!("ok    {name}");
+        } else {
+            failed += 1;
+            println!("FAIL  {name}  ({})", path.display());
+            for m in &mismatches {
+                println!("      - {m}");
+            }
+            println!("      verdict: {}", serde_json::to_string(&VerdictLine::new(&case.request.id, &verdict))?);
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteLine {
+    id: String,
+    #[serde(flatten)]
+    context: RemoteContext,
+}
+
+fn eval(bundle: &Path, requests: &Path, remote: Option<&Path>, now: Option<u64>) -> Result<ExitCode> {
+    let policy = files::load_policy(bundle)?;
+    let now = now.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let mut remote_by_id = HashMap::new();
+    if let Some(path) = remote {
+        for (n, line) in files::lines(path)?.into_iter().enumerate() {
+            let r: RemoteLine = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", path.display(), n + 1))?;
+            remote_by_id.insert(r.id, r.context);
+        }
+    }
+    let edge = EdgeHeaderNames::default();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut decisions: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut levels: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut nanos = Vec::new();
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(requests).with_context(|| format!("opening {}", requests.display()))?,
+    );
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request: RequestLine = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}", requests.display(), n + 1))?;
+        let facts = request.to_facts(&edge);
+        let started = Instant::now();
+        let verdict = policy.evaluate(&facts, remote_by_id.get(&request.id), now);
+        nanos.push(started.elapsed().as_nanos());
+        *decisions.entry(verdict.decision.as_str()).or_default() += 1;
+        *levels.entry(verdict.level.as_str()).or_default() += 1;
+        serde_json::to_writer(&mut out, &VerdictLine::new(&request.id, &verdict))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    nanos.sort_unstable();
+    let pct = |p: usize| nanos.get((nanos.len().saturating_sub(1)) * p / 100).copied().unwrap_or(0);
+    eprintln!(
+        "{} requests; decisions {:?}; levels {:?}; eval p50 {:.1} µs, p99 {:.1} µs",
+        nanos.len(),
+        decisions,
+        levels,
+        pct(50) as f64 / 1000.0,
+        pct(99) as f64 / 1000.0
+    );
+    Ok(ExitCode::SUCCESS)
+}

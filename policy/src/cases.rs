@@ -1,0 +1,156 @@
+//! The scenario case format shared by every runner (native `policy test`, the wasmtime host,
+//! real Envoy, the edge runtimes), and the native check of a verdict against a case.
+//!
+//! A case is a request line, a bundle (a path relative to the case file, or inline), optional
+//! remote context (absent means the score cache did not answer), and what to expect. Fields
+//! under `host` are for runners that drive a real proxy; the native runner ignores them.
+//! `tests/scenarios/README.md` documents the format for people.
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::RemoteContext;
+use crate::requests::RequestLine;
+use crate::verdict::{Decision, Level, RemoteStatus, Verdict};
+
+/// Unix time used when a case does not set `now`: 2026-11-23T00:00:00Z.
+pub const DEFAULT_CASE_NOW: u64 = 1_795_392_000;
+
+/// One scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Name (default: the file name without extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the case shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The bundle: a path relative to the case file, or an inline bundle. Absent: the runner's
+    /// `--bundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleRef>,
+    /// Unix seconds at evaluation (default [`DEFAULT_CASE_NOW`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<u64>,
+    /// The request.
+    pub request: RequestLine,
+    /// The score cache's answer; absent means it was not asked or did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteContext>,
+    /// What the verdict must say.
+    pub expect: Expect,
+    /// Expectations only a proxy runner can check (status, headers, cache calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<serde_json::Value>,
+}
+
+/// A bundle reference in a case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BundleRef {
+    /// A path relative to the case file.
+    Path(String),
+    /// An inline bundle (same shape as a bundle file).
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Expected verdict; only `decision` is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Enforced decision.
+    pub decision: Decision,
+    /// Level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
+    /// Reason codes that must appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Reason codes that must not appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_reasons: Vec<String>,
+    /// Inclusive score bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreRange>,
+    /// Would-be decision (shadow mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<Decision>,
+    /// Rule ids that must have matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+    /// Remote-context status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
+}
+
+/// Inclusive score bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRange {
+    /// Lowest allowed.
+    #[serde(default)]
+    pub min: u8,
+    /// Highest allowed.
+    #[serde(default = "hundred")]
+    pub max: u8,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+impl<'de> Deserialize<'de> for RemoteStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "not_wanted" => RemoteStatus::NotWanted,
+            "used" => RemoteStatus::Used,
+            "unavailable_fail_open" => RemoteStatus::UnavailableFailOpen,
+            "unavailable_fail_closed" => RemoteStatus::UnavailableFailClosed,
+            other => return Err(serde::de::Error::custom(format!("unknown remote status {other:?}"))),
+        })
+    }
+}
+
+impl Expect {
+    /// Every way the verdict differs from the expectation, one line each; empty when it holds.
+    pub fn mismatches(&self, v: &Verdict) -> Vec<String> {
+        let mut out = Vec::new();
+        let codes: Vec<&str> = v.reasons.iter().map(|r| r.code.as_str()).collect();
+        if v.decision != self.decision {
+            out.push(format!("decision: expected {}, got {}", self.decision.as_str(), v.decision.as_str()));
+        }
+        if let Some(level) = self.level.filter(|l| *l != v.level) {
+            out.push(format!("level: expected {}, got {}", level.as_str(), v.level.as_str()));
+        }
+        for code in &self.reasons {
+            if !codes.contains(&code.as_str()) {
+                out.push(format!("reasons: expected {code}, got [{}]", codes.join(", ")));
+            }
+        }
+        for code in &self.not_reasons {
+            if codes.contains(&code.as_str()) {
+                out.push(format!("reasons: {code} must not appear"));
+            }
+        }
+        if let Some(r) = self.score.filter(|r| !(r.min..=r.max).contains(&v.score)) {
+            out.push(format!("score: expected {}..={}, got {}", r.min, r.max, v.score));
+        }
+        if self.shadow_decision.is_some() && self.shadow_decision != v.shadow_decision {
+            out.push(format!(
+                "shadow_decision: expected {:?}, got {:?}",
+                self.shadow_decision.map(Decision::as_str),
+                v.shadow_decision.map(Decision::as_str)
+            ));
+        }
+        for id in &self.rules {
+            if !v.rules.iter().any(|m| &*m.id == id.as_str()) {
+                out.push(format!("rules: expected {id} to match"));
+            }
+        }
+        if let Some(remote) = self.remote.filter(|r| *r != v.remote) {
+            out.push(format!("remote: expected {remote:?}, got {:?}", v.remote));
+        }
+        out
+    }
+}

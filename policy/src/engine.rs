@@ -1,0 +1,486 @@
+//! The two evaluation phases: [`Policy::assess`] (local signals, and whether the score cache is
+//! worth asking) and [`Policy::decide`] (remote context, rules, the verdict).
+//!
+//! The score is a capped sum: `score = clamp(Σ risk points − Σ trust points, 0, 100)`. Each
+//! signal's points are its bundle weight, so the reasons add up to the number (before the cap)
+//! and a security engineer can tune a bundle with integers. Risk points are never negative, so
+//! an added risk signal can never lower the score; only trust signals (a valid clearance, a
+//! verified crawler) subtract.
+
+use std::net::IpAddr;
+
+use ipnet::Ipv6Net;
+
+use crate::facts::{Clearance, Facts, RemoteContext, SubjectContext, normalize_path, path_has_prefix};
+use crate::policy::{Conditions, CrawlerCategory, Mode, Policy, SubjectKind, UaClass};
+use crate::ua::{self, Browser};
+use crate::verdict::{DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict};
+
+/// Why the assessment asks the score cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupReason {
+    /// The local score is in the bundle's lookup band.
+    GrayZone,
+    /// The route is sensitive.
+    SensitiveRoute,
+    /// A subject the bundle always looks up is present.
+    Always,
+}
+
+/// A wanted score-cache lookup: which subjects, keyed as the cache stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// Why.
+    pub reason: LookupReason,
+    /// The client IP key (IPv4 address, or the IPv6 prefix), if IP is looked up.
+    pub ip: Option<String>,
+    /// The user key, if present and looked up.
+    pub user: Option<String>,
+}
+
+/// The result of the local phase, handed to [`Policy::decide`].
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    risk: u32,
+    trust: u32,
+    reasons: Vec<Reason>,
+    ua_class: UaClass,
+    sensitive: bool,
+    clearance_valid: bool,
+    /// Rules whose conditions other than `min_level` matched, in rule order.
+    rule_candidates: Vec<usize>,
+    lookup: Option<Lookup>,
+}
+
+impl Assessment {
+    /// The local score, 0..=100.
+    pub fn local_score(&self) -> u8 {
+        capped(self.risk, self.trust)
+    }
+
+    /// The local contributions.
+    pub fn reasons(&self) -> &[Reason] {
+        &self.reasons
+    }
+
+    /// The score-cache lookup the engine wants, if any.
+    pub fn lookup(&self) -> Option<&Lookup> {
+        self.lookup.as_ref()
+    }
+
+    /// The User-Agent class.
+    pub fn ua_class(&self) -> UaClass {
+        self.ua_class
+    }
+
+    /// Whether the request is on a sensitive route.
+    pub fn sensitive_route(&self) -> bool {
+        self.sensitive
+    }
+}
+
+fn capped(risk: u32, trust: u32) -> u8 {
+    u8::try_from(risk.saturating_sub(trust).min(100)).unwrap_or(100)
+}
+
+/// Accumulates points and reasons.
+struct Tally {
+    risk: u32,
+    trust: u32,
+    reasons: Vec<Reason>,
+}
+
+impl Tally {
+    fn risk(&mut self, code: ReasonCode, points: u8) {
+        if points > 0 {
+            self.risk += u32::from(points);
+            self.reasons.push(Reason { code, points: i16::from(points) });
+        }
+    }
+
+    fn trust(&mut self, code: ReasonCode, points: u8) {
+        if points > 0 {
+            self.trust += u32::from(points);
+            self.reasons.push(Reason { code, points: -i16::from(points) });
+        }
+    }
+}
+
+/// What the UA says the client is.
+enum UaKind {
+    Missing,
+    Crawler(usize),
+    Headless,
+    Automation,
+    Browser(Browser),
+    Unknown,
+}
+
+const JULIAN_DAY_OF_UNIX_EPOCH: i64 = 2_440_588;
+
+impl Policy {
+    /// Phase 1: scores the local signals of a request at `now` (unix seconds) and says
+    /// whether richer context from the score cache is worth asking for.
+    pub fn assess(&self, facts: &Facts, now: u64) -> Assessment {
+        let s = &self.signals;
+        let mut tally = Tally { risk: 0, trust: 0, reasons: Vec::with_capacity(8) };
+        let ip = facts.client_ip.to_canonical();
+        let ua = facts.header("user-agent").map(<[u8]>::trim_ascii).filter(|v| !v.is_empty());
+
+        // User-Agent.
+        let kind = self.classify_ua(ua);
+        let mut crawler_category = None;
+        let mut verified_crawler = false;
+        match &kind {
+            UaKind::Missing => tally.risk(ReasonCode::Fixed("ua.missing"), s.ua_missing),
+            UaKind::Headless => tally.risk(ReasonCode::Fixed("ua.headless"), s.ua_headless),
+            UaKind::Automation => tally.risk(ReasonCode::Fixed("ua.automation"), s.ua_automation),
+            UaKind::Crawler(i) => {
+                if let Some(crawler) = self.crawlers.get(*i) {
+                    crawler_category = Some(crawler.category);
+                    verified_crawler = self.score_crawler(&mut tally, crawler.category, crawler.ranges, ip, now);
+                }
+            }
+            UaKind::Browser(b) => self.score_browser(&mut tally, b, facts),
+            UaKind::Unknown => {}
+        }
+        if let Some(al) = facts.header("accept-language") {
+            if al.trim_ascii().is_empty() {
+                tally.risk(ReasonCode::Fixed("headers.empty_accept_language"), s.empty_accept_language);
+            }
+        }
+
+        // IP lists, geography, TLS.
+        for &(list, points) in &s.ip_lists {
+            if let Some(l) = self.lists.get(list) {
+                if points > 0 && l.set.contains(ip) {
+                    tally.risk(ReasonCode::Named(l.code.clone()), points);
+                }
+            }
+        }
+        if let Some(points) = facts.country.and_then(|c| s.country.get(&c)) {
+            tally.risk(ReasonCode::Fixed("geo.country"), *points);
+        }
+        if let Some(points) = facts.asn.and_then(|a| s.asn.get(&a)) {
+            tally.risk(ReasonCode::Fixed("geo.asn"), *points);
+        }
+        if let Some(fp) = &facts.tls_fingerprint {
+            if s.tls_fingerprints.iter().any(|bad| bad == fp) {
+                tally.risk(ReasonCode::Fixed("tls.fingerprint"), s.tls_fingerprint);
+            }
+        }
+
+        // Route.
+        let path = normalize_path(&facts.path);
+        let route = self.routes.iter().find(|r| {
+            path_has_prefix(&path, &r.path_prefix) && method_in(&facts.method, &r.methods)
+        });
+        let sensitive = route.is_some_and(|r| r.sensitive);
+        if let Some(r) = route {
+            tally.risk(ReasonCode::Named(r.code.clone()), r.weight);
+        }
+
+        // Clearance.
+        let clearance_valid = facts.clearance == Clearance::Valid;
+        match facts.clearance {
+            Clearance::Valid => tally.trust(ReasonCode::Fixed("clearance.valid"), s.clearance_trust),
+            Clearance::Invalid => tally.risk(ReasonCode::Fixed("clearance.invalid"), s.clearance_invalid),
+            Clearance::Absent | Clearance::Presented(_) => {}
+        }
+
+        let ua_class = match kind {
+            UaKind::Missing => UaClass::Missing,
+            UaKind::Crawler(_) if verified_crawler => UaClass::VerifiedCrawler,
+            UaKind::Crawler(_) => UaClass::Crawler,
+            UaKind::Headless => UaClass::Headless,
+            UaKind::Automation => UaClass::Automation,
+            UaKind::Browser(_) => UaClass::Browser,
+            UaKind::Unknown => UaClass::Unknown,
+        };
+        let rule_facts = RuleFacts { facts, path: &path, ip, ua_class, crawler_category };
+        let rule_candidates = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| self.conditions_hold(&r.when, &rule_facts))
+            .map(|(i, _)| i)
+            .collect();
+
+        let local = capped(tally.risk, tally.trust);
+        let lookup = self.lookup_for(facts, ip, local, sensitive);
+        Assessment {
+            risk: tally.risk,
+            trust: tally.trust,
+            reasons: tally.reasons,
+            ua_class,
+            sensitive,
+            clearance_valid,
+            rule_candidates,
+            lookup,
+        }
+    }
+
+    /// Phase 2: folds in the score cache's answer (`None` when it was not asked, is down,
+    /// timed out or its breaker is open), applies manual decisions, rules and the level → action
+    /// map, and returns the verdict.
+    pub fn decide(&self, assessment: Assessment, remote: Option<&RemoteContext>, now: u64) -> Verdict {
+        let Assessment { mut risk, trust, mut reasons, sensitive, clearance_valid, rule_candidates, lookup, .. } =
+            assessment;
+
+        let remote_status = match (remote, &lookup) {
+            (Some(_), _) => RemoteStatus::Used,
+            (None, None) => RemoteStatus::NotWanted,
+            (None, Some(_)) if self.cache.fail_closed_action.is_some() => RemoteStatus::UnavailableFailClosed,
+            (None, Some(_)) => RemoteStatus::UnavailableFailOpen,
+        };
+        let mut manual = None;
+        if let Some(ctx) = remote {
+            // The user is the more specific subject: its manual decision wins over the IP's.
+            for (name, subject) in [("user", ctx.user.as_ref()), ("ip", ctx.ip.as_ref())] {
+                let Some(subject) = subject else { continue };
+                let points = self.remote_points(subject);
+                if points > 0 {
+                    risk += u32::from(points);
+                    let code = if name == "user" { "remote.user_score" } else { "remote.ip_score" };
+                    reasons.push(Reason { code: ReasonCode::Fixed(code), points: i16::from(points) });
+                }
+                if manual.is_none() {
+                    manual = subject
+                        .decision
+                        .filter(|d| now < d.expires_at)
+                        .map(|d| (name, manual_decision(d.action)));
+                }
+            }
+        }
+
+        let score = capped(risk, trust);
+        let level = self.level_of(score);
+        let by_level = if sensitive { &self.sensitive_actions } else { &self.actions };
+        let mut decision = by_level.get(level as usize).copied().unwrap_or(Decision::Block);
+        let mut decided_by = DecidedBy::Score;
+
+        let mut rules = Vec::new();
+        let mut rule_decided = false;
+        for rule in rule_candidates.iter().filter_map(|&i| self.rules.get(i)) {
+            if rule.when.min_level.is_some_and(|min| level < min) {
+                continue;
+            }
+            rules.push(RuleMatch { id: rule.id.clone(), action: rule.action, dry_run: rule.dry_run });
+            if !rule.dry_run {
+                decision = rule.action;
+                decided_by = DecidedBy::Rule(rule.id.clone());
+                rule_decided = true;
+                break;
+            }
+        }
+
+        if let Some((subject, action)) = manual {
+            decision = action;
+            decided_by = DecidedBy::Manual(subject);
+        } else if !rule_decided && remote_status == RemoteStatus::UnavailableFailClosed {
+            if let Some(floor) = self.cache.fail_closed_action {
+                if floor > decision {
+                    decision = floor;
+                    decided_by = DecidedBy::FailClosed;
+                }
+            }
+        }
+        // A valid clearance is proof the client already solved a challenge.
+        if decision == Decision::Challenge && clearance_valid {
+            decision = Decision::Pass;
+            decided_by = DecidedBy::Clearance;
+        }
+
+        let (decision, shadow_decision) = match self.mode {
+            Mode::Enforce => (decision, None),
+            Mode::Shadow => (Decision::Pass, Some(decision)),
+        };
+        Verdict {
+            decision,
+            shadow_decision,
+            score,
+            level,
+            reasons,
+            rules,
+            decided_by,
+            remote: remote_status,
+            revision: self.revision,
+        }
+    }
+
+    /// Both phases without remote context (no score cache), for tools and tests.
+    pub fn evaluate(&self, facts: &Facts, remote: Option<&RemoteContext>, now: u64) -> Verdict {
+        self.decide(self.assess(facts, now), remote, now)
+    }
+
+    /// The key the score cache and rate buckets use for a client IP: the IPv4 address, or the
+    /// IPv6 address truncated to the bundle's subject prefix (`2001:db8:1:2::/64`).
+    pub fn ip_subject_key(&self, ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => Ipv6Net::new(v6, self.ipv6_prefix)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_else(|_| v6.to_string()),
+        }
+    }
+
+    fn classify_ua(&self, ua: Option<&[u8]>) -> UaKind {
+        let Some(ua) = ua else { return UaKind::Missing };
+        let s = &self.signals;
+        if let Some(m) = self.crawler_tokens.as_ref().and_then(|ac| ac.find(ua)) {
+            if let Some(&crawler) = self.crawler_of_token.get(m.pattern().as_usize()) {
+                return UaKind::Crawler(crawler);
+            }
+        }
+        if s.headless_tokens.as_ref().is_some_and(|ac| ac.is_match(ua)) {
+            return UaKind::Headless;
+        }
+        if s.automation_tokens.as_ref().is_some_and(|ac| ac.is_match(ua)) {
+            return UaKind::Automation;
+        }
+        match ua::parse_browser(ua) {
+            Some(b) => UaKind::Browser(b),
+            None => UaKind::Unknown,
+        }
+    }
+
+    /// Scores a declared crawler; returns whether it is verified.
+    fn score_crawler(
+        &self,
+        tally: &mut Tally,
+        category: CrawlerCategory,
+        ranges: Option<usize>,
+        ip: IpAddr,
+        now: u64,
+    ) -> bool {
+        let Some(list) = ranges.and_then(|i| self.lists.get(i)) else {
+            let points = self.crawler_category_weights.get(&category).copied().unwrap_or(0);
+            tally.risk(ReasonCode::Fixed(category_code(category)), points);
+            return false;
+        };
+        if list.set.contains(ip) {
+            tally.trust(ReasonCode::Fixed("crawler.verified"), self.crawler_verified_trust);
+            return true;
+        }
+        let today = i64::try_from(now / 86_400).unwrap_or(i64::MAX / 2) + JULIAN_DAY_OF_UNIX_EPOCH;
+        let fresh = list
+            .as_of_day
+            .is_some_and(|day| today - i64::from(day) <= i64::from(self.crawler_max_age_days));
+        if fresh {
+            tally.risk(ReasonCode::Fixed("crawler.spoofed"), self.crawler_spoofed_weight);
+        } else {
+            tally.risk(ReasonCode::Fixed("crawler.unverified"), self.crawler_unverified_weight);
+        }
+        false
+    }
+
+    fn score_browser(&self, tally: &mut Tally, b: &Browser, facts: &Facts) {
+        let s = &self.signals;
+        if let Some(&(_, min)) = s.min_major.iter().find(|(f, _)| *f == b.family) {
+            if b.major < min {
+                tally.risk(ReasonCode::Fixed("ua.outdated_browser"), s.ua_outdated);
+            }
+        }
+        if ua::client_hints_contradict(
+            b,
+            facts.header("sec-ch-ua"),
+            facts.header("sec-ch-ua-mobile"),
+            facts.header("sec-ch-ua-platform"),
+        ) {
+            tally.risk(ReasonCode::Fixed("ua.client_hints_mismatch"), s.ua_client_hints_mismatch);
+        }
+        if facts.header("accept-language").is_none() {
+            tally.risk(ReasonCode::Fixed("headers.no_accept_language"), s.missing_accept_language);
+        }
+        if facts.header("accept-encoding").is_none() {
+            tally.risk(ReasonCode::Fixed("headers.no_accept_encoding"), s.missing_accept_encoding);
+        }
+        if b.family.sends_sec_fetch(b.major)
+            && facts.header("sec-fetch-mode").is_none()
+            && facts.header("sec-fetch-site").is_none()
+        {
+            tally.risk(ReasonCode::Fixed("headers.no_sec_fetch"), s.missing_sec_fetch);
+        }
+    }
+
+    fn remote_points(&self, subject: &SubjectContext) -> u8 {
+        let score = subject.score.min(100);
+        u8::try_from(score * u32::from(self.signals.remote_score_percent) / 100).unwrap_or(100)
+    }
+
+    fn conditions_hold(&self, c: &Conditions, f: &RuleFacts<'_>) -> bool {
+        c.path_prefix.as_deref().is_none_or(|p| path_has_prefix(f.path, p))
+            && (c.methods.is_empty() || method_in(&f.facts.method, &c.methods))
+            && (c.countries.is_empty() || f.facts.country.is_some_and(|x| c.countries.contains(&x)))
+            && (c.asns.is_empty() || f.facts.asn.is_some_and(|a| c.asns.contains(&a)))
+            && c.ip_list.is_none_or(|i| self.lists.get(i).is_some_and(|l| l.set.contains(f.ip)))
+            && (c.ua_class.is_empty()
+                || c.ua_class.contains(&f.ua_class)
+                || (f.ua_class == UaClass::VerifiedCrawler && c.ua_class.contains(&UaClass::Crawler)))
+            && (c.crawler_category.is_empty()
+                || f.crawler_category.is_some_and(|cat| c.crawler_category.contains(&cat)))
+    }
+
+    fn lookup_for(&self, facts: &Facts, ip: IpAddr, local: u8, sensitive: bool) -> Option<Lookup> {
+        let has_user = facts.user.is_some();
+        let present = |k: &SubjectKind| *k == SubjectKind::Ip || has_user;
+        let reason = if self.cache.always_lookup.iter().any(present) {
+            LookupReason::Always
+        } else if sensitive {
+            LookupReason::SensitiveRoute
+        } else if (self.lookup_band.0..=self.lookup_band.1).contains(&local) {
+            LookupReason::GrayZone
+        } else {
+            return None;
+        };
+        let wants = |kind: SubjectKind| {
+            self.cache.lookup.contains(&kind)
+                || (reason == LookupReason::Always && self.cache.always_lookup.contains(&kind))
+        };
+        let ip_key = wants(SubjectKind::Ip).then(|| self.ip_subject_key(ip));
+        let user_key = if wants(SubjectKind::User) { facts.user.clone() } else { None };
+        (ip_key.is_some() || user_key.is_some()).then_some(Lookup { reason, ip: ip_key, user: user_key })
+    }
+}
+
+struct RuleFacts<'a> {
+    facts: &'a Facts,
+    path: &'a str,
+    ip: IpAddr,
+    ua_class: UaClass,
+    crawler_category: Option<CrawlerCategory>,
+}
+
+fn method_in(method: &str, methods: &[String]) -> bool {
+    methods.is_empty() || methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
+fn manual_decision(action: crate::facts::ManualAction) -> Decision {
+    use crate::facts::ManualAction;
+    match action {
+        ManualAction::Ban => Decision::Block,
+        ManualAction::Captcha => Decision::Challenge,
+        ManualAction::Throttle => Decision::Throttle,
+        ManualAction::Allow => Decision::Pass,
+    }
+}
+
+fn category_code(category: CrawlerCategory) -> &'static str {
+    match category {
+        CrawlerCategory::SearchEngine => "crawler.search_engine",
+        CrawlerCategory::AiCrawler => "crawler.ai_crawler",
+        CrawlerCategory::Monitor => "crawler.monitor",
+        CrawlerCategory::Seo => "crawler.seo",
+        CrawlerCategory::Preview => "crawler.preview",
+        CrawlerCategory::Feed => "crawler.feed",
+        CrawlerCategory::Archiver => "crawler.archiver",
+        CrawlerCategory::Other => "crawler.other",
+    }
+}
+
+/// Level is also usable as an index into per-level tables.
+impl From<Level> for usize {
+    fn from(level: Level) -> usize {
+        level as usize
+    }
+}

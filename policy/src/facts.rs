@@ -1,0 +1,336 @@
+//! What the engine knows about a request: facts an adapter extracts from its host, and the
+//! remote context the score cache may add.
+
+use std::net::IpAddr;
+
+/// Names of the headers an edge in front of us (CDN, load balancer) sets with what it knows.
+/// Adapters make these configurable; these are the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeHeaderNames {
+    /// ISO 3166-1 alpha-2 country (Cloudflare's `cf-ipcountry` by default).
+    pub country: String,
+    /// Decimal AS number.
+    pub asn: String,
+    /// TLS fingerprint (JA3/JA4).
+    pub tls_fingerprint: String,
+    /// A user id set by a trusted authentication layer.
+    pub user: String,
+}
+
+impl Default for EdgeHeaderNames {
+    fn default() -> Self {
+        Self {
+            country: "cf-ipcountry".to_owned(),
+            asn: "x-signalbox-edge-asn".to_owned(),
+            tls_fingerprint: "x-signalbox-edge-ja4".to_owned(),
+            user: "x-signalbox-edge-user".to_owned(),
+        }
+    }
+}
+
+/// The clearance cookie's name (the `__Host-` prefix pins it to this host, `Secure`, `Path=/`).
+pub const CLEARANCE_COOKIE: &str = "__Host-signalbox-clearance";
+
+/// The clearance cookie as the adapter found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Clearance {
+    /// No cookie.
+    #[default]
+    Absent,
+    /// A cookie the adapter has not verified (no keys configured yet): neutral.
+    Presented(Vec<u8>),
+    /// Verified and unexpired: a trust signal.
+    Valid,
+    /// Present but failed verification (forged, expired, other binding).
+    Invalid,
+}
+
+/// Request facts, owned, with header names in lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Request method, as sent.
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// `:authority` or `host`.
+    pub authority: String,
+    /// Headers in order; names lower case, values raw bytes; a name may repeat.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The resolved client IP (the adapter decides which hops it trusts).
+    pub client_ip: IpAddr,
+    /// Country from the edge header, upper case.
+    pub country: Option<[u8; 2]>,
+    /// AS number from the edge header.
+    pub asn: Option<u32>,
+    /// TLS fingerprint from the edge header.
+    pub tls_fingerprint: Option<Vec<u8>>,
+    /// A user key from a trusted source.
+    pub user: Option<String>,
+    /// The clearance cookie.
+    pub clearance: Clearance,
+}
+
+impl Facts {
+    /// Builds facts from request parts, reading the edge headers and the clearance cookie.
+    /// Header names are lower-cased; nothing here fails, whatever the bytes.
+    pub fn from_parts<N, V>(
+        method: &str,
+        path: &str,
+        headers: impl IntoIterator<Item = (N, V)>,
+        client_ip: IpAddr,
+        edge: &EdgeHeaderNames,
+    ) -> Self
+    where
+        N: AsRef<str>,
+        V: Into<Vec<u8>>,
+    {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.into()))
+            .collect();
+        let mut facts = Facts {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            authority: String::new(),
+            headers,
+            client_ip: client_ip.to_canonical(),
+            country: None,
+            asn: None,
+            tls_fingerprint: None,
+            user: None,
+            clearance: Clearance::Absent,
+        };
+        facts.authority = facts
+            .header(":authority")
+            .or_else(|| facts.header("host"))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        facts.country = facts.header(&edge.country).and_then(parse_country);
+        facts.asn = facts.header(&edge.asn).and_then(parse_asn);
+        facts.tls_fingerprint = facts
+            .header(&edge.tls_fingerprint)
+            .map(|v| v.trim_ascii().to_vec())
+            .filter(|v| !v.is_empty());
+        facts.user = facts
+            .header(&edge.user)
+            .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        facts.clearance = match facts.cookie(CLEARANCE_COOKIE) {
+            Some(value) => Clearance::Presented(value.to_vec()),
+            None => Clearance::Absent,
+        };
+        facts
+    }
+
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// A cookie's value, searching every `cookie` header (HTTP/1 may send several, HTTP/2
+    /// joins them with `; `). The first occurrence wins.
+    pub fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .flat_map(|(_, v)| v.split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                let (key, value) = pair.split_at(eq);
+                (key.trim_ascii() == name.as_bytes()).then(|| value.get(1..).unwrap_or_default())
+            })
+    }
+}
+
+fn parse_country(value: &[u8]) -> Option<[u8; 2]> {
+    match value.trim_ascii() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => None,
+    }
+}
+
+fn parse_asn(value: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(value.trim_ascii()).ok()?;
+    let digits = text.strip_prefix("AS").or_else(|| text.strip_prefix("as")).unwrap_or(text);
+    digits.parse().ok()
+}
+
+/// A manual decision an operator recorded in the score cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManualAction {
+    /// Block until expiry.
+    Ban,
+    /// Challenge until expiry.
+    Captcha,
+    /// Throttle until expiry.
+    Throttle,
+    /// Pass until expiry, whatever the score.
+    Allow,
+}
+
+/// A manual decision with its expiry (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualDecision {
+    /// What to do.
+    pub action: ManualAction,
+    /// Unix seconds after which it no longer applies.
+    pub expires_at: u64,
+}
+
+/// What the score cache knows about one subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectContext {
+    /// Decayed risk score, 0..=100 (larger values are clamped).
+    #[serde(default)]
+    pub score: u32,
+    /// A manual decision, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<ManualDecision>,
+}
+
+/// The score cache's answer for a request's subjects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteContext {
+    /// About the client IP (or its IPv6 prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<SubjectContext>,
+    /// About the user key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<SubjectContext>,
+}
+
+/// Normalises a request path for prefix matching: drops the query and fragment, decodes
+/// percent-escapes of unreserved characters, merges repeated slashes and resolves `.` and
+/// `..` segments, so `/a/../LOGIN` and `//%6Cogin` cannot slip past a `/login` prefix.
+/// Case is kept; matching compares ASCII case-insensitively.
+pub fn normalize_path(raw: &str) -> String {
+    let path = raw.split(['?', '#']).next().unwrap_or_default();
+    let decoded = decode_unreserved(path.as_bytes());
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if out.is_empty() || (decoded.ends_with(b"/") && !segments.is_empty()) {
+        out.push(b'/');
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn decode_unreserved(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b == b'%' {
+            let hex = input.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(decoded) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                    out.push(decoded);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+/// Whether `path` (normalised) is under `prefix`, on whole segments, ASCII case-insensitive.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let (p, q) = (path.as_bytes(), prefix.as_bytes());
+    let Some(head) = p.get(..q.len()) else { return false };
+    if !head.eq_ignore_ascii_case(q) {
+        return false;
+    }
+    q.ends_with(b"/") || matches!(p.get(q.len()), None | Some(b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(headers: &[(&str, &[u8])]) -> Facts {
+        Facts::from_parts(
+            "GET",
+            "/",
+            headers.iter().map(|(n, v)| (*n, v.to_vec())),
+            "203.0.113.7".parse().unwrap(),
+            &EdgeHeaderNames::default(),
+        )
+    }
+
+    #[test]
+    fn cookies_across_headers() {
+        let f = facts(&[
+            ("Cookie", b"a=1; b=2"),
+            ("cookie", b"__Host-signalbox-clearance=tok.en; c=3"),
+        ]);
+        assert_eq!(f.cookie("b"), Some(&b"2"[..]));
+        assert_eq!(f.clearance, Clearance::Presented(b"tok.en".to_vec()));
+        assert_eq!(f.cookie("missing"), None);
+        assert_eq!(facts(&[("cookie", b"x")]).cookie("x"), None);
+    }
+
+    #[test]
+    fn edge_headers() {
+        let f = facts(&[
+            ("cf-ipcountry", b" ch "),
+            ("x-signalbox-edge-asn", b"AS3303"),
+            ("host", b"shop.example"),
+            ("x-signalbox-edge-user", b"u-42"),
+        ]);
+        assert_eq!(f.country, Some(*b"CH"));
+        assert_eq!(f.asn, Some(3303));
+        assert_eq!(f.authority, "shop.example");
+        assert_eq!(f.user.as_deref(), Some("u-42"));
+        let bad = facts(&[("cf-ipcountry", b"XXX"), ("x-signalbox-edge-asn", &[0xff])]);
+        assert_eq!((bad.country, bad.asn), (None, None));
+    }
+
+    #[test]
+    fn mapped_ipv6_client_is_ipv4() {
+        let f = Facts::from_parts(
+            "GET",
+            "/",
+            Vec::<(&str, Vec<u8>)>::new(),
+            "::ffff:81.62.10.4".parse().unwrap(),
+            &EdgeHeaderNames::default(),
+        );
+        assert_eq!(f.client_ip, "81.62.10.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn path_normalisation() {
+        assert_eq!(normalize_path("/login?next=/x"), "/login");
+        assert_eq!(normalize_path("//%6Cogin"), "/login");
+        assert_eq!(normalize_path("/a/../b/./c/"), "/b/c/");
+        assert_eq!(normalize_path("/../.."), "/");
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("/%2F%zz%"), "/%2F%zz%");
+        assert!(path_has_prefix("/LOGIN/step", "/login"));
+        assert!(path_has_prefix("/login", "/login"));
+        assert!(!path_has_prefix("/loginx", "/login"));
+        assert!(path_has_prefix("/api/v1", "/api/"));
+        assert!(path_has_prefix("/anything", "/"));
+    }
+}

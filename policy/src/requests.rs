@@ -1,0 +1,135 @@
+//! The JSONL formats every Signalbox tool shares: one request per line in, one verdict per
+//! line out.
+//!
+//! Request: `{"id":"r1","method":"GET","path":"/login","headers":[["user-agent","…"]],"client_ip":"203.0.113.7"}`
+//! (a header value may also be an array of byte values, for non-UTF-8 bytes; `user` is an
+//! optional user key).
+//!
+//! Verdict: `{"id":"r1","decision":"challenge","score":72,"level":"high","reasons":[{"code":"ip.hosting","points":25}],"revision":"7"}`
+//! followed by `rules`, `shadow_decision` and `remote` where they say something.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{EdgeHeaderNames, Facts};
+use crate::verdict::{Decision, Level, Reason, RemoteStatus, RuleMatch, Verdict};
+
+/// A header value: text, or raw bytes as an array of numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    /// UTF-8 text.
+    Text(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+impl HeaderValue {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            HeaderValue::Text(t) => t.as_bytes(),
+            HeaderValue::Bytes(b) => b,
+        }
+    }
+}
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLine {
+    /// Caller's id, echoed in the verdict.
+    pub id: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers in order.
+    #[serde(default)]
+    pub headers: Vec<(String, HeaderValue)>,
+    /// Resolved client IP.
+    pub client_ip: IpAddr,
+    /// Optional user key (as a trusted authentication layer would set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl RequestLine {
+    /// Facts for the engine, reading edge headers by the given names.
+    pub fn to_facts(&self, edge: &EdgeHeaderNames) -> Facts {
+        let mut facts = Facts::from_parts(
+            &self.method,
+            &self.path,
+            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes().to_vec())),
+            self.client_ip,
+            edge,
+        );
+        if self.user.is_some() {
+            facts.user.clone_from(&self.user);
+        }
+        facts
+    }
+}
+
+/// One verdict line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerdictLine<'a> {
+    /// The request's id.
+    pub id: &'a str,
+    /// Enforced decision.
+    pub decision: Decision,
+    /// Score 0..=100.
+    pub score: u8,
+    /// Level.
+    pub level: Level,
+    /// Contributions.
+    pub reasons: &'a [Reason],
+    /// Bundle revision, as text.
+    pub revision: String,
+    /// Matched rules, if any.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub rules: &'a [RuleMatch],
+    /// Would-be decision in shadow mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<Decision>,
+    /// Remote-context status, unless no lookup was wanted.
+    #[serde(skip_serializing_if = "is_not_wanted")]
+    pub remote: RemoteStatus,
+}
+
+fn is_not_wanted(status: &RemoteStatus) -> bool {
+    *status == RemoteStatus::NotWanted
+}
+
+impl<'a> VerdictLine<'a> {
+    /// The line for a verdict.
+    pub fn new(id: &'a str, v: &'a Verdict) -> Self {
+        VerdictLine {
+            id,
+            decision: v.decision,
+            score: v.score,
+            level: v.level,
+            reasons: &v.reasons,
+            revision: v.revision.to_string(),
+            rules: &v.rules,
+            shadow_decision: v.shadow_decision,
+            remote: v.remote,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_line_round_trip_with_bytes() {
+        let line = r#"{"id":"r1","method":"GET","path":"/login","headers":[["user-agent","curl/8"],["x-raw",[255,0,65]]],"client_ip":"203.0.113.7"}"#;
+        let req: RequestLine = serde_json::from_str(line).unwrap();
+        assert_eq!(req.headers[1].1.as_bytes(), &[255, 0, 65]);
+        let facts = req.to_facts(&EdgeHeaderNames::default());
+        assert_eq!(facts.header("user-agent"), Some(&b"curl/8"[..]));
+        assert!(serde_json::from_str::<RequestLine>(r#"{"id":"x","method":"GET","path":"/","client_ip":"1.2.3.4","extra":1}"#).is_err());
+    }
+}

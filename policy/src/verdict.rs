@@ -1,0 +1,165 @@
+//! What the engine concludes: decisions, levels, reasons and the verdict.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to the request. Ordered by severity: `pass < throttle < challenge < block`
+/// (a throttle only slows a client down; a challenge asks it to prove work before anything
+/// more goes through), so "raise to at least" is a `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Forward to origin, annotated.
+    Pass,
+    /// 429 with `retry-after`.
+    Throttle,
+    /// Proof-of-work challenge.
+    Challenge,
+    /// 403.
+    Block,
+}
+
+impl Decision {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Pass => "pass",
+            Decision::Throttle => "throttle",
+            Decision::Challenge => "challenge",
+            Decision::Block => "block",
+        }
+    }
+}
+
+/// Risk level of a score under the bundle's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Below `thresholds.medium`.
+    Low = 0,
+    /// From `thresholds.medium`.
+    Medium = 1,
+    /// From `thresholds.high`.
+    High = 2,
+    /// From `thresholds.critical`.
+    Critical = 3,
+}
+
+impl Level {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Low => "low",
+            Level::Medium => "medium",
+            Level::High => "high",
+            Level::Critical => "critical",
+        }
+    }
+}
+
+/// A stable reason code, e.g. `ip.hosting` or `ua.automation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReasonCode {
+    /// A code fixed by the engine.
+    Fixed(&'static str),
+    /// A code made from a bundle name (`ip.<list>`, `route.<name>`).
+    Named(Arc<str>),
+}
+
+impl ReasonCode {
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReasonCode::Fixed(s) => s,
+            ReasonCode::Named(s) => s,
+        }
+    }
+}
+
+impl Serialize for ReasonCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One signal's contribution: positive points add risk, negative points are trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// Stable code.
+    pub code: ReasonCode,
+    /// Points (risk > 0, trust < 0).
+    pub points: i16,
+}
+
+/// A rule that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleMatch {
+    /// Rule id.
+    pub id: Arc<str>,
+    /// Its action.
+    pub action: Decision,
+    /// Reported only, not acted on.
+    pub dry_run: bool,
+}
+
+/// What settled the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "detail")]
+pub enum DecidedBy {
+    /// The level → action map.
+    Score,
+    /// A rule (its id).
+    Rule(Arc<str>),
+    /// An operator's decision in the score cache (`ip` or `user`).
+    Manual(&'static str),
+    /// The cache was unavailable and the bundle fails closed.
+    FailClosed,
+    /// A valid clearance satisfied a challenge.
+    Clearance,
+}
+
+/// Whether remote context played a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteStatus {
+    /// No lookup was wanted and none was given.
+    NotWanted,
+    /// Remote context was used.
+    Used,
+    /// Wanted but unavailable (down, timed out, breaker open); decided fail-open.
+    UnavailableFailOpen,
+    /// Wanted but unavailable; decided fail-closed.
+    UnavailableFailClosed,
+}
+
+/// The engine's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The enforced decision (always `pass` in shadow mode).
+    pub decision: Decision,
+    /// In shadow mode: the decision that would have been enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<Decision>,
+    /// Composite score 0..=100.
+    pub score: u8,
+    /// Level of the score.
+    pub level: Level,
+    /// Every contribution to the score, in evaluation order.
+    pub reasons: Vec<Reason>,
+    /// Matched rules, in order (dry runs included).
+    pub rules: Vec<RuleMatch>,
+    /// What settled the decision.
+    pub decided_by: DecidedBy,
+    /// Whether remote context was used.
+    pub remote: RemoteStatus,
+    /// The bundle revision that decided.
+    pub revision: u64,
+}
+
+impl Verdict {
+    /// The decision the bundle reached, enforced or not (shadow mode).
+    pub fn intended_decision(&self) -> Decision {
+        self.shadow_decision.unwrap_or(self.decision)
+    }
+}

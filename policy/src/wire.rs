@@ -1,0 +1,599 @@
+//! Bundle format v1 as it travels: plain serde structs, JSON on the wire.
+//!
+//! These types only describe the shape. [`crate::Policy::try_from`] validates them and compiles
+//! the domain form the engine runs on. Every struct rejects unknown fields, so a typo in a
+//! bundle is an error with a field path, never a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole policy bundle, format version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleV1 {
+    /// Must be `1`.
+    pub format_version: u32,
+    /// Monotonic revision: an edge never goes back to a lower one.
+    pub revision: u64,
+    /// The oldest engine (`major.minor.patch`) that understands this bundle.
+    pub min_engine_version: String,
+    /// What this bundle is for, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `enforce` or `shadow` (decide, log the would-be decision, always pass).
+    #[serde(default)]
+    pub mode: ModeV1,
+    /// Score thresholds of the levels.
+    #[serde(default)]
+    pub thresholds: ThresholdsV1,
+    /// Level → action, and the raised map for sensitive routes.
+    #[serde(default)]
+    pub actions: ActionsV1,
+    /// Scores for which a score-cache lookup is worth its latency.
+    #[serde(default)]
+    pub lookup_band: LookupBandV1,
+    /// Signal weights and parameters.
+    #[serde(default)]
+    pub signals: SignalsV1,
+    /// Named IP prefix lists (hosting, tor, crawler ranges, allow, deny, ...).
+    #[serde(default)]
+    pub lists: BTreeMap<String, IpListV1>,
+    /// Declared crawlers and how their published ranges verify them.
+    #[serde(default)]
+    pub crawlers: CrawlersV1,
+    /// Route sensitivity by method and path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteV1>,
+    /// Ordered rules; the first matching rule that is not a dry run decides.
+    #[serde(default)]
+    pub rules: Vec<RuleV1>,
+    /// Token-bucket budgets the adapters count (enforced by the trust primitives).
+    #[serde(default)]
+    pub rate_budgets: Vec<RateBudgetV1>,
+    /// Score-cache behaviour.
+    #[serde(default)]
+    pub cache: CacheV1,
+    /// Challenge and clearance settings.
+    #[serde(default)]
+    pub challenge: ChallengeV1,
+    /// How subjects (client IPs) are keyed.
+    #[serde(default)]
+    pub subjects: SubjectsV1,
+}
+
+/// Enforcement mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeV1 {
+    /// Decisions are enforced.
+    #[default]
+    Enforce,
+    /// Everything passes; the would-be decision is reported.
+    Shadow,
+}
+
+/// Level thresholds: a score at or above `critical` is critical, and so on down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThresholdsV1 {
+    /// Lowest medium score.
+    pub medium: u32,
+    /// Lowest high score.
+    pub high: u32,
+    /// Lowest critical score.
+    pub critical: u32,
+}
+
+impl Default for ThresholdsV1 {
+    fn default() -> Self {
+        Self { medium: 40, high: 70, critical: 85 }
+    }
+}
+
+/// An action name as written in a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionV1 {
+    /// Let it through (in a rule: an explicit allow that wins over the score).
+    Pass,
+    /// Proof-of-work challenge, then a clearance cookie.
+    Challenge,
+    /// 429 with `retry-after`.
+    Throttle,
+    /// 403.
+    Block,
+}
+
+/// The level → action map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionsV1 {
+    /// Action for low scores.
+    pub low: ActionV1,
+    /// Action for medium scores.
+    pub medium: ActionV1,
+    /// Action for high scores.
+    pub high: ActionV1,
+    /// Action for critical scores.
+    pub critical: ActionV1,
+    /// On a sensitive route: the action per level, where it is raised (never lowered).
+    pub sensitive_routes: SensitiveActionsV1,
+}
+
+impl Default for ActionsV1 {
+    fn default() -> Self {
+        Self {
+            low: ActionV1::Pass,
+            medium: ActionV1::Pass,
+            high: ActionV1::Challenge,
+            critical: ActionV1::Block,
+            sensitive_routes: SensitiveActionsV1::default(),
+        }
+    }
+}
+
+/// Raised actions for sensitive routes; a missing level keeps the normal action.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensitiveActionsV1 {
+    /// Raised action for low scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low: Option<ActionV1>,
+    /// Raised action for medium scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medium: Option<ActionV1>,
+    /// Raised action for high scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high: Option<ActionV1>,
+    /// Raised action for critical scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical: Option<ActionV1>,
+}
+
+/// Local scores in `min..=max` ask the score cache for more context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupBandV1 {
+    /// Lowest score of the band.
+    pub min: u32,
+    /// Highest score of the band.
+    pub max: u32,
+}
+
+impl Default for LookupBandV1 {
+    fn default() -> Self {
+        Self { min: 30, max: 70 }
+    }
+}
+
+/// A signal that is just a weight.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightV1 {
+    /// Points added when the signal fires (0..=100).
+    pub weight: u32,
+}
+
+/// A signal that fires when any token appears in the User-Agent (ASCII case-insensitive).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaTokensV1 {
+    /// Points added when the signal fires (0..=100).
+    pub weight: u32,
+    /// Substrings to look for.
+    pub tokens: Vec<String>,
+}
+
+/// Browser versions older than the minimum of their family.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaOutdatedV1 {
+    /// Points added when the signal fires (0..=100).
+    pub weight: u32,
+    /// Family (`chrome`, `edge`, `firefox`, `safari`, `opera`, `samsung`) → lowest current major.
+    pub min_major: BTreeMap<String, u32>,
+}
+
+/// Points per country (ISO 3166-1 alpha-2) or per ASN.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreTableV1 {
+    /// Key → points (0..=100).
+    pub scores: BTreeMap<String, u32>,
+}
+
+/// Known-bad TLS fingerprints (JA3/JA4 strings as the edge header carries them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFingerprintsV1 {
+    /// Points added when the fingerprint is listed (0..=100).
+    pub weight: u32,
+    /// Fingerprints, compared exactly.
+    pub fingerprints: Vec<String>,
+}
+
+/// Clearance cookie as a signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClearanceSignalV1 {
+    /// Trust points a valid clearance takes off the score (0..=100).
+    pub trust: u32,
+    /// Risk points for a clearance that fails verification (0..=100).
+    pub invalid_weight: u32,
+}
+
+impl Default for ClearanceSignalV1 {
+    fn default() -> Self {
+        Self { trust: 40, invalid_weight: 10 }
+    }
+}
+
+/// All signals. Every signal is off (weight 0) unless the bundle sets it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsV1 {
+    /// No User-Agent header, or an empty one.
+    pub ua_missing: WeightV1,
+    /// HTTP libraries and tools (curl, python-requests, Go-http-client, ...).
+    pub ua_automation: UaTokensV1,
+    /// Headless browsers and browser automation.
+    pub ua_headless: UaTokensV1,
+    /// Browser major version older than the family minimum.
+    pub ua_outdated: UaOutdatedV1,
+    /// `sec-ch-ua*` client hints that contradict the User-Agent.
+    pub ua_client_hints_mismatch: WeightV1,
+    /// A browser UA without `accept-language`.
+    pub headers_missing_accept_language: WeightV1,
+    /// An empty `accept-language` (any client).
+    pub headers_empty_accept_language: WeightV1,
+    /// A browser UA without `accept-encoding`.
+    pub headers_missing_accept_encoding: WeightV1,
+    /// A browser recent enough to always send `sec-fetch-*`, without them.
+    pub headers_missing_sec_fetch: WeightV1,
+    /// List name → points when the client IP is in that list (reason `ip.<name>`).
+    pub ip_lists: BTreeMap<String, u32>,
+    /// Country scores.
+    pub country: ScoreTableV1,
+    /// ASN scores (keys are decimal AS numbers).
+    pub asn: ScoreTableV1,
+    /// Known-bad TLS fingerprints.
+    pub tls_fingerprint: TlsFingerprintsV1,
+    /// Percent of the cache's 0..=100 score that counts as points, per subject.
+    pub remote_score: WeightV1,
+    /// Clearance cookie trust.
+    pub clearance: ClearanceSignalV1,
+}
+
+/// A named IP prefix list with its provenance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpListV1 {
+    /// Where the data came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The data's licence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+    /// Date of the data, `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+    /// Prefixes in CIDR notation, IPv4 or IPv6 (a bare address is a /32 or /128).
+    pub cidrs: Vec<String>,
+}
+
+/// Crawler category as written in a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrawlerCategoryV1 {
+    /// Search engines (Googlebot, Bingbot, ...).
+    SearchEngine,
+    /// AI training and answer crawlers (GPTBot, ClaudeBot, ...).
+    AiCrawler,
+    /// Uptime and performance monitors.
+    Monitor,
+    /// SEO tools (AhrefsBot, SemrushBot, ...).
+    Seo,
+    /// Link previews (Slackbot, facebookexternalhit, ...).
+    Preview,
+    /// Feed readers.
+    Feed,
+    /// Web archivers.
+    Archiver,
+    /// Anything else that declares itself a bot.
+    Other,
+}
+
+/// Crawler verification settings and the catalogue of declared crawlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrawlersV1 {
+    /// Range lists older than this many days cannot prove a crawler spoofed.
+    pub max_ranges_age_days: u32,
+    /// Trust points for a crawler whose IP is in its published ranges (0..=100).
+    pub verified_trust: u32,
+    /// Risk points for a crawler UA from outside fresh published ranges (0..=100).
+    pub spoofed_weight: u32,
+    /// Risk points for a crawler UA from outside stale ranges (0..=100).
+    pub unverified_weight: u32,
+    /// Points for a declared crawler without published ranges, by category (0..=100).
+    pub category_weights: BTreeMap<CrawlerCategoryV1, u32>,
+    /// Known crawlers.
+    pub catalogue: Vec<CrawlerV1>,
+}
+
+impl Default for CrawlersV1 {
+    fn default() -> Self {
+        Self {
+            max_ranges_age_days: 90,
+            verified_trust: 100,
+            spoofed_weight: 60,
+            unverified_weight: 10,
+            category_weights: BTreeMap::new(),
+            catalogue: Vec::new(),
+        }
+    }
+}
+
+/// One declared crawler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrawlerV1 {
+    /// Stable name (`googlebot`).
+    pub name: String,
+    /// What kind of crawler it is.
+    pub category: CrawlerCategoryV1,
+    /// UA substrings that declare it (ASCII case-insensitive).
+    pub ua_tokens: Vec<String>,
+    /// Name of the list in `lists` holding its published ranges, if it publishes any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<String>,
+}
+
+/// A route whose requests weigh more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteV1 {
+    /// Stable name; the reason code is `route.<name>`.
+    pub name: String,
+    /// Path prefix, matched on whole segments, ASCII case-insensitive, after normalisation.
+    pub path_prefix: String,
+    /// Methods (upper case); empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Points added on this route (0..=100).
+    #[serde(default)]
+    pub weight: u32,
+    /// A sensitive route asks the score cache and may raise the action.
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+/// User-Agent class, for rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UaClassV1 {
+    /// No or empty User-Agent.
+    Missing,
+    /// A recognised browser.
+    Browser,
+    /// An HTTP library or tool.
+    Automation,
+    /// A headless browser.
+    Headless,
+    /// A declared crawler (verified or not).
+    Crawler,
+    /// A declared crawler whose IP is in its published ranges.
+    VerifiedCrawler,
+    /// None of the above.
+    Unknown,
+}
+
+/// Risk level name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelV1 {
+    /// Below `thresholds.medium`.
+    Low,
+    /// From `thresholds.medium`.
+    Medium,
+    /// From `thresholds.high`.
+    High,
+    /// From `thresholds.critical`.
+    Critical,
+}
+
+/// Conditions of a rule; all that are set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConditionsV1 {
+    /// Path prefix (same matching as routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Any of these methods.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Any of these countries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<String>,
+    /// Any of these AS numbers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub asns: Vec<u32>,
+    /// Client IP in this list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_list: Option<String>,
+    /// Any of these UA classes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ua_class: Vec<UaClassV1>,
+    /// Declared crawler of any of these categories.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crawler_category: Vec<CrawlerCategoryV1>,
+    /// Final level at least this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_level: Option<LevelV1>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleV1 {
+    /// Stable id, reported in verdicts.
+    pub id: String,
+    /// Conditions (at least one).
+    pub when: ConditionsV1,
+    /// What to do on a match; `pass` is an explicit allow.
+    pub action: ActionV1,
+    /// Report the match but do not act on it.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a rate budget counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKeyV1 {
+    /// Client IP (IPv6 at the subject prefix).
+    Ip,
+    /// User key.
+    User,
+    /// Client IP and matched route.
+    Route,
+}
+
+/// A token-bucket budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateBudgetV1 {
+    /// Stable name.
+    pub name: String,
+    /// What to count per.
+    pub key: RateKeyV1,
+    /// Only requests on this route (by name), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Requests allowed per `per_seconds`.
+    pub requests: u32,
+    /// Window length in seconds.
+    pub per_seconds: u32,
+    /// Bucket size (default: `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Level → percent of the budget left at that level (risk-adaptive throttling).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub level_percent: BTreeMap<LevelV1, u32>,
+}
+
+/// Subject kinds the score cache knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKindV1 {
+    /// Client IP (IPv6 at the subject prefix).
+    Ip,
+    /// User key.
+    User,
+}
+
+/// What to do when the score cache cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailableV1 {
+    /// Decide on the local score.
+    #[default]
+    FailOpen,
+    /// Raise the decision to `fail_closed_action`.
+    FailClosed,
+}
+
+/// Circuit breaker around the score cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerV1 {
+    /// Open when this percent of recent lookups failed.
+    pub failure_rate_percent: u32,
+    /// Fewest lookups in the window before the rate counts.
+    pub min_requests: u32,
+    /// Window over which the rate is taken, seconds.
+    pub window_seconds: u32,
+    /// How long the breaker stays open, seconds.
+    pub open_seconds: u32,
+}
+
+impl Default for BreakerV1 {
+    fn default() -> Self {
+        Self { failure_rate_percent: 15, min_requests: 20, window_seconds: 10, open_seconds: 30 }
+    }
+}
+
+/// Score-cache behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheV1 {
+    /// Subjects to ask about when a lookup is wanted.
+    pub lookup: Vec<SubjectKindV1>,
+    /// Subjects to look up on every request where present.
+    pub always_lookup: Vec<SubjectKindV1>,
+    /// Lookup timeout, milliseconds.
+    pub timeout_ms: u32,
+    /// Fail open or closed.
+    pub on_unavailable: OnUnavailableV1,
+    /// Lowest action when failing closed.
+    pub fail_closed_action: ActionV1,
+    /// Circuit breaker.
+    pub breaker: BreakerV1,
+}
+
+impl Default for CacheV1 {
+    fn default() -> Self {
+        Self {
+            lookup: vec![SubjectKindV1::Ip, SubjectKindV1::User],
+            always_lookup: Vec::new(),
+            timeout_ms: 50,
+            on_unavailable: OnUnavailableV1::FailOpen,
+            fail_closed_action: ActionV1::Challenge,
+            breaker: BreakerV1::default(),
+        }
+    }
+}
+
+/// Challenge and clearance settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChallengeV1 {
+    /// Proof-of-work difficulty in leading zero bits.
+    pub difficulty_bits: u32,
+    /// Raised difficulty per level.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub difficulty_by_level: BTreeMap<LevelV1, u32>,
+    /// How long an issued challenge may be solved, seconds.
+    pub challenge_ttl_seconds: u32,
+    /// Lifetime of the clearance cookie, seconds.
+    pub clearance_ttl_seconds: u32,
+    /// Reserved path the solved challenge is posted to.
+    pub verify_path: String,
+}
+
+impl Default for ChallengeV1 {
+    fn default() -> Self {
+        Self {
+            difficulty_bits: 16,
+            difficulty_by_level: BTreeMap::new(),
+            challenge_ttl_seconds: 300,
+            clearance_ttl_seconds: 3600,
+            verify_path: "/.signalbox/verify".to_owned(),
+        }
+    }
+}
+
+/// How client IPs are keyed as subjects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectsV1 {
+    /// IPv6 addresses are keyed at this prefix length (reputation and rate counting).
+    pub ipv6_prefix: u32,
+}
+
+impl Default for SubjectsV1 {
+    fn default() -> Self {
+        Self { ipv6_prefix: 64 }
+    }
+}
