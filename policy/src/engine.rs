@@ -326,21 +326,15 @@ impl Policy {
 
     fn classify_ua(&self, ua: Option<&[u8]>) -> UaKind {
         let Some(ua) = ua else { return UaKind::Missing };
-        let s = &self.signals;
-        if let Some(m) = self.crawler_tokens.as_ref().and_then(|ac| ac.find(ua)) {
-            if let Some(&crawler) = self.crawler_of_token.get(m.pattern().as_usize()) {
-                return UaKind::Crawler(crawler);
-            }
-        }
-        if s.headless_tokens.as_ref().is_some_and(|ac| ac.is_match(ua)) {
-            return UaKind::Headless;
-        }
-        if s.automation_tokens.as_ref().is_some_and(|ac| ac.is_match(ua)) {
-            return UaKind::Automation;
-        }
-        match ua::parse_browser(ua) {
-            Some(b) => UaKind::Browser(b),
-            None => UaKind::Unknown,
+        let scan = self.ua_scanner.scan(ua);
+        if let Some(crawler) = scan.crawler {
+            UaKind::Crawler(crawler)
+        } else if scan.headless {
+            UaKind::Headless
+        } else if scan.automation {
+            UaKind::Automation
+        } else {
+            scan.browser(ua).map_or(UaKind::Unknown, UaKind::Browser)
         }
     }
 

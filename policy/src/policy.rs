@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use sha2::{Digest, Sha256};
 
 use crate::iprange::IpRangeSet;
-use crate::ua::BrowserFamily;
+use crate::ua::{BrowserFamily, UaScanner};
 use crate::verdict::{Decision, Level};
 use crate::wire::{self, BundleV1};
 
@@ -206,9 +205,8 @@ pub struct Policy {
     pub(crate) lookup_band: (u8, u8),
     pub(crate) signals: Signals,
     pub(crate) lists: Vec<NamedList>,
-    pub(crate) crawler_tokens: Option<AhoCorasick>,
-    /// Pattern index → crawler index.
-    pub(crate) crawler_of_token: Vec<usize>,
+    /// One-pass matcher of crawler, headless, automation and browser tokens.
+    pub(crate) ua_scanner: UaScanner,
     pub(crate) crawlers: Vec<Crawler>,
     pub(crate) crawler_max_age_days: u32,
     pub(crate) crawler_verified_trust: u8,
@@ -223,13 +221,11 @@ pub struct Policy {
     pub(crate) ipv6_prefix: u8,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Signals {
     pub(crate) ua_missing: u8,
     pub(crate) ua_automation: u8,
-    pub(crate) automation_tokens: Option<AhoCorasick>,
     pub(crate) ua_headless: u8,
-    pub(crate) headless_tokens: Option<AhoCorasick>,
     pub(crate) ua_outdated: u8,
     pub(crate) min_major: Vec<(BrowserFamily, u32)>,
     pub(crate) ua_client_hints_mismatch: u8,
@@ -352,16 +348,12 @@ impl Errors {
         }
     }
 
-    fn tokens(&mut self, path: &str, tokens: &[String]) -> Option<AhoCorasick> {
+    fn tokens(&mut self, path: &str, tokens: &[String]) {
         for (i, t) in tokens.iter().enumerate() {
             if t.trim().is_empty() {
                 self.push(format!("{path}[{i}]"), "must not be empty");
             }
         }
-        build_automaton(tokens).unwrap_or_else(|e| {
-            self.push(path, format!("cannot build matcher: {e}"));
-            None
-        })
     }
 
     fn path_prefix(&mut self, path: impl Into<String>, prefix: &str) {
@@ -378,17 +370,6 @@ impl Errors {
         }
         methods.to_vec()
     }
-}
-
-fn build_automaton(tokens: &[String]) -> Result<Option<AhoCorasick>, aho_corasick::BuildError> {
-    if tokens.is_empty() {
-        return Ok(None);
-    }
-    AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostFirst)
-        .build(tokens)
-        .map(Some)
 }
 
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
@@ -447,7 +428,7 @@ impl TryFrom<BundleV1> for Policy {
             thresholds,
             actions,
             lookup_band,
-            signals,
+            mut signals,
             lists,
             crawlers,
             routes,
@@ -513,6 +494,10 @@ impl TryFrom<BundleV1> for Policy {
             found
         };
 
+        let headless_tokens = std::mem::take(&mut signals.ua_headless.tokens);
+        let automation_tokens = std::mem::take(&mut signals.ua_automation.tokens);
+        errors.tokens("signals.ua_headless.tokens", &headless_tokens);
+        errors.tokens("signals.ua_automation.tokens", &automation_tokens);
         let signals = compile_signals(&mut errors, signals, &mut |e, p, n| list_index(e, p, n));
 
         // Crawlers.
@@ -525,7 +510,6 @@ impl TryFrom<BundleV1> for Policy {
             catalogue,
         } = crawlers;
         let mut crawler_patterns = Vec::new();
-        let mut crawler_of_token = Vec::new();
         let mut compiled_crawlers = Vec::with_capacity(catalogue.len());
         for (i, c) in catalogue.iter().enumerate() {
             let path = format!("crawlers.catalogue[{i}]");
@@ -537,8 +521,7 @@ impl TryFrom<BundleV1> for Policy {
                 if t.trim().is_empty() {
                     errors.push(format!("{path}.ua_tokens[{j}]"), "must not be empty");
                 }
-                crawler_patterns.push(t.clone());
-                crawler_of_token.push(i);
+                crawler_patterns.push((t.clone(), i));
             }
             let ranges = c
                 .ranges
@@ -546,7 +529,7 @@ impl TryFrom<BundleV1> for Policy {
                 .and_then(|name| list_index(&mut errors, format!("{path}.ranges"), name));
             compiled_crawlers.push(Crawler { category: c.category, ranges });
         }
-        let crawler_tokens = errors.tokens("crawlers.catalogue", &crawler_patterns);
+        let ua_scanner = UaScanner::new(&crawler_patterns, &headless_tokens, &automation_tokens);
         let crawler_category_weights = category_weights
             .iter()
             .map(|(cat, w)| {
@@ -682,9 +665,14 @@ impl TryFrom<BundleV1> for Policy {
         let crawler_unverified_weight =
             errors.points("crawlers.unverified_weight", unverified_weight);
 
-        if !errors.0.is_empty() {
-            return Err(BundleError::Invalid(errors.0));
-        }
+        let ua_scanner = match ua_scanner {
+            Ok(scanner) if errors.0.is_empty() => scanner,
+            Ok(_) => return Err(BundleError::Invalid(errors.0)),
+            Err(e) => {
+                errors.push("signals", format!("cannot build the User-Agent matcher: {e}"));
+                return Err(BundleError::Invalid(errors.0));
+            }
+        };
         Ok(Policy {
             revision,
             digest: None,
@@ -699,8 +687,7 @@ impl TryFrom<BundleV1> for Policy {
             lookup_band,
             signals,
             lists: compiled_lists,
-            crawler_tokens,
-            crawler_of_token,
+            ua_scanner,
             crawlers: compiled_crawlers,
             crawler_max_age_days: max_ranges_age_days,
             crawler_verified_trust,
@@ -808,9 +795,7 @@ fn compile_signals(errors: &mut Errors, s: wire::SignalsV1, list_index: &mut Lis
     Signals {
         ua_missing: errors.points("signals.ua_missing.weight", ua_missing.weight),
         ua_automation: errors.points("signals.ua_automation.weight", ua_automation.weight),
-        automation_tokens: errors.tokens("signals.ua_automation.tokens", &ua_automation.tokens),
         ua_headless: errors.points("signals.ua_headless.weight", ua_headless.weight),
-        headless_tokens: errors.tokens("signals.ua_headless.tokens", &ua_headless.tokens),
         ua_outdated: errors.points("signals.ua_outdated.weight", ua_outdated.weight),
         min_major,
         ua_client_hints_mismatch: errors

@@ -1,10 +1,12 @@
 //! Just enough User-Agent parsing for risk signals: browser family, major version, platform
 //! and mobile flag, plus the client-hint consistency check.
 //!
-//! Works on raw bytes: a header value need not be UTF-8. Token lists (automation, headless,
-//! crawlers) are matched elsewhere with Aho-Corasick; this module only reads the browser
-//! product tokens, in the order browsers stack them (Edge and Opera also say `Chrome/`,
-//! Chrome also says `Safari/`).
+//! Works on raw bytes: a header value need not be UTF-8. One Aho-Corasick pass finds the
+//! bundle's tokens (crawlers, headless, automation) and the browser product and platform
+//! tokens; products are then read in the order browsers stack them (Edge and Opera also say
+//! `Chrome/`, Chrome also says `Safari/`).
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// Browser families the bundle can set minimum versions for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,47 +102,153 @@ pub struct Browser {
     pub mobile: bool,
 }
 
-/// Parses a browser User-Agent. Returns `None` for anything that is not a `Mozilla/5.0`
-/// browser string with a known product token.
-pub fn parse_browser(ua: &[u8]) -> Option<Browser> {
-    if !ua.starts_with(b"Mozilla/5.0") {
-        return None;
-    }
-    const PRODUCTS: [(&[u8], BrowserFamily); 10] = [
-        (b"Edg/", BrowserFamily::Edge),
-        (b"EdgA/", BrowserFamily::Edge),
-        (b"EdgiOS/", BrowserFamily::Edge),
-        (b"OPR/", BrowserFamily::Opera),
-        (b"SamsungBrowser/", BrowserFamily::Samsung),
-        (b"Firefox/", BrowserFamily::Firefox),
-        (b"FxiOS/", BrowserFamily::Firefox),
-        (b"CriOS/", BrowserFamily::Chrome),
-        (b"Chrome/", BrowserFamily::Chrome),
-        (b"Version/", BrowserFamily::Safari),
-    ];
-    let (family, major) = PRODUCTS.iter().find_map(|&(token, family)| {
-        let at = find(ua, token)?;
-        if family == BrowserFamily::Safari && find(ua, b"Safari/").is_none() {
-            return None;
-        }
-        let major = leading_number(ua.get(at + token.len()..)?)?;
-        Some((family, major))
-    })?;
-    Some(Browser { family, major, platform: ua_platform(ua), mobile: find(ua, b"Mobile").is_some() })
+/// Browser product tokens, in the order browsers stack them: the first found wins.
+const PRODUCTS: [(&str, BrowserFamily); 10] = [
+    ("Edg/", BrowserFamily::Edge),
+    ("EdgA/", BrowserFamily::Edge),
+    ("EdgiOS/", BrowserFamily::Edge),
+    ("OPR/", BrowserFamily::Opera),
+    ("SamsungBrowser/", BrowserFamily::Samsung),
+    ("Firefox/", BrowserFamily::Firefox),
+    ("FxiOS/", BrowserFamily::Firefox),
+    ("CriOS/", BrowserFamily::Chrome),
+    ("Chrome/", BrowserFamily::Chrome),
+    ("Version/", BrowserFamily::Safari),
+];
+
+/// Platform tokens; the first found wins (Android UAs say "Linux", iOS UAs "Mac OS X").
+const PLATFORMS: [(&str, Platform); 7] = [
+    ("Android", Platform::Android),
+    ("iPhone", Platform::Ios),
+    ("iPad", Platform::Ios),
+    ("Windows", Platform::Windows),
+    ("CrOS", Platform::ChromeOs),
+    ("Macintosh", Platform::MacOs),
+    ("Linux", Platform::Linux),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Crawler(usize),
+    Headless,
+    Automation,
+    Product(usize),
+    Platform(usize),
+    Mobile,
+    Safari,
 }
 
-fn ua_platform(ua: &[u8]) -> Option<Platform> {
-    // Order matters: Android UAs say "Linux", iOS UAs say "like Mac OS X".
-    const PLATFORMS: [(&[u8], Platform); 7] = [
-        (b"Android", Platform::Android),
-        (b"iPhone", Platform::Ios),
-        (b"iPad", Platform::Ios),
-        (b"Windows", Platform::Windows),
-        (b"CrOS", Platform::ChromeOs),
-        (b"Macintosh", Platform::MacOs),
-        (b"Linux", Platform::Linux),
-    ];
-    PLATFORMS.iter().find(|(token, _)| find(ua, token).is_some()).map(|&(_, p)| p)
+/// Everything one pass over a User-Agent found.
+#[derive(Debug, Clone, Default)]
+pub struct UaScan {
+    /// The declared crawler with the lowest catalogue index, if any.
+    pub crawler: Option<usize>,
+    /// A headless-browser token matched.
+    pub headless: bool,
+    /// An automation token matched.
+    pub automation: bool,
+    product_end: [Option<usize>; PRODUCTS.len()],
+    platform: Option<usize>,
+    mobile: bool,
+    safari: bool,
+}
+
+/// Finds every bundle token (crawlers, headless, automation) and every browser token in one
+/// pass of an Aho-Corasick DFA (ASCII case-insensitive) over the User-Agent.
+#[derive(Debug, Clone)]
+pub struct UaScanner {
+    matcher: AhoCorasick,
+    tokens: Vec<Token>,
+}
+
+impl UaScanner {
+    /// Builds a scanner. `crawlers` pairs each token with its crawler's catalogue index.
+    pub fn new(
+        crawlers: &[(String, usize)],
+        headless: &[String],
+        automation: &[String],
+    ) -> Result<Self, aho_corasick::BuildError> {
+        fn add<'a>(patterns: &mut Vec<&'a str>, tokens: &mut Vec<Token>, p: &'a str, t: Token) {
+            if !p.is_empty() {
+                patterns.push(p);
+                tokens.push(t);
+            }
+        }
+        let (mut patterns, mut tokens) = (Vec::new(), Vec::new());
+        for (p, crawler) in crawlers {
+            add(&mut patterns, &mut tokens, p, Token::Crawler(*crawler));
+        }
+        for p in headless {
+            add(&mut patterns, &mut tokens, p, Token::Headless);
+        }
+        for p in automation {
+            add(&mut patterns, &mut tokens, p, Token::Automation);
+        }
+        for (i, (p, _)) in PRODUCTS.iter().enumerate() {
+            add(&mut patterns, &mut tokens, p, Token::Product(i));
+        }
+        for (i, (p, _)) in PLATFORMS.iter().enumerate() {
+            add(&mut patterns, &mut tokens, p, Token::Platform(i));
+        }
+        add(&mut patterns, &mut tokens, "Mobile", Token::Mobile);
+        add(&mut patterns, &mut tokens, "Safari/", Token::Safari);
+        let matcher = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&patterns)?;
+        Ok(Self { matcher, tokens })
+    }
+
+    /// One pass over the User-Agent.
+    pub fn scan(&self, ua: &[u8]) -> UaScan {
+        let mut scan = UaScan::default();
+        for m in self.matcher.find_overlapping_iter(ua) {
+            match self.tokens.get(m.pattern().as_usize()) {
+                Some(Token::Crawler(c)) => {
+                    scan.crawler = Some(scan.crawler.map_or(*c, |prev| prev.min(*c)));
+                }
+                Some(Token::Headless) => scan.headless = true,
+                Some(Token::Automation) => scan.automation = true,
+                Some(Token::Product(i)) => {
+                    if let Some(slot) = scan.product_end.get_mut(*i) {
+                        slot.get_or_insert(m.end());
+                    }
+                }
+                Some(Token::Platform(i)) => {
+                    scan.platform = Some(scan.platform.map_or(*i, |prev| prev.min(*i)));
+                }
+                Some(Token::Mobile) => scan.mobile = true,
+                Some(Token::Safari) => scan.safari = true,
+                None => {}
+            }
+        }
+        scan
+    }
+}
+
+impl UaScan {
+    /// The browser a `Mozilla/5.0` User-Agent claims to be, if it names a known product.
+    pub fn browser(&self, ua: &[u8]) -> Option<Browser> {
+        if !ua.starts_with(b"Mozilla/5.0") {
+            return None;
+        }
+        let (family, major) = PRODUCTS.iter().zip(self.product_end).find_map(|(&(_, family), end)| {
+            if family == BrowserFamily::Safari && !self.safari {
+                return None;
+            }
+            Some((family, leading_number(ua.get(end?..)?)?))
+        })?;
+        let platform = self.platform.and_then(|i| PLATFORMS.get(i)).map(|&(_, p)| p);
+        Some(Browser { family, major, platform, mobile: self.mobile })
+    }
+}
+
+/// Parses a browser User-Agent on its own (builds a scanner: for tools and tests; the engine
+/// keeps one per policy). Returns `None` for anything that is not a `Mozilla/5.0` browser
+/// string with a known product token.
+pub fn parse_browser(ua: &[u8]) -> Option<Browser> {
+    UaScanner::new(&[], &[], &[]).ok()?.scan(ua).browser(ua)
 }
 
 /// Whether `sec-ch-ua`, `sec-ch-ua-mobile` and `sec-ch-ua-platform` contradict the UA.
@@ -215,21 +323,16 @@ fn hint_platform(value: &[u8]) -> Option<Platform> {
 
 /// Byte-string search (first occurrence).
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn leading_number(bytes: &[u8]) -> Option<u32> {
-    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).take(9);
-    let mut value: u32 = 0;
-    let mut any = false;
-    for &d in digits {
-        value = value.checked_mul(10)?.checked_add(u32::from(d - b'0'))?;
-        any = true;
+    // A version major has at most 6 digits; anything longer is not a real browser.
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !(1..=6).contains(&digits) {
+        return None;
     }
-    any.then_some(value)
+    std::str::from_utf8(bytes.get(..digits)?).ok()?.parse().ok()
 }
 
 pub(crate) fn trim(bytes: &[u8]) -> &[u8] {

@@ -1,0 +1,338 @@
+//! Properties of the scorer and the decision (bounds, monotonicity, precedence) and of
+//! bundle validation (every error named by its field path).
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use signalbox_policy::wire::*;
+use signalbox_policy::*;
+
+const NOW: u64 = 1_795_392_000;
+
+fn base_bundle() -> BundleV1 {
+    serde_json::from_value(serde_json::json!({
+        "format_version": 1, "revision": 1, "min_engine_version": "0.1.0"
+    }))
+    .unwrap()
+}
+
+/// How many weights `weighted_bundle` takes.
+const SIGNAL_WEIGHTS: usize = 17;
+
+/// A bundle with every risk signal's weight taken from `w` (cycled).
+fn weighted_bundle(w: &[u32]) -> BundleV1 {
+    let mut b = base_bundle();
+    let mut i = 0;
+    let mut next = || {
+        let weight = w[i % w.len()];
+        i += 1;
+        weight
+    };
+    let s = &mut b.signals;
+    s.ua_missing.weight = next();
+    s.ua_automation = UaTokensV1 { weight: next(), tokens: vec!["curl/".into(), "python".into()] };
+    s.ua_headless = UaTokensV1 { weight: next(), tokens: vec!["HeadlessChrome".into()] };
+    s.ua_outdated = UaOutdatedV1 { weight: next(), min_major: BTreeMap::from([("chrome".into(), 120)]) };
+    s.ua_client_hints_mismatch.weight = next();
+    s.headers_missing_accept_language.weight = next();
+    s.headers_empty_accept_language.weight = next();
+    s.headers_missing_accept_encoding.weight = next();
+    s.headers_missing_sec_fetch.weight = next();
+    s.ip_lists = BTreeMap::from([("hosting".into(), next()), ("tor".into(), next())]);
+    s.country.scores = BTreeMap::from([("KP".into(), next())]);
+    s.asn.scores = BTreeMap::from([("14061".into(), next())]);
+    s.tls_fingerprint = TlsFingerprintsV1 { weight: next(), fingerprints: vec!["bad".into()] };
+    s.remote_score.weight = next();
+    s.clearance = ClearanceSignalV1 { trust: 40, invalid_weight: next() };
+    b.lists = BTreeMap::from([
+        ("hosting".into(), IpListV1 { cidrs: vec!["167.99.0.0/16".into(), "2a03:b0c0::/32".into()], ..Default::default() }),
+        ("tor".into(), IpListV1 { cidrs: vec!["2.26.97.42".into()], ..Default::default() }),
+    ]);
+    b.routes = vec![RouteV1 {
+        name: "login".into(),
+        path_prefix: "/login".into(),
+        methods: vec![],
+        weight: next(),
+        sensitive: true,
+    }];
+    b
+}
+
+fn ua_strategy() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(b"curl/8.5.0".to_vec())),
+        Just(Some(b"Mozilla/5.0 (Linux; Android 7.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Mobile Safari/537.36".to_vec())),
+        Just(Some(b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36".to_vec())),
+        Just(Some(b"HeadlessChrome/120".to_vec())),
+        proptest::collection::vec(any::<u8>(), 0..80).prop_map(Some),
+    ]
+}
+
+fn facts_strategy() -> impl Strategy<Value = Facts> {
+    (
+        ua_strategy(),
+        proptest::option::of(prop_oneof![Just(b"".to_vec()), Just(b"en".to_vec())]),
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just("167.99.1.2"), Just("2.26.97.42"), Just("81.62.10.4"), Just("2a03:b0c0::9"), Just("::ffff:167.99.3.4")],
+        prop_oneof![Just("/"), Just("/login"), Just("/LOGIN/x"), Just("/a/../login?x")],
+        proptest::option::of(prop_oneof![Just("KP"), Just("CH")]),
+        proptest::option::of(Just("bad")),
+        prop_oneof![Just(Clearance::Absent), Just(Clearance::Valid), Just(Clearance::Invalid)],
+    )
+        .prop_map(|(ua, al, ae, hints, ip, path, country, tls, clearance)| {
+            let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+            if let Some(ua) = ua {
+                headers.push(("user-agent".into(), ua));
+            }
+            if let Some(al) = al {
+                headers.push(("accept-language".into(), al));
+            }
+            if ae {
+                headers.push(("accept-encoding".into(), b"gzip".to_vec()));
+            }
+            if hints {
+                headers.push(("sec-ch-ua".into(), br#""Chromium";v="99""#.to_vec()));
+            }
+            if let Some(c) = country {
+                headers.push(("cf-ipcountry".into(), c.as_bytes().to_vec()));
+            }
+            headers.push(("x-signalbox-edge-asn".into(), b"14061".to_vec()));
+            if let Some(t) = tls {
+                headers.push(("x-signalbox-edge-ja4".into(), t.as_bytes().to_vec()));
+            }
+            let mut f = Facts::from_parts("POST", path, headers, ip.parse().unwrap(), &EdgeHeaderNames::default());
+            f.clearance = clearance;
+            f
+        })
+}
+
+fn score(bundle: &BundleV1, facts: &Facts, remote: Option<&RemoteContext>) -> Verdict {
+    Policy::try_from(bundle.clone()).unwrap().evaluate(facts, remote, NOW)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The score is within 0..=100 and, before the cap, equals the sum of the reported points.
+    #[test]
+    fn score_is_bounded_and_explained(
+        weights in proptest::collection::vec(0u32..=100, 1..20),
+        facts in facts_strategy(),
+        remote_score in proptest::option::of(0u32..=1000),
+    ) {
+        let remote = remote_score.map(|s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None });
+        let v = score(&weighted_bundle(&weights), &facts, remote.as_ref());
+        prop_assert!(v.score <= 100);
+        let sum: i32 = v.reasons.iter().map(|r| i32::from(r.points)).sum();
+        prop_assert_eq!(i32::from(v.score), sum.clamp(0, 100));
+        prop_assert!(v.reasons.iter().all(|r| r.points != 0));
+    }
+
+    /// Raising any risk weight never lowers the score of the same request.
+    #[test]
+    fn raising_a_risk_weight_never_lowers_the_score(
+        weights in proptest::collection::vec(0u32..=100, 1..20),
+        bump_at in 0usize..20,
+        bump in 1u32..=100,
+        facts in facts_strategy(),
+    ) {
+        let mut raised = weights.clone();
+        let i = bump_at % raised.len();
+        raised[i] = (raised[i] + bump).min(100);
+        let before = score(&weighted_bundle(&weights), &facts, None).score;
+        let after = score(&weighted_bundle(&raised), &facts, None).score;
+        prop_assert!(after >= before, "{} -> {}", before, after);
+    }
+
+    /// Adding the client's address to a scored list, or a higher remote score, never lowers it.
+    #[test]
+    fn an_added_risk_signal_never_lowers_the_score(
+        weights in proptest::collection::vec(0u32..=100, 1..20),
+        facts in facts_strategy(),
+        remote_a in 0u32..=100,
+        remote_b in 0u32..=100,
+    ) {
+        let bundle = weighted_bundle(&weights);
+        let mut listed = bundle.clone();
+        listed.lists.get_mut("tor").unwrap().cidrs.push(facts.client_ip.to_string());
+        prop_assert!(score(&listed, &facts, None).score >= score(&bundle, &facts, None).score);
+        let (lo, hi) = (remote_a.min(remote_b), remote_a.max(remote_b));
+        let ctx = |s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None };
+        prop_assert!(score(&bundle, &facts, Some(&ctx(hi))).score >= score(&bundle, &facts, Some(&ctx(lo))).score);
+        prop_assert!(score(&bundle, &facts, Some(&ctx(lo))).score >= score(&bundle, &facts, None).score);
+    }
+
+    /// Any mix of valid weights loads; any weight above 100 is refused with its path.
+    #[test]
+    fn weights_are_validated(weights in proptest::collection::vec(0u32..=300, SIGNAL_WEIGHTS)) {
+        let bundle = weighted_bundle(&weights);
+        match Policy::try_from(bundle) {
+            Ok(_) => prop_assert!(weights.iter().all(|w| *w <= 100)),
+            Err(e) => {
+                prop_assert!(weights.iter().any(|w| *w > 100));
+                prop_assert!(e.field_errors().iter().all(|f| f.message == "must be 0..=100" && !f.path.is_empty()));
+            }
+        }
+    }
+}
+
+fn policy_from(json: serde_json::Value) -> Result<Policy, BundleError> {
+    Policy::from_json_slice(json.to_string().as_bytes())
+}
+
+#[test]
+fn validation_collects_every_error_with_paths() {
+    let err = policy_from(serde_json::json!({
+        "format_version": 2, "revision": 1, "min_engine_version": "99.0.0",
+        "thresholds": {"medium": 50, "high": 40, "critical": 90},
+        "lookup_band": {"min": 80, "max": 20},
+        "signals": {"ua_outdated": {"weight": 5, "min_major": {"netscape": 4}}, "country": {"scores": {"ch": 5}}},
+        "lists": {"a": {"as_of": "2026-13-01", "cidrs": ["1.2.3.0/24", "nope"]}},
+        "crawlers": {"catalogue": [{"name": "g", "category": "search_engine", "ua_tokens": [], "ranges": "missing"}]},
+        "routes": [{"name": "r", "path_prefix": "login", "methods": ["get"]}],
+        "rules": [{"id": "x", "when": {}, "action": "block"}, {"id": "x", "when": {"ip_list": "zzz"}, "action": "pass"}],
+        "rate_budgets": [{"name": "b", "key": "route", "route": "nope", "requests": 0, "per_seconds": 60}],
+        "cache": {"timeout_ms": 0},
+        "challenge": {"difficulty_bits": 64, "verify_path": "verify"},
+        "subjects": {"ipv6_prefix": 200}
+    }))
+    .unwrap_err();
+    let paths: Vec<&str> = err.field_errors().iter().map(|f| f.path.as_str()).collect();
+    for expected in [
+        "format_version",
+        "min_engine_version",
+        "thresholds",
+        "lookup_band",
+        "signals.ua_outdated.min_major.netscape",
+        "signals.country.scores.ch",
+        "lists.a.as_of",
+        "lists.a.cidrs[1]",
+        "crawlers.catalogue[0].ua_tokens",
+        "crawlers.catalogue[0].ranges",
+        "routes[0].path_prefix",
+        "routes[0].methods[0]",
+        "rules[0].when",
+        "rules[1].id",
+        "rules[1].when.ip_list",
+        "rate_budgets[0].requests",
+        "rate_budgets[0].route",
+        "cache.timeout_ms",
+        "challenge.difficulty_bits",
+        "challenge.verify_path",
+        "subjects.ipv6_prefix",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn shape_errors_name_the_field() {
+    let err = policy_from(serde_json::json!({
+        "format_version": 1, "revision": 1, "min_engine_version": "0.1.0",
+        "signals": {"ua_automation": {"weight": "high", "tokens": []}}
+    }))
+    .unwrap_err();
+    assert_eq!(err.field_errors()[0].path, "signals.ua_automation.weight");
+    let err = policy_from(serde_json::json!({
+        "format_version": 1, "revision": 1, "min_engine_version": "0.1.0",
+        "routes": [{"name": "a", "path_prefix": "/", "colour": "red"}]
+    }))
+    .unwrap_err();
+    assert_eq!(err.field_errors()[0].path, "routes[0].colour");
+    assert!(err.to_string().contains("unknown field `colour`"));
+    assert!(Policy::from_json_slice(b"\xff\xfe").is_err());
+    assert!(Policy::from_json_slice(b"").is_err());
+}
+
+fn golden() -> Policy {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scenarios/bundles/golden.yaml")).unwrap();
+    let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    Policy::from_json_slice(value.to_string().as_bytes()).unwrap()
+}
+
+fn cam(clearance: Clearance) -> Facts {
+    let mut f = Facts::from_parts(
+        "GET",
+        "/signup",
+        [
+            ("user-agent", &b"Mozilla/5.0 (Linux; Android 7.0; SM-G930F Build/NRD90M) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Mobile Safari/537.36 Puffin/7.1.2.18064AP"[..]),
+            ("accept-encoding", b"gzip"),
+            ("accept-language", b""),
+        ],
+        "167.99.134.20".parse().unwrap(),
+        &EdgeHeaderNames::default(),
+    );
+    f.clearance = clearance;
+    f
+}
+
+#[test]
+fn valid_clearance_satisfies_a_challenge_and_invalid_adds_risk() {
+    let p = golden();
+    let none = p.evaluate(&cam(Clearance::Absent), None, NOW);
+    assert_eq!(none.decision, Decision::Challenge);
+    let valid = p.evaluate(&cam(Clearance::Valid), None, NOW);
+    assert_eq!(valid.decision, Decision::Pass);
+    assert!(valid.reasons.iter().any(|r| r.code.as_str() == "clearance.valid" && r.points == -40));
+    let invalid = p.evaluate(&cam(Clearance::Invalid), None, NOW);
+    assert_eq!(invalid.score, none.score + 10);
+    assert_eq!(invalid.decision, Decision::Block, "75 + 10 = 85 is critical");
+}
+
+#[test]
+fn assess_asks_for_lookups_only_when_useful() {
+    let p = golden();
+    // Sensitive route: lookup wanted for the IP.
+    let a = p.assess(&cam(Clearance::Absent), NOW);
+    let lookup = a.lookup().unwrap();
+    assert_eq!(lookup.reason, LookupReason::SensitiveRoute);
+    assert_eq!(lookup.ip.as_deref(), Some("167.99.134.20"));
+    assert_eq!(lookup.user, None);
+    // Low score, plain route: none.
+    let low = Facts::from_parts("GET", "/", [("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"), ("accept-language", "en"), ("accept-encoding", "gzip"), ("sec-fetch-mode", "navigate")], "81.62.10.4".parse().unwrap(), &EdgeHeaderNames::default());
+    assert!(p.assess(&low, NOW).lookup().is_none());
+    // Gray zone, IPv6 keyed at /64, user key passed through.
+    let mut gray = Facts::from_parts("GET", "/", [("user-agent", "curl/8")], "2001:db8:1:2:3:4:5:6".parse().unwrap(), &EdgeHeaderNames::default());
+    gray.user = Some("u-7".into());
+    let a = p.assess(&gray, NOW);
+    let lookup = a.lookup().unwrap();
+    assert_eq!(lookup.reason, LookupReason::GrayZone);
+    assert_eq!(lookup.ip.as_deref(), Some("2001:db8:1:2::/64"));
+    assert_eq!(lookup.user.as_deref(), Some("u-7"));
+}
+
+#[test]
+fn crawler_ranges_go_stale() {
+    let p = golden();
+    let gb = |ip: &str| Facts::from_parts("GET", "/", [("user-agent", "Googlebot/2.1")], ip.parse().unwrap(), &EdgeHeaderNames::default());
+    // The fixture's googlebot ranges are as of 2026-11-01; 90 days later they are stale.
+    let fresh = p.evaluate(&gb("198.51.100.1"), None, NOW);
+    assert!(fresh.reasons.iter().any(|r| r.code.as_str() == "crawler.spoofed"));
+    let later = NOW + 100 * 86_400;
+    let stale = p.evaluate(&gb("198.51.100.1"), None, later);
+    assert!(stale.reasons.iter().any(|r| r.code.as_str() == "crawler.unverified"));
+    assert_eq!(p.evaluate(&gb("66.249.66.1"), None, later).decision, Decision::Pass);
+}
+
+#[test]
+fn no_panic_on_extreme_inputs() {
+    let p = golden();
+    let long = vec![b'A'; 64 * 1024];
+    let headers = vec![
+        ("user-agent".to_string(), long.clone()),
+        ("accept-language".to_string(), vec![0xff; 10]),
+        ("cookie".to_string(), b"=;;==;__Host-signalbox-clearance".to_vec()),
+        ("cf-ipcountry".to_string(), vec![0xc3, 0x28]),
+        ("x-signalbox-edge-asn".to_string(), b"99999999999999999999".to_vec()),
+        ("sec-ch-ua".to_string(), b"\"Chromium\";v=\"".to_vec()),
+    ];
+    let path = String::from_utf8_lossy(&long).into_owned() + "/%%%/../..";
+    for ip in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+        let f = Facts::from_parts("\u{0}", &path, headers.clone(), ip.parse().unwrap(), &EdgeHeaderNames::default());
+        let remote = RemoteContext { ip: Some(SubjectContext { score: u32::MAX, decision: Some(ManualDecision { action: ManualAction::Ban, expires_at: u64::MAX }) }), user: None };
+        assert_eq!(p.evaluate(&f, Some(&remote), u64::MAX - 1).decision, Decision::Block);
+        let _ = p.evaluate(&f, None, 0);
+    }
+}
