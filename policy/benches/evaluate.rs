@@ -2,6 +2,8 @@
 //! prefixes loaded (goal: at most 2 µs each, native), and loading such a bundle.
 //! Also prints the bytes per prefix of the compact range store.
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -13,16 +15,28 @@ const NOW: u64 = 1_795_392_000;
 fn prefixes(n: usize) -> Vec<String> {
     let mut state: u64 = 0x5eed;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         state >> 16
     };
     (0..n)
         .map(|i| {
             let r = next();
             if i % 10 == 9 {
-                format!("2a0{}:{:x}:{:x}::/48", r % 10, (r >> 8) & 0xffff, (r >> 24) & 0xffff)
+                format!(
+                    "2a0{}:{:x}:{:x}::/48",
+                    r % 10,
+                    (r >> 8) & 0xffff,
+                    (r >> 24) & 0xffff
+                )
             } else {
-                format!("{}.{}.{}.0/24", 1 + (r % 223), (r >> 8) % 256, (r >> 16) % 256)
+                format!(
+                    "{}.{}.{}.0/24",
+                    1 + (r % 223),
+                    (r >> 8) % 256,
+                    (r >> 16) % 256
+                )
             }
         })
         .collect()
@@ -72,13 +86,19 @@ fn browser() -> Facts {
         "/signup",
         [
             ("host", "shop.example"),
-            ("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            ),
             ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
             ("accept-encoding", "gzip, deflate, br, zstd"),
             ("accept-language", "fr-CH, fr;q=0.9, en;q=0.8"),
             ("sec-fetch-site", "none"),
             ("sec-fetch-mode", "navigate"),
-            ("sec-ch-ua", "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\""),
+            (
+                "sec-ch-ua",
+                "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"",
+            ),
             ("sec-ch-ua-mobile", "?0"),
             ("sec-ch-ua-platform", "\"macOS\""),
             ("cookie", "session=abc; cart=1"),
@@ -92,7 +112,12 @@ fn bot() -> Facts {
     Facts::from_parts(
         "POST",
         "/login",
-        [("host", "shop.example"), ("user-agent", "python-requests/2.32.3"), ("accept", "*/*"), ("accept-encoding", "gzip, deflate")],
+        [
+            ("host", "shop.example"),
+            ("user-agent", "python-requests/2.32.3"),
+            ("accept", "*/*"),
+            ("accept-encoding", "gzip, deflate"),
+        ],
         "167.99.134.20".parse().unwrap(),
         &EdgeHeaderNames::default(),
     )
@@ -112,19 +137,26 @@ fn benches(c: &mut Criterion) {
         );
     }
     let (browser, bot) = (browser(), bot());
-    assert_eq!(policy.evaluate(&browser, None, NOW).decision.as_str(), "pass");
+    assert_eq!(
+        policy.evaluate(&browser, None, NOW).decision.as_str(),
+        "pass"
+    );
     assert_eq!(policy.evaluate(&bot, None, NOW).decision.as_str(), "block");
 
     let mut group = c.benchmark_group("evaluate_100k_prefixes");
     group.bench_function("browser", |b| {
         b.iter(|| policy.decide(policy.assess(black_box(&browser), NOW), None, NOW))
     });
-    group.bench_function("bot", |b| b.iter(|| policy.decide(policy.assess(black_box(&bot), NOW), None, NOW)));
+    group.bench_function("bot", |b| {
+        b.iter(|| policy.decide(policy.assess(black_box(&bot), NOW), None, NOW))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
-    group.bench_function("bundle_100k_prefixes", |b| b.iter(|| Policy::from_json_slice(black_box(&json)).unwrap()));
+    group.bench_function("bundle_100k_prefixes", |b| {
+        b.iter(|| Policy::from_json_slice(black_box(&json)).unwrap())
+    });
     group.finish();
 }
 

@@ -107,7 +107,11 @@ impl<'de> Deserialize<'de> for RemoteStatus {
             "used" => RemoteStatus::Used,
             "unavailable_fail_open" => RemoteStatus::UnavailableFailOpen,
             "unavailable_fail_closed" => RemoteStatus::UnavailableFailClosed,
-            other => return Err(serde::de::Error::custom(format!("unknown remote status {other:?}"))),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown remote status {other:?}"
+                )));
+            }
         })
     }
 }
@@ -118,14 +122,25 @@ impl Expect {
         let mut out = Vec::new();
         let codes: Vec<&str> = v.reasons.iter().map(|r| r.code.as_str()).collect();
         if v.decision != self.decision {
-            out.push(format!("decision: expected {}, got {}", self.decision.as_str(), v.decision.as_str()));
+            out.push(format!(
+                "decision: expected {}, got {}",
+                self.decision.as_str(),
+                v.decision.as_str()
+            ));
         }
         if let Some(level) = self.level.filter(|l| *l != v.level) {
-            out.push(format!("level: expected {}, got {}", level.as_str(), v.level.as_str()));
+            out.push(format!(
+                "level: expected {}, got {}",
+                level.as_str(),
+                v.level.as_str()
+            ));
         }
         for code in &self.reasons {
             if !codes.contains(&code.as_str()) {
-                out.push(format!("reasons: expected {code}, got [{}]", codes.join(", ")));
+                out.push(format!(
+                    "reasons: expected {code}, got [{}]",
+                    codes.join(", ")
+                ));
             }
         }
         for code in &self.not_reasons {
@@ -134,7 +149,10 @@ impl Expect {
             }
         }
         if let Some(r) = self.score.filter(|r| !(r.min..=r.max).contains(&v.score)) {
-            out.push(format!("score: expected {}..={}, got {}", r.min, r.max, v.score));
+            out.push(format!(
+                "score: expected {}..={}, got {}",
+                r.min, r.max, v.score
+            ));
         }
         if self.shadow_decision.is_some() && self.shadow_decision != v.shadow_decision {
             out.push(format!(

@@ -11,10 +11,14 @@ use std::net::IpAddr;
 
 use ipnet::Ipv6Net;
 
-use crate::facts::{Clearance, Facts, RemoteContext, SubjectContext, normalize_path, path_has_prefix};
+use crate::facts::{
+    Clearance, Facts, RemoteContext, SubjectContext, normalize_path, path_has_prefix,
+};
 use crate::policy::{Conditions, CrawlerCategory, Mode, Policy, SubjectKind, UaClass};
 use crate::ua::{self, Browser};
-use crate::verdict::{DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict};
+use crate::verdict::{
+    DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
+};
 
 /// Why the assessment asks the score cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,14 +98,20 @@ impl Tally {
     fn risk(&mut self, code: ReasonCode, points: u8) {
         if points > 0 {
             self.risk += u32::from(points);
-            self.reasons.push(Reason { code, points: i16::from(points) });
+            self.reasons.push(Reason {
+                code,
+                points: i16::from(points),
+            });
         }
     }
 
     fn trust(&mut self, code: ReasonCode, points: u8) {
         if points > 0 {
             self.trust += u32::from(points);
-            self.reasons.push(Reason { code, points: -i16::from(points) });
+            self.reasons.push(Reason {
+                code,
+                points: -i16::from(points),
+            });
         }
     }
 }
@@ -123,9 +133,16 @@ impl Policy {
     /// whether richer context from the score cache is worth asking for.
     pub fn assess(&self, facts: &Facts, now: u64) -> Assessment {
         let s = &self.signals;
-        let mut tally = Tally { risk: 0, trust: 0, reasons: Vec::with_capacity(8) };
+        let mut tally = Tally {
+            risk: 0,
+            trust: 0,
+            reasons: Vec::with_capacity(8),
+        };
         let ip = facts.client_ip.to_canonical();
-        let ua = facts.header("user-agent").map(<[u8]>::trim_ascii).filter(|v| !v.is_empty());
+        let ua = facts
+            .header("user-agent")
+            .map(<[u8]>::trim_ascii)
+            .filter(|v| !v.is_empty());
 
         // User-Agent.
         let kind = self.classify_ua(ua);
@@ -138,24 +155,29 @@ impl Policy {
             UaKind::Crawler(i) => {
                 if let Some(crawler) = self.crawlers.get(*i) {
                     crawler_category = Some(crawler.category);
-                    verified_crawler = self.score_crawler(&mut tally, crawler.category, crawler.ranges, ip, now);
+                    verified_crawler =
+                        self.score_crawler(&mut tally, crawler.category, crawler.ranges, ip, now);
                 }
             }
             UaKind::Browser(b) => self.score_browser(&mut tally, b, facts),
             UaKind::Unknown => {}
         }
-        if let Some(al) = facts.header("accept-language") {
-            if al.trim_ascii().is_empty() {
-                tally.risk(ReasonCode::Fixed("headers.empty_accept_language"), s.empty_accept_language);
-            }
+        if let Some(al) = facts.header("accept-language")
+            && al.trim_ascii().is_empty()
+        {
+            tally.risk(
+                ReasonCode::Fixed("headers.empty_accept_language"),
+                s.empty_accept_language,
+            );
         }
 
         // IP lists, geography, TLS.
         for &(list, points) in &s.ip_lists {
-            if let Some(l) = self.lists.get(list) {
-                if points > 0 && l.set.contains(ip) {
-                    tally.risk(ReasonCode::Named(l.code.clone()), points);
-                }
+            if let Some(l) = self.lists.get(list)
+                && points > 0
+                && l.set.contains(ip)
+            {
+                tally.risk(ReasonCode::Named(l.code.clone()), points);
             }
         }
         if let Some(points) = facts.country.and_then(|c| s.country.get(&c)) {
@@ -164,10 +186,10 @@ impl Policy {
         if let Some(points) = facts.asn.and_then(|a| s.asn.get(&a)) {
             tally.risk(ReasonCode::Fixed("geo.asn"), *points);
         }
-        if let Some(fp) = &facts.tls_fingerprint {
-            if s.tls_fingerprints.iter().any(|bad| bad == fp) {
-                tally.risk(ReasonCode::Fixed("tls.fingerprint"), s.tls_fingerprint);
-            }
+        if let Some(fp) = &facts.tls_fingerprint
+            && s.tls_fingerprints.iter().any(|bad| bad == fp)
+        {
+            tally.risk(ReasonCode::Fixed("tls.fingerprint"), s.tls_fingerprint);
         }
 
         // Route.
@@ -183,8 +205,12 @@ impl Policy {
         // Clearance.
         let clearance_valid = facts.clearance == Clearance::Valid;
         match facts.clearance {
-            Clearance::Valid => tally.trust(ReasonCode::Fixed("clearance.valid"), s.clearance_trust),
-            Clearance::Invalid => tally.risk(ReasonCode::Fixed("clearance.invalid"), s.clearance_invalid),
+            Clearance::Valid => {
+                tally.trust(ReasonCode::Fixed("clearance.valid"), s.clearance_trust)
+            }
+            Clearance::Invalid => {
+                tally.risk(ReasonCode::Fixed("clearance.invalid"), s.clearance_invalid)
+            }
             Clearance::Absent | Clearance::Presented(_) => {}
         }
 
@@ -197,7 +223,13 @@ impl Policy {
             UaKind::Browser(_) => UaClass::Browser,
             UaKind::Unknown => UaClass::Unknown,
         };
-        let rule_facts = RuleFacts { facts, path: &path, ip, ua_class, crawler_category };
+        let rule_facts = RuleFacts {
+            facts,
+            path: &path,
+            ip,
+            ua_class,
+            crawler_category,
+        };
         let rule_candidates = self
             .rules
             .iter()
@@ -223,14 +255,29 @@ impl Policy {
     /// Phase 2: folds in the score cache's answer (`None` when it was not asked, is down,
     /// timed out or its breaker is open), applies manual decisions, rules and the level → action
     /// map, and returns the verdict.
-    pub fn decide(&self, assessment: Assessment, remote: Option<&RemoteContext>, now: u64) -> Verdict {
-        let Assessment { mut risk, trust, mut reasons, sensitive, clearance_valid, rule_candidates, lookup, .. } =
-            assessment;
+    pub fn decide(
+        &self,
+        assessment: Assessment,
+        remote: Option<&RemoteContext>,
+        now: u64,
+    ) -> Verdict {
+        let Assessment {
+            mut risk,
+            trust,
+            mut reasons,
+            sensitive,
+            clearance_valid,
+            rule_candidates,
+            lookup,
+            ..
+        } = assessment;
 
         let remote_status = match (remote, &lookup) {
             (Some(_), _) => RemoteStatus::Used,
             (None, None) => RemoteStatus::NotWanted,
-            (None, Some(_)) if self.cache.fail_closed_action.is_some() => RemoteStatus::UnavailableFailClosed,
+            (None, Some(_)) if self.cache.fail_closed_action.is_some() => {
+                RemoteStatus::UnavailableFailClosed
+            }
             (None, Some(_)) => RemoteStatus::UnavailableFailOpen,
         };
         let mut manual = None;
@@ -241,8 +288,15 @@ impl Policy {
                 let points = self.remote_points(subject);
                 if points > 0 {
                     risk += u32::from(points);
-                    let code = if name == "user" { "remote.user_score" } else { "remote.ip_score" };
-                    reasons.push(Reason { code: ReasonCode::Fixed(code), points: i16::from(points) });
+                    let code = if name == "user" {
+                        "remote.user_score"
+                    } else {
+                        "remote.ip_score"
+                    };
+                    reasons.push(Reason {
+                        code: ReasonCode::Fixed(code),
+                        points: i16::from(points),
+                    });
                 }
                 if manual.is_none() {
                     manual = subject
@@ -255,8 +309,15 @@ impl Policy {
 
         let score = capped(risk, trust);
         let level = self.level_of(score);
-        let by_level = if sensitive { &self.sensitive_actions } else { &self.actions };
-        let mut decision = by_level.get(level as usize).copied().unwrap_or(Decision::Block);
+        let by_level = if sensitive {
+            &self.sensitive_actions
+        } else {
+            &self.actions
+        };
+        let mut decision = by_level
+            .get(level as usize)
+            .copied()
+            .unwrap_or(Decision::Block);
         let mut decided_by = DecidedBy::Score;
 
         let mut rules = Vec::new();
@@ -265,7 +326,11 @@ impl Policy {
             if rule.when.min_level.is_some_and(|min| level < min) {
                 continue;
             }
-            rules.push(RuleMatch { id: rule.id.clone(), action: rule.action, dry_run: rule.dry_run });
+            rules.push(RuleMatch {
+                id: rule.id.clone(),
+                action: rule.action,
+                dry_run: rule.dry_run,
+            });
             if !rule.dry_run {
                 decision = rule.action;
                 decided_by = DecidedBy::Rule(rule.id.clone());
@@ -277,13 +342,13 @@ impl Policy {
         if let Some((subject, action)) = manual {
             decision = action;
             decided_by = DecidedBy::Manual(subject);
-        } else if !rule_decided && remote_status == RemoteStatus::UnavailableFailClosed {
-            if let Some(floor) = self.cache.fail_closed_action {
-                if floor > decision {
-                    decision = floor;
-                    decided_by = DecidedBy::FailClosed;
-                }
-            }
+        } else if !rule_decided
+            && remote_status == RemoteStatus::UnavailableFailClosed
+            && let Some(floor) = self.cache.fail_closed_action
+            && floor > decision
+        {
+            decision = floor;
+            decided_by = DecidedBy::FailClosed;
         }
         // A valid clearance is proof the client already solved a challenge.
         if decision == Decision::Challenge && clearance_valid {
@@ -348,12 +413,19 @@ impl Policy {
         now: u64,
     ) -> bool {
         let Some(list) = ranges.and_then(|i| self.lists.get(i)) else {
-            let points = self.crawler_category_weights.get(&category).copied().unwrap_or(0);
+            let points = self
+                .crawler_category_weights
+                .get(&category)
+                .copied()
+                .unwrap_or(0);
             tally.risk(ReasonCode::Fixed(category_code(category)), points);
             return false;
         };
         if list.set.contains(ip) {
-            tally.trust(ReasonCode::Fixed("crawler.verified"), self.crawler_verified_trust);
+            tally.trust(
+                ReasonCode::Fixed("crawler.verified"),
+                self.crawler_verified_trust,
+            );
             return true;
         }
         let today = i64::try_from(now / 86_400).unwrap_or(i64::MAX / 2) + JULIAN_DAY_OF_UNIX_EPOCH;
@@ -361,19 +433,25 @@ impl Policy {
             .as_of_day
             .is_some_and(|day| today - i64::from(day) <= i64::from(self.crawler_max_age_days));
         if fresh {
-            tally.risk(ReasonCode::Fixed("crawler.spoofed"), self.crawler_spoofed_weight);
+            tally.risk(
+                ReasonCode::Fixed("crawler.spoofed"),
+                self.crawler_spoofed_weight,
+            );
         } else {
-            tally.risk(ReasonCode::Fixed("crawler.unverified"), self.crawler_unverified_weight);
+            tally.risk(
+                ReasonCode::Fixed("crawler.unverified"),
+                self.crawler_unverified_weight,
+            );
         }
         false
     }
 
     fn score_browser(&self, tally: &mut Tally, b: &Browser, facts: &Facts) {
         let s = &self.signals;
-        if let Some(&(_, min)) = s.min_major.iter().find(|(f, _)| *f == b.family) {
-            if b.major < min {
-                tally.risk(ReasonCode::Fixed("ua.outdated_browser"), s.ua_outdated);
-            }
+        if let Some(&(_, min)) = s.min_major.iter().find(|(f, _)| *f == b.family)
+            && b.major < min
+        {
+            tally.risk(ReasonCode::Fixed("ua.outdated_browser"), s.ua_outdated);
         }
         if ua::client_hints_contradict(
             b,
@@ -381,19 +459,31 @@ impl Policy {
             facts.header("sec-ch-ua-mobile"),
             facts.header("sec-ch-ua-platform"),
         ) {
-            tally.risk(ReasonCode::Fixed("ua.client_hints_mismatch"), s.ua_client_hints_mismatch);
+            tally.risk(
+                ReasonCode::Fixed("ua.client_hints_mismatch"),
+                s.ua_client_hints_mismatch,
+            );
         }
         if facts.header("accept-language").is_none() {
-            tally.risk(ReasonCode::Fixed("headers.no_accept_language"), s.missing_accept_language);
+            tally.risk(
+                ReasonCode::Fixed("headers.no_accept_language"),
+                s.missing_accept_language,
+            );
         }
         if facts.header("accept-encoding").is_none() {
-            tally.risk(ReasonCode::Fixed("headers.no_accept_encoding"), s.missing_accept_encoding);
+            tally.risk(
+                ReasonCode::Fixed("headers.no_accept_encoding"),
+                s.missing_accept_encoding,
+            );
         }
         if b.family.sends_sec_fetch(b.major)
             && facts.header("sec-fetch-mode").is_none()
             && facts.header("sec-fetch-site").is_none()
         {
-            tally.risk(ReasonCode::Fixed("headers.no_sec_fetch"), s.missing_sec_fetch);
+            tally.risk(
+                ReasonCode::Fixed("headers.no_sec_fetch"),
+                s.missing_sec_fetch,
+            );
         }
     }
 
@@ -403,16 +493,21 @@ impl Policy {
     }
 
     fn conditions_hold(&self, c: &Conditions, f: &RuleFacts<'_>) -> bool {
-        c.path_prefix.as_deref().is_none_or(|p| path_has_prefix(f.path, p))
+        c.path_prefix
+            .as_deref()
+            .is_none_or(|p| path_has_prefix(f.path, p))
             && (c.methods.is_empty() || method_in(&f.facts.method, &c.methods))
             && (c.countries.is_empty() || f.facts.country.is_some_and(|x| c.countries.contains(&x)))
             && (c.asns.is_empty() || f.facts.asn.is_some_and(|a| c.asns.contains(&a)))
-            && c.ip_list.is_none_or(|i| self.lists.get(i).is_some_and(|l| l.set.contains(f.ip)))
+            && c.ip_list
+                .is_none_or(|i| self.lists.get(i).is_some_and(|l| l.set.contains(f.ip)))
             && (c.ua_class.is_empty()
                 || c.ua_class.contains(&f.ua_class)
-                || (f.ua_class == UaClass::VerifiedCrawler && c.ua_class.contains(&UaClass::Crawler)))
+                || (f.ua_class == UaClass::VerifiedCrawler
+                    && c.ua_class.contains(&UaClass::Crawler)))
             && (c.crawler_category.is_empty()
-                || f.crawler_category.is_some_and(|cat| c.crawler_category.contains(&cat)))
+                || f.crawler_category
+                    .is_some_and(|cat| c.crawler_category.contains(&cat)))
     }
 
     fn lookup_for(&self, facts: &Facts, ip: IpAddr, local: u8, sensitive: bool) -> Option<Lookup> {
@@ -432,8 +527,16 @@ impl Policy {
                 || (reason == LookupReason::Always && self.cache.always_lookup.contains(&kind))
         };
         let ip_key = wants(SubjectKind::Ip).then(|| self.ip_subject_key(ip));
-        let user_key = if wants(SubjectKind::User) { facts.user.clone() } else { None };
-        (ip_key.is_some() || user_key.is_some()).then_some(Lookup { reason, ip: ip_key, user: user_key })
+        let user_key = if wants(SubjectKind::User) {
+            facts.user.clone()
+        } else {
+            None
+        };
+        (ip_key.is_some() || user_key.is_some()).then_some(Lookup {
+            reason,
+            ip: ip_key,
+            user: user_key,
+        })
     }
 }
 

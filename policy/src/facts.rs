@@ -125,7 +125,10 @@ impl Facts {
 
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// A cookie's value, searching every `cookie` header (HTTP/1 may send several, HTTP/2
@@ -155,7 +158,10 @@ fn parse_country(value: &[u8]) -> Option<[u8; 2]> {
 
 fn parse_asn(value: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(value.trim_ascii()).ok()?;
-    let digits = text.strip_prefix("AS").or_else(|| text.strip_prefix("as")).unwrap_or(text);
+    let digits = text
+        .strip_prefix("AS")
+        .or_else(|| text.strip_prefix("as"))
+        .unwrap_or(text);
     digits.parse().ok()
 }
 
@@ -240,13 +246,15 @@ fn decode_unreserved(input: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while let Some(&b) = input.get(i) {
         if b == b'%' {
-            let hex = input.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(decoded) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
-                    out.push(decoded);
-                    i += 3;
-                    continue;
-                }
+            let hex = input
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(decoded) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+                && (decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded))
+            {
+                out.push(decoded);
+                i += 3;
+                continue;
             }
         }
         out.push(b);
@@ -258,7 +266,9 @@ fn decode_unreserved(input: &[u8]) -> Vec<u8> {
 /// Whether `path` (normalised) is under `prefix`, on whole segments, ASCII case-insensitive.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let (p, q) = (path.as_bytes(), prefix.as_bytes());
-    let Some(head) = p.get(..q.len()) else { return false };
+    let Some(head) = p.get(..q.len()) else {
+        return false;
+    };
     if !head.eq_ignore_ascii_case(q) {
         return false;
     }

@@ -34,7 +34,12 @@ impl IpRangeSet {
         for (index, text) in cidrs.iter().enumerate() {
             let text = text.as_ref().trim();
             let net = parse_prefix(text).ok_or_else(|| {
-                (index, BadPrefix { text: text.chars().take(64).collect() })
+                (
+                    index,
+                    BadPrefix {
+                        text: text.chars().take(64).collect(),
+                    },
+                )
             })?;
             match net {
                 IpNet::V4(n) => v4.push(n),

@@ -50,12 +50,14 @@ pub mod wire;
 
 pub use engine::{Assessment, Lookup, LookupReason};
 pub use facts::{
-    CLEARANCE_COOKIE, Clearance, EdgeHeaderNames, Facts, ManualAction, ManualDecision, RemoteContext,
-    SubjectContext, normalize_path, path_has_prefix,
+    CLEARANCE_COOKIE, Clearance, EdgeHeaderNames, Facts, ManualAction, ManualDecision,
+    RemoteContext, SubjectContext, normalize_path, path_has_prefix,
 };
 pub use iprange::{BadPrefix, IpRangeSet};
 pub use policy::{
-    BundleError, CacheSettings, ChallengeSettings, CrawlerCategory, ENGINE_VERSION, FieldError, Mode,
-    NamedList, Policy, RateBudget, SubjectKind, UaClass, parse_wire,
+    BundleError, CacheSettings, ChallengeSettings, CrawlerCategory, ENGINE_VERSION, FieldError,
+    Mode, NamedList, Policy, RateBudget, SubjectKind, UaClass, parse_wire,
 };
-pub use verdict::{DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict};
+pub use verdict::{
+    DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
+};

@@ -52,7 +52,11 @@ impl BundleError {
 }
 
 fn join_errors(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Parses bundle JSON into wire types, naming the path of a shape error.
@@ -61,7 +65,11 @@ pub fn parse_wire(json: &[u8]) -> Result<BundleV1, BundleError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         BundleError::Parse(FieldError {
-            path: if path == "." { "(bundle)".to_owned() } else { path },
+            path: if path == "." {
+                "(bundle)".to_owned()
+            } else {
+                path
+            },
             message: e.into_inner().to_string(),
         })
     })
@@ -325,7 +333,10 @@ struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { path: path.into(), message: message.into() });
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     /// A 0..=100 points value.
@@ -342,7 +353,9 @@ impl Errors {
     fn non_empty_name(&mut self, path: impl Into<String>, name: &str) {
         let ok = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
             self.push(path, "must be 1..=64 characters of [A-Za-z0-9._-]");
         }
@@ -441,9 +454,15 @@ impl TryFrom<BundleV1> for Policy {
         let mut errors = Errors::default();
 
         if format_version != 1 {
-            errors.push("format_version", format!("unsupported format {format_version}; this engine reads 1"));
+            errors.push(
+                "format_version",
+                format!("unsupported format {format_version}; this engine reads 1"),
+            );
         }
-        match (parse_version(&min_engine_version), parse_version(ENGINE_VERSION)) {
+        match (
+            parse_version(&min_engine_version),
+            parse_version(ENGINE_VERSION),
+        ) {
             (Some(wanted), Some(ours)) if wanted > ours => errors.push(
                 "min_engine_version",
                 format!("bundle needs engine {min_engine_version}, this is {ENGINE_VERSION}"),
@@ -467,7 +486,12 @@ impl TryFrom<BundleV1> for Policy {
         for (name, list) in &lists {
             let path = format!("lists.{name}");
             errors.non_empty_name(&path, name);
-            let wire::IpListV1 { source: _, licence: _, as_of, cidrs } = list;
+            let wire::IpListV1 {
+                source: _,
+                licence: _,
+                as_of,
+                cidrs,
+            } = list;
             let as_of_day = as_of.as_deref().and_then(|d| {
                 let day = julian_day(d);
                 if day.is_none() {
@@ -527,7 +551,10 @@ impl TryFrom<BundleV1> for Policy {
                 .ranges
                 .as_deref()
                 .and_then(|name| list_index(&mut errors, format!("{path}.ranges"), name));
-            compiled_crawlers.push(Crawler { category: c.category, ranges });
+            compiled_crawlers.push(Crawler {
+                category: c.category,
+                ranges,
+            });
         }
         let ua_scanner = UaScanner::new(&crawler_patterns, &headless_tokens, &automation_tokens);
         let crawler_category_weights = category_weights
@@ -535,7 +562,10 @@ impl TryFrom<BundleV1> for Policy {
             .map(|(cat, w)| {
                 let key = serde_json::to_value(cat).ok();
                 let key = key.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
-                (*cat, errors.points(format!("crawlers.category_weights.{key}"), *w))
+                (
+                    *cat,
+                    errors.points(format!("crawlers.category_weights.{key}"), *w),
+                )
             })
             .collect();
 
@@ -543,7 +573,13 @@ impl TryFrom<BundleV1> for Policy {
         let mut compiled_routes = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
             let path = format!("routes[{i}]");
-            let wire::RouteV1 { name, path_prefix, methods, weight, sensitive } = r;
+            let wire::RouteV1 {
+                name,
+                path_prefix,
+                methods,
+                weight,
+                sensitive,
+            } = r;
             errors.non_empty_name(format!("{path}.name"), name);
             errors.path_prefix(format!("{path}.path_prefix"), path_prefix);
             compiled_routes.push(Route {
@@ -560,7 +596,12 @@ impl TryFrom<BundleV1> for Policy {
         let mut seen_ids = std::collections::BTreeSet::new();
         for (i, r) in rules.iter().enumerate() {
             let path = format!("rules[{i}]");
-            let wire::RuleV1 { id, when, action, dry_run } = r;
+            let wire::RuleV1 {
+                id,
+                when,
+                action,
+                dry_run,
+            } = r;
             errors.non_empty_name(format!("{path}.id"), id);
             if !seen_ids.insert(id.as_str()) {
                 errors.push(format!("{path}.id"), format!("duplicate rule id {id:?}"));
@@ -587,7 +628,10 @@ impl TryFrom<BundleV1> for Policy {
                 .filter_map(|(j, c)| match c.as_bytes() {
                     [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => Some([*a, *b]),
                     _ => {
-                        errors.push(format!("{path}.when.countries[{j}]"), "must be ISO 3166-1 alpha-2, upper case");
+                        errors.push(
+                            format!("{path}.when.countries[{j}]"),
+                            "must be ISO 3166-1 alpha-2, upper case",
+                        );
                         None
                     }
                 })
@@ -616,7 +660,15 @@ impl TryFrom<BundleV1> for Policy {
         let mut compiled_budgets = Vec::with_capacity(rate_budgets.len());
         for (i, b) in rate_budgets.iter().enumerate() {
             let path = format!("rate_budgets[{i}]");
-            let wire::RateBudgetV1 { name, key, route, requests, per_seconds, burst, level_percent } = b;
+            let wire::RateBudgetV1 {
+                name,
+                key,
+                route,
+                requests,
+                per_seconds,
+                burst,
+                level_percent,
+            } = b;
             errors.non_empty_name(format!("{path}.name"), name);
             if *requests == 0 {
                 errors.push(format!("{path}.requests"), "must be at least 1");
@@ -669,7 +721,10 @@ impl TryFrom<BundleV1> for Policy {
             Ok(scanner) if errors.0.is_empty() => scanner,
             Ok(_) => return Err(BundleError::Invalid(errors.0)),
             Err(e) => {
-                errors.push("signals", format!("cannot build the User-Agent matcher: {e}"));
+                errors.push(
+                    "signals",
+                    format!("cannot build the User-Agent matcher: {e}"),
+                );
                 return Err(BundleError::Invalid(errors.0));
             }
         };
@@ -705,22 +760,45 @@ impl TryFrom<BundleV1> for Policy {
 }
 
 fn compile_thresholds(errors: &mut Errors, t: &wire::ThresholdsV1) -> [u8; 3] {
-    let wire::ThresholdsV1 { medium, high, critical } = *t;
+    let wire::ThresholdsV1 {
+        medium,
+        high,
+        critical,
+    } = *t;
     let out = [
         errors.points("thresholds.medium", medium),
         errors.points("thresholds.high", high),
         errors.points("thresholds.critical", critical),
     ];
     if !(0 < out[0] && out[0] < out[1] && out[1] < out[2]) {
-        errors.push("thresholds", "must satisfy 0 < medium < high < critical <= 100");
+        errors.push(
+            "thresholds",
+            "must satisfy 0 < medium < high < critical <= 100",
+        );
     }
     out
 }
 
 fn compile_actions(a: &wire::ActionsV1) -> ([Decision; 4], [Decision; 4]) {
-    let wire::ActionsV1 { low, medium, high, critical, sensitive_routes } = a;
-    let base = [decision(*low), decision(*medium), decision(*high), decision(*critical)];
-    let wire::SensitiveActionsV1 { low: sl, medium: sm, high: sh, critical: sc } = sensitive_routes;
+    let wire::ActionsV1 {
+        low,
+        medium,
+        high,
+        critical,
+        sensitive_routes,
+    } = a;
+    let base = [
+        decision(*low),
+        decision(*medium),
+        decision(*high),
+        decision(*critical),
+    ];
+    let wire::SensitiveActionsV1 {
+        low: sl,
+        medium: sm,
+        high: sh,
+        critical: sc,
+    } = sensitive_routes;
     let raised = [*sl, *sm, *sh, *sc];
     let mut sensitive = base;
     for (slot, raise) in sensitive.iter_mut().zip(raised) {
@@ -734,7 +812,11 @@ fn compile_actions(a: &wire::ActionsV1) -> ([Decision; 4], [Decision; 4]) {
 
 type ListLookup<'a> = dyn FnMut(&mut Errors, String, &str) -> Option<usize> + 'a;
 
-fn compile_signals(errors: &mut Errors, s: wire::SignalsV1, list_index: &mut ListLookup<'_>) -> Signals {
+fn compile_signals(
+    errors: &mut Errors,
+    s: wire::SignalsV1,
+    list_index: &mut ListLookup<'_>,
+) -> Signals {
     let wire::SignalsV1 {
         ua_missing,
         ua_automation,
@@ -798,8 +880,10 @@ fn compile_signals(errors: &mut Errors, s: wire::SignalsV1, list_index: &mut Lis
         ua_headless: errors.points("signals.ua_headless.weight", ua_headless.weight),
         ua_outdated: errors.points("signals.ua_outdated.weight", ua_outdated.weight),
         min_major,
-        ua_client_hints_mismatch: errors
-            .points("signals.ua_client_hints_mismatch.weight", ua_client_hints_mismatch.weight),
+        ua_client_hints_mismatch: errors.points(
+            "signals.ua_client_hints_mismatch.weight",
+            ua_client_hints_mismatch.weight,
+        ),
         missing_accept_language: errors.points(
             "signals.headers_missing_accept_language.weight",
             headers_missing_accept_language.weight,
@@ -812,22 +896,41 @@ fn compile_signals(errors: &mut Errors, s: wire::SignalsV1, list_index: &mut Lis
             "signals.headers_missing_accept_encoding.weight",
             headers_missing_accept_encoding.weight,
         ),
-        missing_sec_fetch: errors
-            .points("signals.headers_missing_sec_fetch.weight", headers_missing_sec_fetch.weight),
+        missing_sec_fetch: errors.points(
+            "signals.headers_missing_sec_fetch.weight",
+            headers_missing_sec_fetch.weight,
+        ),
         ip_lists: ip_list_weights,
         country: countries,
         asn: asns,
         tls_fingerprint: errors.points("signals.tls_fingerprint.weight", tls_fingerprint.weight),
-        tls_fingerprints: tls_fingerprint.fingerprints.iter().map(|f| f.as_bytes().to_vec()).collect(),
+        tls_fingerprints: tls_fingerprint
+            .fingerprints
+            .iter()
+            .map(|f| f.as_bytes().to_vec())
+            .collect(),
         remote_score_percent: errors.points("signals.remote_score.weight", remote_score.weight),
         clearance_trust: errors.points("signals.clearance.trust", clearance.trust),
-        clearance_invalid: errors.points("signals.clearance.invalid_weight", clearance.invalid_weight),
+        clearance_invalid: errors
+            .points("signals.clearance.invalid_weight", clearance.invalid_weight),
     }
 }
 
 fn compile_cache(errors: &mut Errors, c: &wire::CacheV1) -> CacheSettings {
-    let wire::CacheV1 { lookup, always_lookup, timeout_ms, on_unavailable, fail_closed_action, breaker } = c;
-    let wire::BreakerV1 { failure_rate_percent, min_requests, window_seconds, open_seconds } = breaker;
+    let wire::CacheV1 {
+        lookup,
+        always_lookup,
+        timeout_ms,
+        on_unavailable,
+        fail_closed_action,
+        breaker,
+    } = c;
+    let wire::BreakerV1 {
+        failure_rate_percent,
+        min_requests,
+        window_seconds,
+        open_seconds,
+    } = breaker;
     if !(1..=10_000).contains(timeout_ms) {
         errors.push("cache.timeout_ms", "must be 1..=10000");
     }
@@ -846,7 +949,8 @@ fn compile_cache(errors: &mut Errors, c: &wire::CacheV1) -> CacheSettings {
         always_lookup: always_lookup.iter().copied().map(subject).collect(),
         timeout_ms: *timeout_ms,
         fail_closed_action,
-        breaker_failure_rate_percent: errors.points("cache.breaker.failure_rate_percent", *failure_rate_percent),
+        breaker_failure_rate_percent: errors
+            .points("cache.breaker.failure_rate_percent", *failure_rate_percent),
         breaker_min_requests: *min_requests,
         breaker_window_seconds: *window_seconds,
         breaker_open_seconds: *open_seconds,
@@ -868,7 +972,11 @@ fn compile_challenge(errors: &mut Errors, c: &wire::ChallengeV1) -> ChallengeSet
             16
         }
     };
-    let base = bits(errors, "challenge.difficulty_bits".to_owned(), *difficulty_bits);
+    let base = bits(
+        errors,
+        "challenge.difficulty_bits".to_owned(),
+        *difficulty_bits,
+    );
     let mut per_level = [base; 4];
     for (lvl, v) in difficulty_by_level {
         let b = bits(errors, "challenge.difficulty_by_level".to_owned(), *v);
@@ -883,7 +991,10 @@ fn compile_challenge(errors: &mut Errors, c: &wire::ChallengeV1) -> ChallengeSet
         errors.push("challenge.clearance_ttl_seconds", "must be at least 1");
     }
     if !verify_path.starts_with("/") || verify_path.contains(['?', '#']) {
-        errors.push("challenge.verify_path", "must be an absolute path without query");
+        errors.push(
+            "challenge.verify_path",
+            "must be an absolute path without query",
+        );
     }
     ChallengeSettings {
         difficulty_bits: per_level,

@@ -61,7 +61,9 @@ impl RequestLine {
         let mut facts = Facts::from_parts(
             &self.method,
             &self.path,
-            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes().to_vec())),
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes().to_vec())),
             self.client_ip,
             edge,
         );
@@ -130,6 +132,11 @@ mod tests {
         assert_eq!(req.headers[1].1.as_bytes(), &[255, 0, 65]);
         let facts = req.to_facts(&EdgeHeaderNames::default());
         assert_eq!(facts.header("user-agent"), Some(&b"curl/8"[..]));
-        assert!(serde_json::from_str::<RequestLine>(r#"{"id":"x","method":"GET","path":"/","client_ip":"1.2.3.4","extra":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RequestLine>(
+                r#"{"id":"x","method":"GET","path":"/","client_ip":"1.2.3.4","extra":1}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -56,7 +56,10 @@ impl BrowserFamily {
     fn is_chromium(self) -> bool {
         matches!(
             self,
-            BrowserFamily::Chrome | BrowserFamily::Edge | BrowserFamily::Opera | BrowserFamily::Samsung
+            BrowserFamily::Chrome
+                | BrowserFamily::Edge
+                | BrowserFamily::Opera
+                | BrowserFamily::Samsung
         )
     }
 
@@ -233,14 +236,26 @@ impl UaScan {
         if !ua.starts_with(b"Mozilla/5.0") {
             return None;
         }
-        let (family, major) = PRODUCTS.iter().zip(self.product_end).find_map(|(&(_, family), end)| {
-            if family == BrowserFamily::Safari && !self.safari {
-                return None;
-            }
-            Some((family, leading_number(ua.get(end?..)?)?))
-        })?;
-        let platform = self.platform.and_then(|i| PLATFORMS.get(i)).map(|&(_, p)| p);
-        Some(Browser { family, major, platform, mobile: self.mobile })
+        let (family, major) =
+            PRODUCTS
+                .iter()
+                .zip(self.product_end)
+                .find_map(|(&(_, family), end)| {
+                    if family == BrowserFamily::Safari && !self.safari {
+                        return None;
+                    }
+                    Some((family, leading_number(ua.get(end?..)?)?))
+                })?;
+        let platform = self
+            .platform
+            .and_then(|i| PLATFORMS.get(i))
+            .map(|&(_, p)| p);
+        Some(Browser {
+            family,
+            major,
+            platform,
+            mobile: self.mobile,
+        })
     }
 }
 
@@ -289,12 +304,11 @@ pub fn client_hints_contradict(
             return true;
         }
     }
-    if let (Some(platform), Some(ua_platform)) = (sec_ch_ua_platform, browser.platform) {
-        if let Some(hint) = hint_platform(platform) {
-            if hint != ua_platform {
-                return true;
-            }
-        }
+    if let (Some(platform), Some(ua_platform)) = (sec_ch_ua_platform, browser.platform)
+        && let Some(hint) = hint_platform(platform)
+        && hint != ua_platform
+    {
+        return true;
     }
     false
 }
@@ -349,17 +363,29 @@ mod tests {
     #[test]
     fn parses_common_browsers() {
         let b = parse_browser(CHROME_MAC).unwrap();
-        assert_eq!((b.family, b.major, b.platform, b.mobile), (BrowserFamily::Chrome, 131, Some(Platform::MacOs), false));
+        assert_eq!(
+            (b.family, b.major, b.platform, b.mobile),
+            (BrowserFamily::Chrome, 131, Some(Platform::MacOs), false)
+        );
         let b = parse_browser(PUFFIN).unwrap();
-        assert_eq!((b.family, b.major, b.platform, b.mobile), (BrowserFamily::Chrome, 42, Some(Platform::Android), true));
+        assert_eq!(
+            (b.family, b.major, b.platform, b.mobile),
+            (BrowserFamily::Chrome, 42, Some(Platform::Android), true)
+        );
         let edge = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36 Edg/130.0.2849.80";
         assert_eq!(parse_browser(edge).unwrap().family, BrowserFamily::Edge);
         let ff = b"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
         let b = parse_browser(ff).unwrap();
-        assert_eq!((b.family, b.major, b.platform), (BrowserFamily::Firefox, 133, Some(Platform::Linux)));
+        assert_eq!(
+            (b.family, b.major, b.platform),
+            (BrowserFamily::Firefox, 133, Some(Platform::Linux))
+        );
         let safari = b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
         let b = parse_browser(safari).unwrap();
-        assert_eq!((b.family, b.major, b.platform), (BrowserFamily::Safari, 17, Some(Platform::Ios)));
+        assert_eq!(
+            (b.family, b.major, b.platform),
+            (BrowserFamily::Safari, 17, Some(Platform::Ios))
+        );
     }
 
     #[test]
@@ -375,13 +401,26 @@ mod tests {
     fn client_hints() {
         let b = parse_browser(CHROME_MAC).unwrap();
         let good = br#""Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24""#;
-        assert!(!client_hints_contradict(&b, Some(good), Some(b"?0"), Some(b"\"macOS\"")));
+        assert!(!client_hints_contradict(
+            &b,
+            Some(good),
+            Some(b"?0"),
+            Some(b"\"macOS\"")
+        ));
         assert!(!client_hints_contradict(&b, None, None, None));
         let other_version = br#""Chromium";v="120""#;
         assert!(client_hints_contradict(&b, Some(other_version), None, None));
         assert!(client_hints_contradict(&b, Some(good), Some(b"?1"), None));
-        assert!(client_hints_contradict(&b, Some(good), None, Some(b"\"Windows\"")));
-        let ff = parse_browser(b"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0").unwrap();
+        assert!(client_hints_contradict(
+            &b,
+            Some(good),
+            None,
+            Some(b"\"Windows\"")
+        ));
+        let ff = parse_browser(
+            b"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        )
+        .unwrap();
         assert!(client_hints_contradict(&ff, Some(good), None, None));
     }
 }

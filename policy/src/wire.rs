@@ -87,7 +87,11 @@ pub struct ThresholdsV1 {
 
 impl Default for ThresholdsV1 {
     fn default() -> Self {
-        Self { medium: 40, high: 70, critical: 85 }
+        Self {
+            medium: 40,
+            high: 70,
+            critical: 85,
+        }
     }
 }
 
@@ -225,7 +229,10 @@ pub struct ClearanceSignalV1 {
 
 impl Default for ClearanceSignalV1 {
     fn default() -> Self {
-        Self { trust: 40, invalid_weight: 10 }
+        Self {
+            trust: 40,
+            invalid_weight: 10,
+        }
     }
 }
 
@@ -520,7 +527,12 @@ pub struct BreakerV1 {
 
 impl Default for BreakerV1 {
     fn default() -> Self {
-        Self { failure_rate_percent: 15, min_requests: 20, window_seconds: 10, open_seconds: 30 }
+        Self {
+            failure_rate_percent: 15,
+            min_requests: 20,
+            window_seconds: 10,
+            open_seconds: 30,
+        }
     }
 }
 

@@ -1,15 +1,30 @@
 //! End-to-end tests of the `signalbox` binary: the golden cases, the real default bundle,
 //! lint errors with field paths, build digests and eval output.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn signalbox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_signalbox")).args(args).current_dir(root()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_signalbox"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -39,7 +54,10 @@ fn gio_and_cam_hold_with_the_real_default_bundle() {
     ]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("ok    gio-passes-signup") && text.contains("ok    cam-challenged-signup"), "{text}");
+    assert!(
+        text.contains("ok    gio-passes-signup") && text.contains("ok    cam-challenged-signup"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -56,7 +74,10 @@ fn failing_case_exits_non_zero_with_a_diff() {
     let out = signalbox(&["policy", "test", "--cases", dir.to_str().unwrap()]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("decision: expected block, got pass"), "{text}");
+    assert!(
+        text.contains("decision: expected block, got pass"),
+        "{text}"
+    );
     assert!(text.contains("reasons: expected ip.tor"), "{text}");
     assert!(text.contains("0 passed, 1 failed"), "{text}");
 }
@@ -76,31 +97,75 @@ fn lint_reports_every_error_with_its_path() {
     let out = signalbox(&["policy", "lint", bad.to_str().unwrap()]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("signals.ua_automation.weight: must be 0..=100"), "{text}");
-    assert!(text.contains("signals.ip_lists.nowhere: no list named \"nowhere\""), "{text}");
-    assert!(text.contains("lists.hosting.cidrs[1]: not an IP prefix"), "{text}");
+    assert!(
+        text.contains("signals.ua_automation.weight: must be 0..=100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("signals.ip_lists.nowhere: no list named \"nowhere\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("lists.hosting.cidrs[1]: not an IP prefix"),
+        "{text}"
+    );
 
-    std::fs::write(&bad, "format_version: 1\nrevision: 2\nmin_engine_version: 0.1.0\nsignal: {}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "format_version: 1\nrevision: 2\nmin_engine_version: 0.1.0\nsignal: {}\n",
+    )
+    .unwrap();
     let out = signalbox(&["policy", "lint", bad.to_str().unwrap()]);
-    assert!(stdout(&out).contains("unknown field `signal`"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("unknown field `signal`"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn build_writes_canonical_json_with_digest() {
-    let out_path = std::env::temp_dir().join(format!("signalbox-build-{}.json", std::process::id()));
-    let out = signalbox(&["policy", "build", "policy/examples/default.yaml", "-o", out_path.to_str().unwrap()]);
+    let out_path =
+        std::env::temp_dir().join(format!("signalbox-build-{}.json", std::process::id()));
+    let out = signalbox(&[
+        "policy",
+        "build",
+        "policy/examples/default.yaml",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     let digest_line = text.lines().find(|l| l.starts_with("sha256:")).unwrap();
     assert_eq!(digest_line.len(), "sha256:".len() + 64);
     let bytes = std::fs::read(&out_path).unwrap();
     let policy = signalbox_policy::Policy::from_json_slice(&bytes).unwrap();
-    let hex: String = policy.digest().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = policy
+        .digest()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(digest_line, format!("sha256:{hex}"));
-    assert!(policy.lists().iter().any(|l| &*l.name == "hosting" && l.set.prefix_count() > 10_000));
+    assert!(
+        policy
+            .lists()
+            .iter()
+            .any(|l| &*l.name == "hosting" && l.set.prefix_count() > 10_000)
+    );
     // Building the built JSON again is a fixed point.
     let again = std::env::temp_dir().join(format!("signalbox-build2-{}.json", std::process::id()));
-    assert!(signalbox(&["policy", "build", out_path.to_str().unwrap(), "-o", again.to_str().unwrap()]).status.success());
+    assert!(
+        signalbox(&[
+            "policy",
+            "build",
+            out_path.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
     assert_eq!(std::fs::read(&again).unwrap(), bytes);
 }
 
@@ -116,8 +181,10 @@ fn eval_prints_one_verdict_per_request_and_a_summary() {
         "1795392000",
     ]);
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> =
-        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let requests = std::fs::read_to_string(root().join("policy/examples/requests.jsonl")).unwrap();
     assert_eq!(lines.len(), requests.lines().count());
     let by_id = |id: &str| lines.iter().find(|v| v["id"] == id).unwrap().clone();
@@ -126,7 +193,10 @@ fn eval_prints_one_verdict_per_request_and_a_summary() {
     assert_eq!(by_id("googlebot-verified")["decision"], "pass");
     assert_eq!(by_id("googlebot-spoofed")["decision"], "block");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("decisions") && stderr.contains("p99"), "{stderr}");
+    assert!(
+        stderr.contains("decisions") && stderr.contains("p99"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -134,8 +204,11 @@ fn eval_uses_remote_context_by_request_id() {
     let dir = std::env::temp_dir().join(format!("signalbox-remote-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let remote = dir.join("remote.jsonl");
-    std::fs::write(&remote, r#"{"id":"giovanni","ip":{"score":0,"decision":{"action":"ban","expires_at":1900000000}}}"#)
-        .unwrap();
+    std::fs::write(
+        &remote,
+        r#"{"id":"giovanni","ip":{"score":0,"decision":{"action":"ban","expires_at":1900000000}}}"#,
+    )
+    .unwrap();
     let out = signalbox(&[
         "eval",
         "--bundle",
@@ -148,6 +221,13 @@ fn eval_uses_remote_context_by_request_id() {
         "1795392000",
     ]);
     assert!(out.status.success());
-    let gio = stdout(&out).lines().find(|l| l.contains("\"giovanni\"")).unwrap().to_owned();
-    assert!(gio.contains("\"decision\":\"block\"") && gio.contains("\"remote\":\"used\""), "{gio}");
+    let gio = stdout(&out)
+        .lines()
+        .find(|l| l.contains("\"giovanni\""))
+        .unwrap()
+        .to_owned();
+    assert!(
+        gio.contains("\"decision\":\"block\"") && gio.contains("\"remote\":\"used\""),
+        "{gio}"
+    );
 }

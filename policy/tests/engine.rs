@@ -1,6 +1,14 @@
 //! Properties of the scorer and the decision (bounds, monotonicity, precedence) and of
 //! bundle validation (every error named by its field path).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -30,9 +38,18 @@ fn weighted_bundle(w: &[u32]) -> BundleV1 {
     };
     let s = &mut b.signals;
     s.ua_missing.weight = next();
-    s.ua_automation = UaTokensV1 { weight: next(), tokens: vec!["curl/".into(), "python".into()] };
-    s.ua_headless = UaTokensV1 { weight: next(), tokens: vec!["HeadlessChrome".into()] };
-    s.ua_outdated = UaOutdatedV1 { weight: next(), min_major: BTreeMap::from([("chrome".into(), 120)]) };
+    s.ua_automation = UaTokensV1 {
+        weight: next(),
+        tokens: vec!["curl/".into(), "python".into()],
+    };
+    s.ua_headless = UaTokensV1 {
+        weight: next(),
+        tokens: vec!["HeadlessChrome".into()],
+    };
+    s.ua_outdated = UaOutdatedV1 {
+        weight: next(),
+        min_major: BTreeMap::from([("chrome".into(), 120)]),
+    };
     s.ua_client_hints_mismatch.weight = next();
     s.headers_missing_accept_language.weight = next();
     s.headers_empty_accept_language.weight = next();
@@ -41,12 +58,30 @@ fn weighted_bundle(w: &[u32]) -> BundleV1 {
     s.ip_lists = BTreeMap::from([("hosting".into(), next()), ("tor".into(), next())]);
     s.country.scores = BTreeMap::from([("KP".into(), next())]);
     s.asn.scores = BTreeMap::from([("14061".into(), next())]);
-    s.tls_fingerprint = TlsFingerprintsV1 { weight: next(), fingerprints: vec!["bad".into()] };
+    s.tls_fingerprint = TlsFingerprintsV1 {
+        weight: next(),
+        fingerprints: vec!["bad".into()],
+    };
     s.remote_score.weight = next();
-    s.clearance = ClearanceSignalV1 { trust: 40, invalid_weight: next() };
+    s.clearance = ClearanceSignalV1 {
+        trust: 40,
+        invalid_weight: next(),
+    };
     b.lists = BTreeMap::from([
-        ("hosting".into(), IpListV1 { cidrs: vec!["167.99.0.0/16".into(), "2a03:b0c0::/32".into()], ..Default::default() }),
-        ("tor".into(), IpListV1 { cidrs: vec!["2.26.97.42".into()], ..Default::default() }),
+        (
+            "hosting".into(),
+            IpListV1 {
+                cidrs: vec!["167.99.0.0/16".into(), "2a03:b0c0::/32".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "tor".into(),
+            IpListV1 {
+                cidrs: vec!["2.26.97.42".into()],
+                ..Default::default()
+            },
+        ),
     ]);
     b.routes = vec![RouteV1 {
         name: "login".into(),
@@ -75,11 +110,26 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         proptest::option::of(prop_oneof![Just(b"".to_vec()), Just(b"en".to_vec())]),
         any::<bool>(),
         any::<bool>(),
-        prop_oneof![Just("167.99.1.2"), Just("2.26.97.42"), Just("81.62.10.4"), Just("2a03:b0c0::9"), Just("::ffff:167.99.3.4")],
-        prop_oneof![Just("/"), Just("/login"), Just("/LOGIN/x"), Just("/a/../login?x")],
+        prop_oneof![
+            Just("167.99.1.2"),
+            Just("2.26.97.42"),
+            Just("81.62.10.4"),
+            Just("2a03:b0c0::9"),
+            Just("::ffff:167.99.3.4")
+        ],
+        prop_oneof![
+            Just("/"),
+            Just("/login"),
+            Just("/LOGIN/x"),
+            Just("/a/../login?x")
+        ],
         proptest::option::of(prop_oneof![Just("KP"), Just("CH")]),
         proptest::option::of(Just("bad")),
-        prop_oneof![Just(Clearance::Absent), Just(Clearance::Valid), Just(Clearance::Invalid)],
+        prop_oneof![
+            Just(Clearance::Absent),
+            Just(Clearance::Valid),
+            Just(Clearance::Invalid)
+        ],
     )
         .prop_map(|(ua, al, ae, hints, ip, path, country, tls, clearance)| {
             let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
@@ -102,14 +152,22 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
             if let Some(t) = tls {
                 headers.push(("x-signalbox-edge-ja4".into(), t.as_bytes().to_vec()));
             }
-            let mut f = Facts::from_parts("POST", path, headers, ip.parse().unwrap(), &EdgeHeaderNames::default());
+            let mut f = Facts::from_parts(
+                "POST",
+                path,
+                headers,
+                ip.parse().unwrap(),
+                &EdgeHeaderNames::default(),
+            );
             f.clearance = clearance;
             f
         })
 }
 
 fn score(bundle: &BundleV1, facts: &Facts, remote: Option<&RemoteContext>) -> Verdict {
-    Policy::try_from(bundle.clone()).unwrap().evaluate(facts, remote, NOW)
+    Policy::try_from(bundle.clone())
+        .unwrap()
+        .evaluate(facts, remote, NOW)
 }
 
 proptest! {
@@ -247,7 +305,11 @@ fn shape_errors_name_the_field() {
 }
 
 fn golden() -> Policy {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scenarios/bundles/golden.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/scenarios/bundles/golden.yaml"
+    ))
+    .unwrap();
     let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
     Policy::from_json_slice(value.to_string().as_bytes()).unwrap()
 }
@@ -275,10 +337,19 @@ fn valid_clearance_satisfies_a_challenge_and_invalid_adds_risk() {
     assert_eq!(none.decision, Decision::Challenge);
     let valid = p.evaluate(&cam(Clearance::Valid), None, NOW);
     assert_eq!(valid.decision, Decision::Pass);
-    assert!(valid.reasons.iter().any(|r| r.code.as_str() == "clearance.valid" && r.points == -40));
+    assert!(
+        valid
+            .reasons
+            .iter()
+            .any(|r| r.code.as_str() == "clearance.valid" && r.points == -40)
+    );
     let invalid = p.evaluate(&cam(Clearance::Invalid), None, NOW);
     assert_eq!(invalid.score, none.score + 10);
-    assert_eq!(invalid.decision, Decision::Block, "75 + 10 = 85 is critical");
+    assert_eq!(
+        invalid.decision,
+        Decision::Block,
+        "75 + 10 = 85 is critical"
+    );
 }
 
 #[test]
@@ -291,10 +362,30 @@ fn assess_asks_for_lookups_only_when_useful() {
     assert_eq!(lookup.ip.as_deref(), Some("167.99.134.20"));
     assert_eq!(lookup.user, None);
     // Low score, plain route: none.
-    let low = Facts::from_parts("GET", "/", [("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"), ("accept-language", "en"), ("accept-encoding", "gzip"), ("sec-fetch-mode", "navigate")], "81.62.10.4".parse().unwrap(), &EdgeHeaderNames::default());
+    let low = Facts::from_parts(
+        "GET",
+        "/",
+        [
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            ),
+            ("accept-language", "en"),
+            ("accept-encoding", "gzip"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+        "81.62.10.4".parse().unwrap(),
+        &EdgeHeaderNames::default(),
+    );
     assert!(p.assess(&low, NOW).lookup().is_none());
     // Gray zone, IPv6 keyed at /64, user key passed through.
-    let mut gray = Facts::from_parts("GET", "/", [("user-agent", "curl/8")], "2001:db8:1:2:3:4:5:6".parse().unwrap(), &EdgeHeaderNames::default());
+    let mut gray = Facts::from_parts(
+        "GET",
+        "/",
+        [("user-agent", "curl/8")],
+        "2001:db8:1:2:3:4:5:6".parse().unwrap(),
+        &EdgeHeaderNames::default(),
+    );
     gray.user = Some("u-7".into());
     let a = p.assess(&gray, NOW);
     let lookup = a.lookup().unwrap();
@@ -306,14 +397,35 @@ fn assess_asks_for_lookups_only_when_useful() {
 #[test]
 fn crawler_ranges_go_stale() {
     let p = golden();
-    let gb = |ip: &str| Facts::from_parts("GET", "/", [("user-agent", "Googlebot/2.1")], ip.parse().unwrap(), &EdgeHeaderNames::default());
+    let gb = |ip: &str| {
+        Facts::from_parts(
+            "GET",
+            "/",
+            [("user-agent", "Googlebot/2.1")],
+            ip.parse().unwrap(),
+            &EdgeHeaderNames::default(),
+        )
+    };
     // The fixture's googlebot ranges are as of 2026-11-01; 90 days later they are stale.
     let fresh = p.evaluate(&gb("198.51.100.1"), None, NOW);
-    assert!(fresh.reasons.iter().any(|r| r.code.as_str() == "crawler.spoofed"));
+    assert!(
+        fresh
+            .reasons
+            .iter()
+            .any(|r| r.code.as_str() == "crawler.spoofed")
+    );
     let later = NOW + 100 * 86_400;
     let stale = p.evaluate(&gb("198.51.100.1"), None, later);
-    assert!(stale.reasons.iter().any(|r| r.code.as_str() == "crawler.unverified"));
-    assert_eq!(p.evaluate(&gb("66.249.66.1"), None, later).decision, Decision::Pass);
+    assert!(
+        stale
+            .reasons
+            .iter()
+            .any(|r| r.code.as_str() == "crawler.unverified")
+    );
+    assert_eq!(
+        p.evaluate(&gb("66.249.66.1"), None, later).decision,
+        Decision::Pass
+    );
 }
 
 #[test]
@@ -323,16 +435,45 @@ fn no_panic_on_extreme_inputs() {
     let headers = vec![
         ("user-agent".to_string(), long.clone()),
         ("accept-language".to_string(), vec![0xff; 10]),
-        ("cookie".to_string(), b"=;;==;__Host-signalbox-clearance".to_vec()),
+        (
+            "cookie".to_string(),
+            b"=;;==;__Host-signalbox-clearance".to_vec(),
+        ),
         ("cf-ipcountry".to_string(), vec![0xc3, 0x28]),
-        ("x-signalbox-edge-asn".to_string(), b"99999999999999999999".to_vec()),
+        (
+            "x-signalbox-edge-asn".to_string(),
+            b"99999999999999999999".to_vec(),
+        ),
         ("sec-ch-ua".to_string(), b"\"Chromium\";v=\"".to_vec()),
     ];
     let path = String::from_utf8_lossy(&long).into_owned() + "/%%%/../..";
-    for ip in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
-        let f = Facts::from_parts("\u{0}", &path, headers.clone(), ip.parse().unwrap(), &EdgeHeaderNames::default());
-        let remote = RemoteContext { ip: Some(SubjectContext { score: u32::MAX, decision: Some(ManualDecision { action: ManualAction::Ban, expires_at: u64::MAX }) }), user: None };
-        assert_eq!(p.evaluate(&f, Some(&remote), u64::MAX - 1).decision, Decision::Block);
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "::",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ] {
+        let f = Facts::from_parts(
+            "\u{0}",
+            &path,
+            headers.clone(),
+            ip.parse().unwrap(),
+            &EdgeHeaderNames::default(),
+        );
+        let remote = RemoteContext {
+            ip: Some(SubjectContext {
+                score: u32::MAX,
+                decision: Some(ManualDecision {
+                    action: ManualAction::Ban,
+                    expires_at: u64::MAX,
+                }),
+            }),
+            user: None,
+        };
+        assert_eq!(
+            p.evaluate(&f, Some(&remote), u64::MAX - 1).decision,
+            Decision::Block
+        );
         let _ = p.evaluate(&f, None, 0);
     }
 }

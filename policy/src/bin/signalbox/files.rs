@@ -15,8 +15,12 @@ use signalbox_policy::cases::BundleRef;
 
 /// Reads a YAML (`.yaml`, `.yml`) or JSON file into a value.
 fn read_value(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    ) {
         serde_norway::from_str(&text).with_context(|| format!("parsing YAML {}", path.display()))
     } else {
         serde_json::from_str(&text).with_context(|| format!("parsing JSON {}", path.display()))
@@ -26,16 +30,17 @@ fn read_value(path: &Path) -> Result<Value> {
 /// Reads a YAML or JSON file into a typed value, naming the field on error.
 pub fn read_yaml_or_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let value = read_value(path)?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner())
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
 }
 
 /// Resolves `include`s of a bundle value relative to `base`.
 fn resolve_includes(mut bundle: Value, base: &Path) -> Result<Value> {
     if let Some(lists) = bundle.get_mut("lists").and_then(Value::as_object_mut) {
         for (name, list) in lists.iter_mut() {
-            let Some(include) = list.get("include") else { continue };
+            let Some(include) = list.get("include") else {
+                continue;
+            };
             let Some(rel) = include.as_str() else {
                 bail!("lists.{name}.include: must be a file path");
             };
@@ -90,6 +95,11 @@ pub fn case_policy(case_path: &Path, reference: &BundleRef) -> Result<(PathBuf, 
 
 /// Non-empty lines of a text file.
 pub fn lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
 }

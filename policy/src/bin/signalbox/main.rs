@@ -78,9 +78,12 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Lint { file }) => lint(&file),
         Command::Policy(PolicyCommand::Build { file, output }) => build(&file, &output),
         Command::Policy(PolicyCommand::Test { bundle, cases }) => test(bundle.as_deref(), &cases),
-        Command::Eval { bundle, requests, remote, now } => {
-            eval(&bundle, &requests, remote.as_deref(), now)
-        }
+        Command::Eval {
+            bundle,
+            requests,
+            remote,
+            now,
+        } => eval(&bundle, &requests, remote.as_deref(), now),
     };
     match result {
         Ok(code) => code,
@@ -119,9 +122,18 @@ fn build(file: &Path, output: &Path) -> Result<ExitCode> {
         }
     };
     std::fs::write(output, &json).with_context(|| format!("writing {}", output.display()))?;
-    let digest: String =
-        policy.digest().unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
-    println!("{}: {} bytes, revision {}", output.display(), json.len(), policy.revision());
+    let digest: String = policy
+        .digest()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!(
+        "{}: {} bytes, revision {}",
+        output.display(),
+        json.len(),
+        policy.revision()
+    );
     println!("sha256:{digest}");
     for list in policy.lists() {
         println!(
@@ -140,7 +152,12 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -153,7 +170,9 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
     for path in &paths {
         let case: Case = files::read_yaml_or_json(path)?;
         let name = case.name.clone().unwrap_or_else(|| {
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         let policy = match &case.bundle {
             Some(reference) => {
@@ -162,7 +181,10 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
             }
             None => match &default_policy {
                 Some(p) => p,
-                None => bail!("{}: case names no bundle and --bundle is not given", path.display()),
+                None => bail!(
+                    "{}: case names no bundle and --bundle is not given",
+                    path.display()
+                ),
             },
         };
         let now = case.now.unwrap_or(DEFAULT_CASE_NOW);
@@ -177,11 +199,18 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
             for m in &mismatches {
                 println!("      - {m}");
             }
-            println!("      verdict: {}", serde_json::to_string(&VerdictLine::new(&case.request.id, &verdict))?);
+            println!(
+                "      verdict: {}",
+                serde_json::to_string(&VerdictLine::new(&case.request.id, &verdict))?
+            );
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -192,7 +221,12 @@ struct RemoteLine {
     context: RemoteContext,
 }
 
-fn eval(bundle: &Path, requests: &Path, remote: Option<&Path>, now: Option<u64>) -> Result<ExitCode> {
+fn eval(
+    bundle: &Path,
+    requests: &Path,
+    remote: Option<&Path>,
+    now: Option<u64>,
+) -> Result<ExitCode> {
     let policy = files::load_policy(bundle)?;
     let now = now.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -235,7 +269,12 @@ fn eval(bundle: &Path, requests: &Path, remote: Option<&Path>, now: Option<u64>)
     }
     out.flush()?;
     nanos.sort_unstable();
-    let pct = |p: usize| nanos.get((nanos.len().saturating_sub(1)) * p / 100).copied().unwrap_or(0);
+    let pct = |p: usize| {
+        nanos
+            .get((nanos.len().saturating_sub(1)) * p / 100)
+            .copied()
+            .unwrap_or(0)
+    };
     eprintln!(
         "{} requests; decisions {:?}; levels {:?}; eval p50 {:.1} µs, p99 {:.1} µs",
         nanos.len(),
