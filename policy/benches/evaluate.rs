@@ -2,7 +2,7 @@
 //! prefixes loaded (goal: at most 2 µs each, native), and loading such a bundle.
 //! Also prints the bytes per prefix of the compact range store.
 
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 

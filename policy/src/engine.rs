@@ -50,6 +50,7 @@ pub struct Assessment {
     reasons: Vec<Reason>,
     ua_class: UaClass,
     sensitive: bool,
+    route: Option<usize>,
     clearance_valid: bool,
     /// Rules whose conditions other than `min_level` matched, in rule order.
     rule_candidates: Vec<usize>,
@@ -194,9 +195,10 @@ impl Policy {
 
         // Route.
         let path = normalize_path(&facts.path);
-        let route = self.routes.iter().find(|r| {
+        let route_index = self.routes.iter().position(|r| {
             path_has_prefix(&path, &r.path_prefix) && method_in(&facts.method, &r.methods)
         });
+        let route = route_index.and_then(|i| self.routes.get(i));
         let sensitive = route.is_some_and(|r| r.sensitive);
         if let Some(r) = route {
             tally.risk(ReasonCode::Named(r.code.clone()), r.weight);
@@ -246,6 +248,7 @@ impl Policy {
             reasons: tally.reasons,
             ua_class,
             sensitive,
+            route: route_index,
             clearance_valid,
             rule_candidates,
             lookup,
@@ -266,6 +269,7 @@ impl Policy {
             trust,
             mut reasons,
             sensitive,
+            route,
             clearance_valid,
             rule_candidates,
             lookup,
@@ -370,6 +374,7 @@ impl Policy {
             decided_by,
             remote: remote_status,
             revision: self.revision,
+            route,
         }
     }
 

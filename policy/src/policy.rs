@@ -204,6 +204,7 @@ pub struct ChallengeSettings {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub(crate) revision: u64,
+    pub(crate) expires_at: Option<u64>,
     pub(crate) digest: Option<[u8; 32]>,
     pub(crate) min_engine_version: String,
     pub(crate) mode: Mode,
@@ -263,13 +264,23 @@ impl Policy {
     /// ```
     pub fn from_json_slice(json: &[u8]) -> Result<Self, BundleError> {
         let mut policy = Policy::try_from(parse_wire(json)?)?;
-        policy.digest = Some(Sha256::digest(json).into());
+        policy.set_digest(json);
         Ok(policy)
+    }
+
+    /// Records the SHA-256 of the bytes the policy was loaded from.
+    pub(crate) fn set_digest(&mut self, json: &[u8]) {
+        self.digest = Some(Sha256::digest(json).into());
     }
 
     /// The bundle's revision.
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Unix seconds after which the bundle is refused, if it expires.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
     }
 
     /// SHA-256 of the JSON bytes the policy was loaded from, if loaded from bytes.
@@ -391,6 +402,24 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     parts.next().is_none().then_some(version)
 }
 
+/// RFC 3339 → unix seconds (not before 1970).
+pub(crate) fn parse_rfc3339(text: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
+}
+
+/// Whether `min_engine_version` is newer than this engine (unparsable counts as newer).
+pub(crate) fn needs_newer_engine(min_engine_version: &str) -> bool {
+    match (
+        parse_version(min_engine_version),
+        parse_version(ENGINE_VERSION),
+    ) {
+        (Some(wanted), Some(ours)) => wanted > ours,
+        _ => true,
+    }
+}
+
 /// `YYYY-MM-DD` → Julian day number.
 pub(crate) fn julian_day(date: &str) -> Option<i32> {
     let mut parts = date.split('-');
@@ -436,6 +465,7 @@ impl TryFrom<BundleV1> for Policy {
             format_version,
             revision,
             min_engine_version,
+            expires_at,
             description: _,
             mode,
             thresholds,
@@ -471,6 +501,16 @@ impl TryFrom<BundleV1> for Policy {
             _ => {}
         }
 
+        let expires_at = expires_at.as_deref().and_then(|text| {
+            let parsed = parse_rfc3339(text);
+            if parsed.is_none() {
+                errors.push(
+                    "expires_at",
+                    "must be an RFC 3339 time after 1970, e.g. 2027-01-31T00:00:00Z",
+                );
+            }
+            parsed
+        });
         let thresholds = compile_thresholds(&mut errors, &thresholds);
         let (actions, sensitive_actions) = compile_actions(&actions);
         let lookup_band = (
@@ -730,6 +770,7 @@ impl TryFrom<BundleV1> for Policy {
         };
         Ok(Policy {
             revision,
+            expires_at,
             digest: None,
             min_engine_version,
             mode: match mode {

@@ -155,6 +155,9 @@ pub struct Verdict {
     pub remote: RemoteStatus,
     /// The bundle revision that decided.
     pub revision: u64,
+    /// Index of the matched route in the bundle's `routes` (rate budgets per route use it).
+    #[serde(skip)]
+    pub route: Option<usize>,
 }
 
 impl Verdict {

@@ -18,6 +18,10 @@ pub struct BundleV1 {
     pub revision: u64,
     /// The oldest engine (`major.minor.patch`) that understands this bundle.
     pub min_engine_version: String,
+    /// After this instant (RFC 3339, e.g. `2027-01-31T00:00:00Z`) the bundle is refused, so an
+    /// old signed bundle cannot be replayed forever. Required for signed bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// What this bundle is for, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

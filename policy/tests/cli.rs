@@ -231,3 +231,180 @@ fn eval_uses_remote_context_by_request_id() {
         "{gio}"
     );
 }
+
+#[test]
+fn keygen_sign_verify_and_rotation() {
+    let dir = std::env::temp_dir().join(format!("signalbox-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    for kid in ["old", "new"] {
+        let out = signalbox(&[
+            "policy",
+            "keygen",
+            "--kid",
+            kid,
+            "--secret-out",
+            &p(&format!("{kid}.secret")),
+            "--public-out",
+            &p("keys.json"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // keygen never overwrites a secret.
+    assert!(
+        !signalbox(&[
+            "policy",
+            "keygen",
+            "--kid",
+            "x",
+            "--secret-out",
+            &p("old.secret")
+        ])
+        .status
+        .success()
+    );
+    let secret = std::fs::read_to_string(dir.join("old.secret")).unwrap();
+    assert!(
+        !stdout(&signalbox(&[
+            "policy",
+            "keygen",
+            "--kid",
+            "y",
+            "--secret-out",
+            &p("y.secret")
+        ]))
+        .contains(&secret[20..40])
+    );
+
+    let golden =
+        std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
+    std::fs::write(
+        dir.join("b.yaml"),
+        format!("{golden}\nexpires_at: \"2027-06-01T00:00:00Z\"\n"),
+    )
+    .unwrap();
+    for kid in ["old", "new"] {
+        let out = signalbox(&[
+            "policy",
+            "sign",
+            &p("b.yaml"),
+            "--key",
+            &p(&format!("{kid}.secret")),
+            "-o",
+            &p(&format!("{kid}.signed.json")),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = signalbox(&[
+            "policy",
+            "verify",
+            &p(&format!("{kid}.signed.json")),
+            "--keys",
+            &p("keys.json"),
+            "--now",
+            "1795392000",
+        ]);
+        assert!(
+            out.status.success() && stdout(&out).contains("ok, revision 7"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    // Retire the old key: its signatures are refused for an unknown kid.
+    let keys: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap();
+    let only_new = serde_json::json!({"keys": [keys["keys"][1].clone()]});
+    std::fs::write(dir.join("new-only.json"), only_new.to_string()).unwrap();
+    let out = signalbox(&[
+        "policy",
+        "verify",
+        &p("old.signed.json"),
+        "--keys",
+        &p("new-only.json"),
+        "--now",
+        "1795392000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("unknown key id \"old\""),
+        "{}",
+        stdout(&out)
+    );
+    // Lower revision and expiry are refused.
+    let out = signalbox(&[
+        "policy",
+        "verify",
+        &p("new.signed.json"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1795392000",
+        "--active-revision",
+        "8",
+    ]);
+    assert!(
+        stdout(&out).contains("lower than the active revision 8"),
+        "{}",
+        stdout(&out)
+    );
+    let out = signalbox(&[
+        "policy",
+        "verify",
+        &p("new.signed.json"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1900000000",
+    ]);
+    assert!(stdout(&out).contains("expired"), "{}", stdout(&out));
+    // Signing needs an expiry.
+    assert!(
+        !signalbox(&[
+            "policy",
+            "sign",
+            "tests/scenarios/bundles/golden.yaml",
+            "--key",
+            &p("new.secret"),
+            "-o",
+            &p("x.json")
+        ])
+        .status
+        .success()
+    );
+}
+
+#[test]
+fn diff_counts_flips_by_decision_pair() {
+    let dir = std::env::temp_dir().join(format!("signalbox-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let golden =
+        std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
+    let heavier = golden.replace("ip_lists: { hosting: 25", "ip_lists: { hosting: 45");
+    assert_ne!(golden, heavier);
+    std::fs::write(dir.join("new.yaml"), heavier).unwrap();
+    let out = signalbox(&[
+        "policy",
+        "diff",
+        "tests/scenarios/bundles/golden.yaml",
+        dir.join("new.yaml").to_str().unwrap(),
+        "--requests",
+        "policy/examples/requests.jsonl",
+        "--now",
+        "1795392000",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("1 of 12 verdicts flip"), "{text}");
+    assert!(
+        text.contains("challenge -> block     1") && text.contains("campanella GET /signup"),
+        "{text}"
+    );
+}

@@ -477,3 +477,84 @@ fn no_panic_on_extreme_inputs() {
         let _ = p.evaluate(&f, None, 0);
     }
 }
+
+#[test]
+fn rate_keys_follow_subjects_routes_and_levels() {
+    let mut b = base_bundle();
+    b.routes = vec![RouteV1 {
+        name: "login".into(),
+        path_prefix: "/login".into(),
+        methods: vec![],
+        weight: 0,
+        sensitive: false,
+    }];
+    b.signals.ua_automation = UaTokensV1 {
+        weight: 75,
+        tokens: vec!["curl/".into()],
+    };
+    b.rate_budgets = vec![
+        RateBudgetV1 {
+            name: "per-ip".into(),
+            key: RateKeyV1::Ip,
+            route: None,
+            requests: 100,
+            per_seconds: 60,
+            burst: None,
+            level_percent: BTreeMap::from([(LevelV1::High, 50)]),
+        },
+        RateBudgetV1 {
+            name: "login".into(),
+            key: RateKeyV1::Route,
+            route: Some("login".into()),
+            requests: 10,
+            per_seconds: 60,
+            burst: Some(5),
+            level_percent: BTreeMap::new(),
+        },
+        RateBudgetV1 {
+            name: "per-user".into(),
+            key: RateKeyV1::User,
+            route: None,
+            requests: 1000,
+            per_seconds: 3600,
+            burst: None,
+            level_percent: BTreeMap::new(),
+        },
+    ];
+    let p = Policy::try_from(b).unwrap();
+    let facts = |ua: &str, path: &str, ip: &str| {
+        Facts::from_parts(
+            "POST",
+            path,
+            [("user-agent", ua)],
+            ip.parse().unwrap(),
+            &EdgeHeaderNames::default(),
+        )
+    };
+
+    let browser = facts("Mozilla/5.0", "/login", "2001:db8:1:2::7");
+    let keys = p.rate_keys(&browser, &p.evaluate(&browser, None, NOW));
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "per-ip|ip|2001:db8:1:2::/64",
+            "login|route|2001:db8:1:2::/64"
+        ]
+    );
+    assert_eq!(keys[0].budget.capacity, 100);
+    assert_eq!(keys[1].budget.capacity, 5);
+
+    let mut bot = facts("curl/8", "/", "198.51.100.9");
+    bot.user = Some("u-9".into());
+    let verdict = p.evaluate(&bot, None, NOW);
+    assert_eq!(verdict.level, Level::High);
+    let keys = p.rate_keys(&bot, &verdict);
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(names, ["per-ip|ip|198.51.100.9", "per-user|user|u-9"]);
+    assert_eq!(
+        (keys[0].budget.capacity, keys[0].budget.requests),
+        (50, 50),
+        "high level halves the budget"
+    );
+}

@@ -68,8 +68,12 @@ pub fn bundle_json(path: &Path) -> Result<Vec<u8>> {
 
 /// Loads and validates a bundle file.
 pub fn load_policy(path: &Path) -> Result<Policy> {
-    let json = bundle_json(path)?;
-    Policy::from_json_slice(&json).map_err(|e| {
+    compile(path, &bundle_json(path)?)
+}
+
+/// Validates the JSON of the bundle file at `path`, listing every error with its field path.
+pub fn compile(path: &Path, json: &[u8]) -> Result<Policy> {
+    Policy::from_json_slice(json).map_err(|e| {
         let lines: Vec<String> = e.field_errors().iter().map(|f| format!("  {f}")).collect();
         anyhow::anyhow!("{}: invalid bundle:\n{}", path.display(), lines.join("\n"))
     })

@@ -2,6 +2,7 @@
 //! bundles, and evaluate request logs against them.
 
 mod files;
+mod keys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -61,6 +62,62 @@ enum PolicyCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Make an Ed25519 signing key; print its public key, optionally add it to a keys file.
+    Keygen {
+        /// Key id (e.g. `2026-11`).
+        #[arg(long)]
+        kid: String,
+        /// Where to write the secret key (created with mode 0600; never overwritten).
+        #[arg(long)]
+        secret_out: PathBuf,
+        /// A trusted-keys file to add the public key to (created if missing).
+        #[arg(long)]
+        public_out: Option<PathBuf>,
+    },
+    /// Sign a bundle (YAML/JSON, built to canonical JSON first) into an envelope.
+    Sign {
+        /// Bundle file; must set `expires_at`.
+        file: PathBuf,
+        /// Secret key file from `policy keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Output envelope.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Verify a signed bundle as an edge would; exit 1 with the reason if refused.
+    Verify {
+        /// Envelope (or plain bundle, with --allow-unsigned).
+        file: PathBuf,
+        /// Trusted-keys file (`{"keys":[{"kid":..,"public":..}]}`).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Revision the edge serves now.
+        #[arg(long)]
+        active_revision: Option<u64>,
+        /// Accept a plain, unsigned bundle.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Time of the check, unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
+    /// How many verdicts a bundle change would flip, by decision pair, with examples.
+    Diff {
+        /// The bundle in force.
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
+        /// Requests to replay (JSONL, as for `eval`).
+        #[arg(long)]
+        requests: PathBuf,
+        /// Examples shown per pair.
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Evaluation time, unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
     /// Run scenario cases against a bundle, like `opa test`.
     Test {
         /// Bundle for cases that do not name their own.
@@ -78,6 +135,40 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Lint { file }) => lint(&file),
         Command::Policy(PolicyCommand::Build { file, output }) => build(&file, &output),
         Command::Policy(PolicyCommand::Test { bundle, cases }) => test(bundle.as_deref(), &cases),
+        Command::Policy(PolicyCommand::Keygen {
+            kid,
+            secret_out,
+            public_out,
+        }) => keys::keygen(&kid, &secret_out, public_out.as_deref()),
+        Command::Policy(PolicyCommand::Sign { file, key, output }) => {
+            keys::sign(&file, &key, &output)
+        }
+        Command::Policy(PolicyCommand::Verify {
+            file,
+            keys: k,
+            active_revision,
+            allow_unsigned,
+            now,
+        }) => keys::verify(
+            &file,
+            &k,
+            active_revision,
+            allow_unsigned,
+            now.unwrap_or_else(unix_now),
+        ),
+        Command::Policy(PolicyCommand::Diff {
+            old,
+            new,
+            requests,
+            examples,
+            now,
+        }) => diff(
+            &old,
+            &new,
+            &requests,
+            examples,
+            now.unwrap_or_else(unix_now),
+        ),
         Command::Eval {
             bundle,
             requests,
@@ -228,12 +319,7 @@ fn eval(
     now: Option<u64>,
 ) -> Result<ExitCode> {
     let policy = files::load_policy(bundle)?;
-    let now = now.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
+    let now = now.unwrap_or_else(unix_now);
     let mut remote_by_id = HashMap::new();
     if let Some(path) = remote {
         for (n, line) in files::lines(path)?.into_iter().enumerate() {
@@ -283,5 +369,69 @@ fn eval(
         pct(50) as f64 / 1000.0,
         pct(99) as f64 / 1000.0
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn read_requests(path: &Path) -> Result<Vec<RequestLine>> {
+    files::lines(path)?
+        .iter()
+        .enumerate()
+        .map(|(n, line)| {
+            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> Result<ExitCode> {
+    let (old_policy, new_policy) = (files::load_policy(old)?, files::load_policy(new)?);
+    let requests = read_requests(requests)?;
+    let edge = EdgeHeaderNames::default();
+    // (old, new) decision -> (count, examples)
+    let mut flips: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
+    let mut flipped = 0usize;
+    for request in &requests {
+        let facts = request.to_facts(&edge);
+        let before = old_policy.evaluate(&facts, None, now);
+        let after = new_policy.evaluate(&facts, None, now);
+        let (b, a) = (before.intended_decision(), after.intended_decision());
+        if b != a {
+            flipped += 1;
+            let (count, shown) = flips.entry((b.as_str(), a.as_str())).or_default();
+            *count += 1;
+            if shown.len() < examples {
+                shown.push(format!(
+                    "{} {} {} from {}: score {} -> {}",
+                    request.id,
+                    request.method,
+                    request.path,
+                    request.client_ip,
+                    before.score,
+                    after.score
+                ));
+            }
+        }
+    }
+    println!(
+        "{} of {} verdicts flip ({}: revision {} -> {}: revision {})",
+        flipped,
+        requests.len(),
+        old.display(),
+        old_policy.revision(),
+        new.display(),
+        new_policy.revision()
+    );
+    for ((b, a), (count, shown)) in &flips {
+        println!("  {b:>9} -> {a:<9} {count}");
+        for line in shown {
+            println!("      {line}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
