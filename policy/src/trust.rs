@@ -278,6 +278,20 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl HmacKeys {
+    /// 16 unpredictable bytes derived from `input` with the current secret (HMAC as a PRF),
+    /// for challenge and CSP nonces in hosts without a random source. Callers make `input`
+    /// unique (request id, time, a counter).
+    pub fn derive_nonce(&self, input: &[u8]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if let Some(m) = mac(&self.current, b"signalbox nonce v1\0", input) {
+            let tag = m.finalize().into_bytes();
+            out.copy_from_slice(tag.get(..16).unwrap_or(&[0; 16]));
+        }
+        out
+    }
+}
+
 /// Issues a clearance token valid for `ttl_seconds` from `now`.
 pub fn issue_clearance(keys: &HmacKeys, binding: &Binding, now: u64, ttl_seconds: u32) -> String {
     let mut p = header(&keys.current);

@@ -1,0 +1,92 @@
+//! Rate buckets in proxy-wasm shared data, shared by every worker VM of the plugin.
+//!
+//! Shared data never deletes, so the keyspace is bounded: a rate key hashes to one of
+//! `rate_limit_slots` slots (`signalbox.rl.<slot>`). A slot holds the key's 8-byte fingerprint
+//! and its 12-byte bucket. A slot held by another key is taken over once that key's bucket has
+//! refilled (idle); otherwise the two keys share the bucket until then — a collision can only
+//! make limits stricter, never looser. Updates use compare-and-swap with a few retries; when
+//! CAS keeps losing, the request is allowed and counted (fail open).
+
+use sha2::{Digest, Sha256};
+use signalbox_policy::ratelimit::{BucketState, Budget, Step, step};
+
+/// How many CAS attempts before giving up.
+pub const CAS_ATTEMPTS: usize = 8;
+
+/// Slot key and fingerprint of a rate key.
+pub fn slot_of(key: &str, slots: u32) -> (String, [u8; 8]) {
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    let slot = u64::from_be_bytes(fp) % u64::from(slots.max(1));
+    (format!("signalbox.rl.{slot}"), fp)
+}
+
+/// Decodes a slot value into (fingerprint, state).
+pub fn decode(value: &[u8]) -> Option<([u8; 8], BucketState)> {
+    let fp: [u8; 8] = value.get(..8)?.try_into().ok()?;
+    Some((fp, BucketState::from_bytes(value.get(8..)?)?))
+}
+
+/// Encodes a slot value.
+pub fn encode(fp: [u8; 8], state: BucketState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&fp);
+    out.extend_from_slice(&state.to_bytes());
+    out
+}
+
+/// One bucket step against the stored slot value: the state to start from is the slot's own
+/// (same fingerprint), a fresh bucket (slot empty, or another key's idle bucket), or the other
+/// key's bucket (collision while it is busy).
+pub fn step_slot(stored: Option<&[u8]>, fp: [u8; 8], now_ms: u64, budget: Budget) -> Step {
+    let state = match stored.and_then(decode) {
+        Some((owner, state)) if owner == fp => Some(state),
+        Some((_, state)) => {
+            let idle_ms = u64::from(budget.per_seconds) * 1000;
+            (now_ms.saturating_sub(state.updated_ms) < idle_ms).then_some(state)
+        }
+        None => None,
+    };
+    step(state, now_ms, 1, budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_stable() {
+        let (a, fa) = slot_of("per-ip|ip|1.2.3.4", 16);
+        assert_eq!(slot_of("per-ip|ip|1.2.3.4", 16), (a.clone(), fa));
+        let n: std::collections::BTreeSet<String> =
+            (0..1000).map(|i| slot_of(&format!("k{i}"), 16).0).collect();
+        assert_eq!(n.len(), 16);
+    }
+
+    #[test]
+    fn own_bucket_drains_and_idle_foreign_slot_is_taken_over() {
+        let budget = Budget {
+            capacity: 2,
+            requests: 2,
+            per_seconds: 60,
+        };
+        let (_, mine) = slot_of("a", 4);
+        let s1 = step_slot(None, mine, 1000, budget);
+        let v1 = encode(mine, s1.state);
+        let s2 = step_slot(Some(&v1), mine, 1000, budget);
+        let v2 = encode(mine, s2.state);
+        assert!(s1.allowed && s2.allowed);
+        assert!(!step_slot(Some(&v2), mine, 1000, budget).allowed);
+        let other = [9u8; 8];
+        assert!(
+            !step_slot(Some(&v2), other, 2000, budget).allowed,
+            "busy foreign bucket is shared"
+        );
+        assert!(
+            step_slot(Some(&v2), other, 1000 + 60_000, budget).allowed,
+            "idle foreign bucket is taken over"
+        );
+        assert!(step_slot(Some(b"garbage"), mine, 0, budget).allowed);
+    }
+}

@@ -1,0 +1,300 @@
+//! The plugin configuration (JSON in Envoy's `configuration` field), validated into the
+//! settings a worker runs with. Secrets never come from here: `/config_dump` shows the plugin
+//! configuration, so challenge and clearance secrets come from VM environment variables
+//! (`vm_config.environment_variables`).
+
+use serde::Deserialize;
+use signalbox_policy::signing::{LoadContext, TrustedKeys, load_bundle};
+use signalbox_policy::trust::HmacKeys;
+use signalbox_policy::{EdgeHeaderNames, Policy};
+
+/// Plugin configuration, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfigV1 {
+    /// A signed envelope (`{"kid","payload","sig"}`), or — with `allow_unsigned` — a bundle.
+    pub bundle: serde_json::Value,
+    /// Trusted public keys.
+    #[serde(default)]
+    pub trusted_keys: Vec<TrustedKeyV1>,
+    /// Accept an unsigned bundle (off by default; for local development).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// How the client IP is found.
+    #[serde(default)]
+    pub client_ip: ClientIpV1,
+    /// Headers a trusted edge in front of Envoy sets.
+    #[serde(default)]
+    pub edge_headers: EdgeHeadersV1,
+    /// Which `x-signalbox-*` headers go to origin.
+    #[serde(default)]
+    pub origin_headers: OriginHeadersV1,
+    /// Put the whole verdict on every reply as `x-signalbox-verdict` (tests only).
+    #[serde(default)]
+    pub debug_verdict_header: bool,
+    /// Environment variable with the current challenge/clearance secret, `kid:base64`.
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+    /// Environment variable with the previous secret (rotation), `kid:base64`.
+    #[serde(default = "default_previous_secret_env")]
+    pub previous_secret_env: String,
+    /// Decision-log lines per second per worker (non-pass verdicts).
+    #[serde(default = "default_log_rate")]
+    pub decision_log_per_second: u32,
+    /// Rate-bucket slots in shared data (the keyspace bound).
+    #[serde(default = "default_slots")]
+    pub rate_limit_slots: u32,
+}
+
+fn default_secret_env() -> String {
+    "SIGNALBOX_SECRET".to_owned()
+}
+fn default_previous_secret_env() -> String {
+    "SIGNALBOX_SECRET_PREVIOUS".to_owned()
+}
+fn default_log_rate() -> u32 {
+    10
+}
+fn default_slots() -> u32 {
+    16_384
+}
+
+/// A trusted bundle-signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyV1 {
+    /// Key id.
+    pub kid: String,
+    /// Base64 Ed25519 public key.
+    pub public: String,
+}
+
+/// Client IP resolution.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpV1 {
+    /// `source_address` (default: what Envoy's connection manager decided, with its
+    /// `use_remote_address` / `xff_num_trusted_hops`) or `x_forwarded_for`.
+    #[serde(default)]
+    pub mode: ClientIpMode,
+    /// With `x_forwarded_for`: how many proxies in front of Envoy append to the header.
+    #[serde(default)]
+    pub trusted_hops: u32,
+}
+
+/// Where the client IP comes from.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIpMode {
+    /// `source.address` as Envoy reports it.
+    #[default]
+    SourceAddress,
+    /// `x-forwarded-for`, read right to left, skipping `trusted_hops` entries.
+    XForwardedFor,
+}
+
+/// Edge header names; unset ones keep the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeHeadersV1 {
+    /// Country header.
+    pub country: Option<String>,
+    /// ASN header.
+    pub asn: Option<String>,
+    /// TLS fingerprint header.
+    pub tls_fingerprint: Option<String>,
+    /// Trusted user id header (set by an auth layer before us; stripped if the client sent it
+    /// only when it is an `x-signalbox-*` name).
+    pub user: Option<String>,
+}
+
+/// Opt-in origin headers. Decision, level and request id always go.
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct OriginHeadersV1 {
+    /// `x-signalbox-score`.
+    #[serde(default)]
+    pub score: bool,
+    /// `x-signalbox-reasons`.
+    #[serde(default)]
+    pub reasons: bool,
+}
+
+/// What a worker runs with.
+#[derive(Debug)]
+pub struct Settings {
+    /// The compiled bundle.
+    pub policy: Policy,
+    /// Edge header names.
+    pub edge: EdgeHeaderNames,
+    /// Client IP resolution.
+    pub client_ip: ClientIpV1,
+    /// Opt-in origin headers.
+    pub origin_headers: OriginHeadersV1,
+    /// Whole verdict on replies.
+    pub debug_verdict_header: bool,
+    /// Challenge/clearance secrets, if configured (without them no challenge can be served:
+    /// challenge decisions fall back to block).
+    pub keys: Option<HmacKeys>,
+    /// Decision-log lines per second.
+    pub decision_log_per_second: u32,
+    /// Rate-bucket slots.
+    pub rate_limit_slots: u32,
+}
+
+/// Why a configuration was refused. Messages name fields, never values of secrets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses and validates the plugin configuration. `env` looks up a VM environment variable.
+pub fn parse(
+    json: &[u8],
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
+        .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+    let keys = TrustedKeys::from_base64(
+        config
+            .trusted_keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.public.as_str())),
+    )
+    .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
+    let bundle_bytes =
+        serde_json::to_vec(&config.bundle).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    let ctx = LoadContext {
+        now,
+        active_revision: None,
+        allow_unsigned: config.allow_unsigned,
+    };
+    let policy =
+        load_bundle(&bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    if config.rate_limit_slots == 0 || config.rate_limit_slots > 1 << 20 {
+        return Err(ConfigError(
+            "rate_limit_slots: must be 1..=1048576".to_owned(),
+        ));
+    }
+    let secret = |var: &str| -> Result<Option<(String, Vec<u8>)>, ConfigError> {
+        let Some(value) = env(var) else {
+            return Ok(None);
+        };
+        parse_secret(&value).map(Some).ok_or_else(|| {
+            ConfigError(format!(
+                "environment {var}: must be <kid>:<base64 secret of 32+ bytes>"
+            ))
+        })
+    };
+    let current = secret(&config.secret_env)?;
+    let previous = secret(&config.previous_secret_env)?;
+    let keys = match current {
+        Some((kid, bytes)) => Some(
+            HmacKeys::new(
+                (&kid, &bytes),
+                previous.as_ref().map(|(k, b)| (k.as_str(), b.as_slice())),
+            )
+            .map_err(|e| ConfigError(format!("environment {}: {e}", config.secret_env)))?,
+        ),
+        None => None,
+    };
+    // An edge header is read only when configured: at the edge a client can send any header,
+    // so a name nobody in front of Envoy sets is no signal (an empty name matches nothing).
+    let e = config.edge_headers;
+    let lower = |v: Option<String>| v.map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    Ok(Settings {
+        policy,
+        edge: EdgeHeaderNames {
+            country: lower(e.country),
+            asn: lower(e.asn),
+            tls_fingerprint: lower(e.tls_fingerprint),
+            user: lower(e.user),
+        },
+        client_ip: config.client_ip,
+        origin_headers: config.origin_headers,
+        debug_verdict_header: config.debug_verdict_header,
+        keys,
+        decision_log_per_second: config.decision_log_per_second,
+        rate_limit_slots: config.rate_limit_slots,
+    })
+}
+
+fn parse_secret(value: &str) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    let (kid, b64) = value.trim().split_once(':')?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some((kid.to_owned(), bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_795_392_000;
+
+    fn bundle() -> serde_json::Value {
+        serde_json::json!({"format_version": 1, "revision": 3, "min_engine_version": "0.1.0"})
+    }
+
+    #[test]
+    fn unsigned_needs_the_switch_and_errors_name_fields() {
+        let cfg = serde_json::json!({"bundle": bundle()}).to_string();
+        let err = parse(cfg.as_bytes(), NOW, |_| None).unwrap_err();
+        assert!(err.0.contains("bundle: bundle is not signed"), "{err}");
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
+        assert_eq!(
+            parse(cfg.as_bytes(), NOW, |_| None)
+                .unwrap()
+                .policy
+                .revision(),
+            3
+        );
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true, "client_ip": {"mode": "xff"}}).to_string();
+        assert!(
+            parse(cfg.as_bytes(), NOW, |_| None)
+                .unwrap_err()
+                .0
+                .contains("unknown variant `xff`")
+        );
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true, "colour": 1})
+            .to_string();
+        assert!(
+            parse(cfg.as_bytes(), NOW, |_| None)
+                .unwrap_err()
+                .0
+                .contains("unknown field `colour`")
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_are_never_echoed() {
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
+        let secret = "k1:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        let s = parse(cfg.as_bytes(), NOW, |v| {
+            (v == "SIGNALBOX_SECRET").then(|| secret.to_owned())
+        })
+        .unwrap();
+        assert_eq!(s.keys.unwrap().current_kid(), "k1");
+        let short = "k1:c2hvcnQ=";
+        let err = parse(cfg.as_bytes(), NOW, |v| {
+            (v == "SIGNALBOX_SECRET").then(|| short.to_owned())
+        })
+        .unwrap_err();
+        assert!(
+            !err.0.contains("c2hvcnQ") && err.0.contains("SIGNALBOX_SECRET"),
+            "{err}"
+        );
+        let garbage = "no colon here";
+        let err = parse(cfg.as_bytes(), NOW, |v| {
+            (v == "SIGNALBOX_SECRET").then(|| garbage.to_owned())
+        })
+        .unwrap_err();
+        assert!(!err.0.contains(garbage), "{err}");
+    }
+}

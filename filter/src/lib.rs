@@ -1,0 +1,554 @@
+//! # signalbox-filter
+//!
+//! Signalbox as a proxy-wasm (ABI 0.2.1) HTTP filter for Envoy, built for `wasm32-wasip1`
+//! (it also builds for `wasm32-unknown-unknown`). It only translates: host data → facts →
+//! [`signalbox_policy`] → host action. The translations are plain functions in [`translate`],
+//! [`config`] and [`buckets`], unit-tested natively; the proxy-wasm trait impls below stay
+//! thin, because the SDK's context methods cannot be mocked.
+//!
+//! Per request: remove client-sent `x-signalbox-*` headers, resolve the client IP, read the
+//! clearance cookie, `assess` + `decide`, count rate buckets in shared data, then pass (with
+//! `x-signalbox-decision`, `-level`, `-request-id` for origin), challenge, throttle or block.
+//! `x-signalbox-*` headers from origin's responses are removed. Configuration is described in
+//! `envoy/README.md`; `filter/examples/plugin-config.json` is a working example.
+//!
+//! Nothing here panics: host calls go through `proxy_wasm::hostcalls` and every `Result` is
+//! handled (the SDK's `Context` convenience methods unwrap, so they are not used); headers are
+//! read as bytes. The SDK itself still panics on a status the ABI does not allow for a call,
+//! which Envoy never returns.
+
+pub mod buckets;
+pub mod config;
+pub mod translate;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{
+    Action, BufferType, ContextType, GrpcStatusCode, LogLevel, MapType, MetricType, Status,
+};
+use signalbox_policy::page::ChallengePage;
+use signalbox_policy::ratelimit::Budget;
+use signalbox_policy::trust::{
+    Binding, ChallengeParams, clearance_set_cookie, is_safe_return_path, issue_challenge,
+    issue_clearance, verify_solution,
+};
+use signalbox_policy::{Decision, Verdict};
+
+use crate::config::Settings;
+use crate::translate::{ClientKind, Headers, Reply};
+
+/// The module's entry point: one root context per worker VM.
+#[cfg(target_arch = "wasm32")]
+#[allow(missing_docs)]
+mod entry {
+    use super::{LogLevel, RootContext, SignalboxRoot};
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SignalboxRoot::default()) });
+    }}
+}
+
+/// Metric ids (0 when a metric could not be defined; incrementing it then fails quietly).
+#[derive(Debug, Default, Clone, Copy)]
+struct Metrics {
+    pass: u32,
+    challenge: u32,
+    throttle: u32,
+    block: u32,
+    shadow_non_pass: u32,
+    challenges_solved: u32,
+    challenges_failed: u32,
+    bundles_rejected: u32,
+    rate_cas_gave_up: u32,
+    eval_micros: u32,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let m = |t, name: &str| hostcalls::define_metric(t, name).unwrap_or(0);
+        Metrics {
+            pass: m(MetricType::Counter, "signalbox.decisions.pass"),
+            challenge: m(MetricType::Counter, "signalbox.decisions.challenge"),
+            throttle: m(MetricType::Counter, "signalbox.decisions.throttle"),
+            block: m(MetricType::Counter, "signalbox.decisions.block"),
+            shadow_non_pass: m(MetricType::Counter, "signalbox.shadow.non_pass"),
+            challenges_solved: m(MetricType::Counter, "signalbox.challenges.solved"),
+            challenges_failed: m(MetricType::Counter, "signalbox.challenges.failed"),
+            bundles_rejected: m(MetricType::Counter, "signalbox.bundles.rejected"),
+            rate_cas_gave_up: m(MetricType::Counter, "signalbox.rate_limit.cas_gave_up"),
+            eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
+        }
+    }
+
+    fn count(id: u32) {
+        if id != 0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn decision(&self, d: Decision) {
+        Self::count(match d {
+            Decision::Pass => self.pass,
+            Decision::Challenge => self.challenge,
+            Decision::Throttle => self.throttle,
+            Decision::Block => self.block,
+        });
+    }
+}
+
+/// What every stream of a worker shares.
+struct Worker {
+    settings: Settings,
+    metrics: Metrics,
+    /// (second, lines logged in it) for the decision-log rate limit.
+    log_window: Cell<(u64, u32)>,
+    /// Makes derived nonces unique within this worker.
+    nonce_counter: Cell<u64>,
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn now_nanos() -> u128 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The root context: loads the configuration per worker.
+#[derive(Default)]
+pub struct SignalboxRoot {
+    worker: Option<Rc<Worker>>,
+    metrics: Option<Metrics>,
+}
+
+impl Context for SignalboxRoot {}
+
+impl RootContext for SignalboxRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let metrics = *self.metrics.get_or_insert_with(Metrics::define);
+        let config = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+        match config::parse(&config, now, |var| std::env::var(var).ok()) {
+            Ok(settings) => {
+                if settings.keys.is_none() {
+                    log(
+                        LogLevel::Warn,
+                        "signalbox: no challenge secret in the VM environment: challenges are served as blocks",
+                    );
+                }
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "signalbox: bundle revision {} loaded",
+                        settings.policy.revision()
+                    ),
+                );
+                self.worker = Some(Rc::new(Worker {
+                    settings,
+                    metrics,
+                    log_window: Cell::new((0, 0)),
+                    nonce_counter: Cell::new(0),
+                }));
+                true
+            }
+            Err(e) => {
+                Metrics::count(metrics.bundles_rejected);
+                log(
+                    LogLevel::Error,
+                    &format!("signalbox: configuration refused: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(SignalboxHttp {
+            worker,
+            local_reply: false,
+            verdict_header: None,
+            verify: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A pending verify request: waiting for its body.
+struct PendingVerify {
+    binding: Binding,
+    now: u64,
+}
+
+/// One HTTP stream.
+pub struct SignalboxHttp {
+    worker: Rc<Worker>,
+    /// We answered with a local reply (its headers are ours, not origin's).
+    local_reply: bool,
+    /// `x-signalbox-verdict` for the reply, when `debug_verdict_header` is on.
+    verdict_header: Option<String>,
+    verify: Option<PendingVerify>,
+}
+
+impl Context for SignalboxHttp {}
+
+impl SignalboxHttp {
+    fn send(&mut self, reply: Reply) -> Action {
+        self.local_reply = true;
+        let mut headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Some(v) = &self.verdict_header {
+            headers.push(("x-signalbox-verdict", v));
+        }
+        match reply.grpc_status {
+            Some(code) => {
+                let status = if code == 8 {
+                    GrpcStatusCode::ResourceExhausted
+                } else {
+                    GrpcStatusCode::PermissionDenied
+                };
+                let metadata: Vec<(&str, &[u8])> =
+                    headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+                let _ = hostcalls::send_grpc_response(status, Some("signalbox"), metadata);
+            }
+            None => {
+                let _ = hostcalls::send_http_response(reply.status, headers, Some(&reply.body));
+            }
+        }
+        Action::Pause
+    }
+
+    fn nonce_input(&self, request_id: &str) -> Vec<u8> {
+        let n = self.worker.nonce_counter.get().wrapping_add(1);
+        self.worker.nonce_counter.set(n);
+        format!("{request_id}|{}|{n}", now_nanos()).into_bytes()
+    }
+
+    /// Counts the request in its rate buckets; returns the retry-after of the first refusal.
+    fn rate_limit(
+        &self,
+        facts: &signalbox_policy::Facts,
+        verdict: &Verdict,
+        now_ms: u64,
+    ) -> Option<u32> {
+        let w = &self.worker;
+        let mut refused = None;
+        for key in w.settings.policy.rate_keys(facts, verdict) {
+            if let Some(retry) = self.take_token(&key.key, key.budget, now_ms) {
+                refused = Some(refused.map_or(retry, |r: u32| r.max(retry)));
+            }
+        }
+        refused
+    }
+
+    /// One token from a shared-data bucket (CAS loop); `Some(retry_after)` when refused.
+    fn take_token(&self, key: &str, budget: Budget, now_ms: u64) -> Option<u32> {
+        let (slot, fp) = buckets::slot_of(key, self.worker.settings.rate_limit_slots);
+        for _ in 0..buckets::CAS_ATTEMPTS {
+            let Ok((stored, cas)) = hostcalls::get_shared_data(&slot) else {
+                break;
+            };
+            let step = buckets::step_slot(stored.as_deref(), fp, now_ms, budget);
+            match hostcalls::set_shared_data(&slot, Some(&buckets::encode(fp, step.state)), cas) {
+                Ok(()) => return (!step.allowed).then_some(step.retry_after_seconds),
+                Err(Status::CasMismatch) => continue,
+                Err(_) => break,
+            }
+        }
+        Metrics::count(self.worker.metrics.rate_cas_gave_up);
+        None
+    }
+
+    fn log_decision(&self, line: &str, now: u64) {
+        let (second, count) = self.worker.log_window.get();
+        let (second, count) = if second == now {
+            (second, count)
+        } else {
+            (now, 0)
+        };
+        if count < self.worker.settings.decision_log_per_second {
+            log(LogLevel::Info, line);
+        }
+        self.worker
+            .log_window
+            .set((second, count.saturating_add(1)));
+    }
+
+    fn on_verify_headers(
+        &mut self,
+        headers: &Headers,
+        facts: &signalbox_policy::Facts,
+        now: u64,
+        end_of_stream: bool,
+    ) -> Action {
+        if let Err(refusal) = translate::check_verify_headers(headers) {
+            return self.send(translate::verify_refused_reply(Some(refusal)));
+        }
+        // Verify attempts are rate-limited per client, whatever the bundle says.
+        let verify_budget = Budget {
+            capacity: 10,
+            requests: 10,
+            per_seconds: 60,
+        };
+        let key = format!(
+            "verify|{}",
+            self.worker.settings.policy.ip_subject_key(facts.client_ip)
+        );
+        if let Some(retry) = self.take_token(&key, verify_budget, now.saturating_mul(1000)) {
+            return self.send(translate::throttle_reply(ClientKind::Api, "-", retry));
+        }
+        if end_of_stream {
+            return self.send(translate::verify_refused_reply(Some(
+                translate::VerifyRefusal::BadForm,
+            )));
+        }
+        self.verify = Some(PendingVerify {
+            binding: translate::binding_of(facts),
+            now,
+        });
+        Action::Pause
+    }
+
+    fn finish_verify(&mut self, pending: PendingVerify, body: &[u8]) -> Action {
+        let w = Rc::clone(&self.worker);
+        let Some(keys) = &w.settings.keys else {
+            return self.send(translate::verify_refused_reply(None));
+        };
+        let outcome =
+            translate::parse_verify_form(body)
+                .map_err(Some)
+                .and_then(|(token, counter)| {
+                    verify_solution(keys, &token, counter, &pending.binding, pending.now)
+                        .map_err(|_| None)
+                });
+        match outcome {
+            Ok(solved) => {
+                Metrics::count(w.metrics.challenges_solved);
+                let ttl = w.settings.policy.challenge().clearance_ttl_seconds;
+                let token = issue_clearance(keys, &pending.binding, pending.now, ttl);
+                self.send(translate::verified_reply(
+                    &solved.return_path,
+                    clearance_set_cookie(&token, ttl),
+                ))
+            }
+            Err(refusal) => {
+                Metrics::count(w.metrics.challenges_failed);
+                self.send(translate::verify_refused_reply(refusal))
+            }
+        }
+    }
+
+    fn challenge(
+        &mut self,
+        headers: &Headers,
+        facts: &signalbox_policy::Facts,
+        verdict: &Verdict,
+        request_id: &str,
+        now: u64,
+    ) -> Action {
+        let w = Rc::clone(&self.worker);
+        let kind = translate::client_kind(headers);
+        let Some(keys) = &w.settings.keys else {
+            return self.send(translate::block_reply(kind, request_id));
+        };
+        let settings = w.settings.policy.challenge();
+        let return_path = if is_safe_return_path(&facts.path) {
+            facts.path.as_str()
+        } else {
+            "/"
+        };
+        let params = ChallengeParams {
+            binding: translate::binding_of(facts),
+            nonce: keys.derive_nonce(&self.nonce_input(request_id)),
+            now,
+            ttl_seconds: settings.challenge_ttl_seconds,
+            difficulty: settings
+                .difficulty_bits
+                .get(verdict.level as usize)
+                .copied()
+                .unwrap_or(16),
+            return_path,
+        };
+        let Ok(token) = issue_challenge(keys, &params) else {
+            return self.send(translate::block_reply(kind, request_id));
+        };
+        let csp_nonce = translate::nonce_text(keys, &self.nonce_input(request_id));
+        let page = ChallengePage {
+            challenge: &token,
+            difficulty: params.difficulty,
+            verify_path: &settings.verify_path,
+            ttl_seconds: settings.challenge_ttl_seconds,
+            csp_nonce: &csp_nonce,
+        };
+        self.send(translate::challenge_reply(kind, request_id, &page))
+    }
+}
+
+impl HttpContext for SignalboxHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let w = Rc::clone(&self.worker);
+        let settings = &w.settings;
+        let mut headers: Headers =
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let stripped = translate::headers_to_strip(&headers, settings);
+        for name in &stripped {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        headers.retain(|(n, _)| !stripped.iter().any(|s| s.eq_ignore_ascii_case(n)));
+
+        let started = now_nanos();
+        let now = u64::try_from(started / 1_000_000_000).unwrap_or(0);
+        let source = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .and_then(|v| translate::parse_source_address(&v));
+        let ip = translate::client_ip(&settings.client_ip, &headers, source)
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let request_id = translate::header(&headers, "x-request-id")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| "-".to_owned());
+        let facts = translate::facts(settings, &headers, ip, now);
+
+        if signalbox_policy::normalize_path(&facts.path) == settings.policy.challenge().verify_path
+        {
+            return self.on_verify_headers(&headers, &facts, now, end_of_stream);
+        }
+
+        let assessment = settings.policy.assess(&facts, now);
+        let mut verdict = settings.policy.decide(assessment, None, now);
+        if verdict.intended_decision() == Decision::Pass {
+            let now_ms = u64::try_from(started / 1_000_000).unwrap_or(0);
+            if let Some(retry) = self.rate_limit(&facts, &verdict, now_ms) {
+                match verdict.shadow_decision {
+                    Some(_) => verdict.shadow_decision = Some(Decision::Throttle),
+                    None => verdict.decision = Decision::Throttle,
+                }
+                if verdict.decision == Decision::Throttle {
+                    self.verdict_header = settings
+                        .debug_verdict_header
+                        .then(|| translate::verdict_header(&request_id, &verdict));
+                    w.metrics.decision(Decision::Throttle);
+                    self.log_decision(
+                        &translate::decision_log_line(&request_id, &facts, &verdict),
+                        now,
+                    );
+                    return self.send(translate::throttle_reply(
+                        translate::client_kind(&headers),
+                        &request_id,
+                        retry,
+                    ));
+                }
+            }
+        }
+        let elapsed = u64::try_from(now_nanos().saturating_sub(started) / 1000).unwrap_or(u64::MAX);
+        if w.metrics.eval_micros != 0 {
+            let _ = hostcalls::record_metric(w.metrics.eval_micros, elapsed);
+        }
+        w.metrics.decision(verdict.decision);
+        if verdict.shadow_decision.is_some_and(|d| d != Decision::Pass) {
+            Metrics::count(w.metrics.shadow_non_pass);
+        }
+        let summary = format!(
+            "{} {} {}",
+            verdict.intended_decision().as_str(),
+            verdict.level.as_str(),
+            verdict.score
+        );
+        let _ = hostcalls::set_property(vec!["signalbox_verdict"], Some(summary.as_bytes()));
+        if verdict.intended_decision() != Decision::Pass {
+            self.log_decision(
+                &translate::decision_log_line(&request_id, &facts, &verdict),
+                now,
+            );
+        }
+        if settings.debug_verdict_header {
+            self.verdict_header = Some(translate::verdict_header(&request_id, &verdict));
+        }
+
+        match verdict.decision {
+            Decision::Pass => {
+                for (name, value) in translate::origin_headers(settings, &verdict, &request_id) {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
+                }
+                Action::Continue
+            }
+            Decision::Block => self.send(translate::block_reply(
+                translate::client_kind(&headers),
+                &request_id,
+            )),
+            Decision::Throttle => self.send(translate::throttle_reply(
+                translate::client_kind(&headers),
+                &request_id,
+                60,
+            )),
+            Decision::Challenge => self.challenge(&headers, &facts, &verdict, &request_id, now),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.verify.is_none() {
+            return Action::Continue;
+        }
+        if body_size > translate::MAX_VERIFY_BODY {
+            self.verify = None;
+            return self.send(translate::verify_refused_reply(Some(
+                translate::VerifyRefusal::TooLarge,
+            )));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match self.verify.take() {
+            Some(pending) => self.finish_verify(pending, &body),
+            None => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.local_reply {
+            // No scoring oracle: origin (or anything upstream) must not echo our headers.
+            let headers =
+                hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+            for (name, _) in headers {
+                if name.to_ascii_lowercase().starts_with(translate::PREFIX) {
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, None);
+                }
+            }
+            if let Some(v) = &self.verdict_header {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    "x-signalbox-verdict",
+                    Some(v),
+                );
+            }
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,639 @@
+//! Plain functions between host data and the core, unit-tested natively: header stripping,
+//! client IP resolution, request facts, clearance, the shape of each local reply, origin
+//! annotations, the verify endpoint's form and the masked decision log.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use signalbox_policy::trust::{Binding, HmacKeys, verify_clearance};
+use signalbox_policy::{Clearance, Decision, Facts, Verdict};
+
+use crate::config::{ClientIpMode, ClientIpV1, Settings};
+
+/// Prefix of every header Signalbox owns.
+pub const PREFIX: &str = "x-signalbox-";
+/// Longest verify-request body accepted.
+pub const MAX_VERIFY_BODY: usize = 4096;
+
+/// Request headers as the host gives them: lower-case names, raw values.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// The names of client-sent `x-signalbox-*` headers to remove: all of them except those the
+/// operator configured as edge headers (a trusted layer in front sets those).
+pub fn headers_to_strip(headers: &Headers, settings: &Settings) -> Vec<String> {
+    let e = &settings.edge;
+    let trusted = [&e.country, &e.asn, &e.tls_fingerprint, &e.user];
+    let mut names: Vec<String> = headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .filter(|n| n.starts_with(PREFIX) && !trusted.contains(&n))
+        .collect();
+    names.dedup();
+    names
+}
+
+/// The header's first value.
+pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Parses Envoy's `source.address` (`ip:port`, `[v6]:port`, or a bare address).
+pub fn parse_source_address(value: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    text.rsplit_once(':')?.0.parse().ok()
+}
+
+/// The client IP: `source.address` by default; with `x_forwarded_for`, the entry
+/// `trusted_hops` places from the right of all `x-forwarded-for` values (each trusted proxy
+/// appends one), falling back to the source address when there are too few or it is not an
+/// address. Never trusts more of the header than configured.
+pub fn client_ip(mode: &ClientIpV1, headers: &Headers, source: Option<IpAddr>) -> Option<IpAddr> {
+    if mode.mode == ClientIpMode::SourceAddress {
+        return source;
+    }
+    let entries: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let hops = usize::try_from(mode.trusted_hops).unwrap_or(usize::MAX);
+    let chosen = entries
+        .len()
+        .checked_sub(hops.saturating_add(1))
+        .and_then(|i| entries.get(i));
+    chosen
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .or(source)
+}
+
+/// Facts for the core, with the clearance verified when secrets are configured.
+pub fn facts(settings: &Settings, headers: &Headers, ip: IpAddr, now: u64) -> Facts {
+    let method = header(headers, ":method")
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    let path = header(headers, ":path")
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let mut facts = Facts::from_parts(
+        &method,
+        &path,
+        headers.iter().map(|(n, v)| (n.as_str(), v.clone())),
+        ip,
+        &settings.edge,
+    );
+    facts.clearance = match (&facts.clearance, &settings.keys) {
+        (Clearance::Presented(token), Some(keys)) => {
+            let binding = binding_of(&facts);
+            match verify_clearance(keys, token, &binding, now) {
+                Ok(_) => Clearance::Valid,
+                Err(_) => Clearance::Invalid,
+            }
+        }
+        (other, _) => other.clone(),
+    };
+    facts
+}
+
+/// The client binding of a request.
+pub fn binding_of(facts: &Facts) -> Binding {
+    Binding::of(
+        facts.client_ip,
+        facts.header("user-agent").unwrap_or_default(),
+        &facts.authority,
+    )
+}
+
+/// How a client should be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A top-level browser navigation (GET/HEAD, accepts HTML, not XHR, not an upgrade).
+    BrowserNavigation,
+    /// gRPC.
+    Grpc,
+    /// Anything else: JSON.
+    Api,
+}
+
+/// Classifies the request for the reply format. Never HTML to XHR, gRPC, non-GET or upgrades.
+pub fn client_kind(headers: &Headers) -> ClientKind {
+    let has = |name: &str, needle: &[u8]| {
+        header(headers, name).is_some_and(|v| {
+            v.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        })
+    };
+    if has("content-type", b"application/grpc") {
+        return ClientKind::Grpc;
+    }
+    let method = header(headers, ":method").unwrap_or_default();
+    let navigation = (method == b"GET" || method == b"HEAD")
+        && has("accept", b"text/html")
+        && header(headers, "upgrade").is_none()
+        && header(headers, "x-requested-with").is_none()
+        && header(headers, "sec-fetch-mode").is_none_or(|m| m == b"navigate");
+    if navigation {
+        ClientKind::BrowserNavigation
+    } else {
+        ClientKind::Api
+    }
+}
+
+/// A local reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u32,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// For gRPC clients: the gRPC status to send instead.
+    pub grpc_status: Option<i32>,
+}
+
+fn reply(
+    status: u32,
+    kind: ClientKind,
+    json: serde_json::Value,
+    text: String,
+    request_id: &str,
+) -> Reply {
+    let (content_type, body) = match kind {
+        ClientKind::Api | ClientKind::Grpc => ("application/json", json.to_string().into_bytes()),
+        ClientKind::BrowserNavigation => ("text/plain; charset=utf-8", text.into_bytes()),
+    };
+    Reply {
+        status,
+        headers: vec![
+            ("content-type".into(), content_type.into()),
+            ("cache-control".into(), "no-store".into()),
+            ("x-signalbox-request-id".into(), request_id.into()),
+        ],
+        body,
+        grpc_status: None,
+    }
+}
+
+/// 403 with the request id.
+pub fn block_reply(kind: ClientKind, request_id: &str) -> Reply {
+    let mut r = reply(
+        403,
+        kind,
+        serde_json::json!({"error": "blocked", "request_id": request_id}),
+        format!("Access denied.\nRequest id: {request_id}\n"),
+        request_id,
+    );
+    if kind == ClientKind::Grpc {
+        r.grpc_status = Some(7); // PERMISSION_DENIED
+    }
+    r
+}
+
+/// 429 with `retry-after`.
+pub fn throttle_reply(kind: ClientKind, request_id: &str, retry_after: u32) -> Reply {
+    let mut r = reply(
+        429,
+        kind,
+        serde_json::json!({"error": "throttled", "retry_after": retry_after, "request_id": request_id}),
+        format!("Too many requests. Retry in {retry_after} s.\nRequest id: {request_id}\n"),
+        request_id,
+    );
+    r.headers
+        .push(("retry-after".into(), retry_after.max(1).to_string()));
+    if kind == ClientKind::Grpc {
+        r.grpc_status = Some(8); // RESOURCE_EXHAUSTED
+    }
+    r
+}
+
+/// The challenge: the HTML page for browser navigations, JSON for everything else.
+pub fn challenge_reply(
+    kind: ClientKind,
+    request_id: &str,
+    page: &signalbox_policy::page::ChallengePage<'_>,
+) -> Reply {
+    let mut headers: Vec<(String, String)> = match kind {
+        ClientKind::BrowserNavigation => signalbox_policy::page::html_headers(page.csp_nonce),
+        ClientKind::Api | ClientKind::Grpc => signalbox_policy::page::json_headers(),
+    }
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    headers.push(("x-signalbox-request-id".into(), request_id.into()));
+    let body = match kind {
+        ClientKind::BrowserNavigation => page.html(),
+        ClientKind::Api | ClientKind::Grpc => page.json(),
+    };
+    Reply {
+        status: 403,
+        headers,
+        body: body.into_bytes(),
+        grpc_status: (kind == ClientKind::Grpc).then_some(7),
+    }
+}
+
+/// The `x-signalbox-*` headers added to a request that passes.
+pub fn origin_headers(
+    settings: &Settings,
+    verdict: &Verdict,
+    request_id: &str,
+) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            "x-signalbox-decision".to_owned(),
+            verdict.decision.as_str().to_owned(),
+        ),
+        (
+            "x-signalbox-level".to_owned(),
+            verdict.level.as_str().to_owned(),
+        ),
+        ("x-signalbox-request-id".to_owned(), request_id.to_owned()),
+    ];
+    if let Some(shadow) = verdict.shadow_decision {
+        out.push((
+            "x-signalbox-shadow-decision".to_owned(),
+            shadow.as_str().to_owned(),
+        ));
+    }
+    if settings.origin_headers.score {
+        out.push(("x-signalbox-score".to_owned(), verdict.score.to_string()));
+    }
+    if settings.origin_headers.reasons {
+        let reasons: Vec<String> = verdict
+            .reasons
+            .iter()
+            .map(|r| format!("{}={}", r.code.as_str(), r.points))
+            .collect();
+        out.push(("x-signalbox-reasons".to_owned(), reasons.join(",")));
+    }
+    out
+}
+
+/// The whole verdict as one header value (JSON), for `debug_verdict_header`.
+pub fn verdict_header(id: &str, verdict: &Verdict) -> String {
+    serde_json::to_string(&signalbox_policy::requests::VerdictLine::new(id, verdict))
+        .unwrap_or_default()
+}
+
+/// Why a verify request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyRefusal {
+    /// Not POST.
+    Method,
+    /// Body over [`MAX_VERIFY_BODY`].
+    TooLarge,
+    /// `sec-fetch-site` or `origin` says another site posted it.
+    CrossSite,
+    /// The form lacks `challenge` or `counter`.
+    BadForm,
+}
+
+/// Checks a verify request's headers: POST, declared size, same-site.
+pub fn check_verify_headers(headers: &Headers) -> Result<(), VerifyRefusal> {
+    if header(headers, ":method") != Some(b"POST") {
+        return Err(VerifyRefusal::Method);
+    }
+    let declared = header(headers, "content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_VERIFY_BODY) {
+        return Err(VerifyRefusal::TooLarge);
+    }
+    if let Some(site) = header(headers, "sec-fetch-site")
+        && !matches!(site, b"same-origin" | b"none")
+    {
+        return Err(VerifyRefusal::CrossSite);
+    }
+    if let Some(origin) = header(headers, "origin") {
+        let host = origin
+            .splitn(2, |&b| b == b':')
+            .nth(1)
+            .map(|r| r.trim_ascii_start())
+            .unwrap_or_default();
+        let host = host.strip_prefix(b"//").unwrap_or(host);
+        let authority = header(headers, ":authority")
+            .or_else(|| header(headers, "host"))
+            .unwrap_or_default();
+        if origin == b"null" || !host.eq_ignore_ascii_case(authority) {
+            return Err(VerifyRefusal::CrossSite);
+        }
+    }
+    Ok(())
+}
+
+/// Parses `challenge=…&counter=…` (URL-encoded form).
+pub fn parse_verify_form(body: &[u8]) -> Result<(Vec<u8>, u64), VerifyRefusal> {
+    if body.len() > MAX_VERIFY_BODY {
+        return Err(VerifyRefusal::TooLarge);
+    }
+    let (mut challenge, mut counter) = (None, None);
+    for pair in body.split(|&b| b == b'&') {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (
+                pair.get(..i).unwrap_or_default(),
+                pair.get(i + 1..).unwrap_or_default(),
+            ),
+            None => (pair, &b""[..]),
+        };
+        match key {
+            b"challenge" => challenge = Some(percent_decode(value)),
+            b"counter" => {
+                counter = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            }
+            _ => {}
+        }
+    }
+    match (challenge, counter) {
+        (Some(c), Some(n)) if !c.is_empty() => Ok((c, n)),
+        _ => Err(VerifyRefusal::BadForm),
+    }
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        let hex = input
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// 303 to the signed return path, setting the clearance cookie.
+pub fn verified_reply(return_path: &str, set_cookie: String) -> Reply {
+    Reply {
+        status: 303,
+        headers: vec![
+            ("location".into(), return_path.into()),
+            ("set-cookie".into(), set_cookie),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: Vec::new(),
+        grpc_status: None,
+    }
+}
+
+/// A refused verify request.
+pub fn verify_refused_reply(refusal: Option<VerifyRefusal>) -> Reply {
+    let (status, why) = match refusal {
+        Some(VerifyRefusal::Method) => (405, "method_not_allowed"),
+        Some(VerifyRefusal::TooLarge) => (413, "too_large"),
+        Some(VerifyRefusal::CrossSite) => (403, "cross_site"),
+        Some(VerifyRefusal::BadForm) => (400, "bad_form"),
+        None => (403, "challenge_failed"),
+    };
+    let mut headers = vec![
+        ("content-type".into(), "application/json".into()),
+        ("cache-control".into(), "no-store".into()),
+    ];
+    if status == 405 {
+        headers.push(("allow".into(), "POST".into()));
+    }
+    Reply {
+        status,
+        headers,
+        body: serde_json::json!({"error": why}).to_string().into_bytes(),
+        grpc_status: None,
+    }
+}
+
+/// The client IP with host bits cleared (/24 IPv4, /48 IPv6), for logs.
+pub fn masked_ip(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let [x, y, z, _] = a.octets();
+            format!("{x}.{y}.{z}.0/24")
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+/// One structured decision-log line (non-pass verdicts), client IP masked.
+pub fn decision_log_line(request_id: &str, facts: &Facts, verdict: &Verdict) -> String {
+    let reasons: Vec<serde_json::Value> = verdict
+        .reasons
+        .iter()
+        .map(|r| serde_json::json!({"code": r.code.as_str(), "points": r.points}))
+        .collect();
+    serde_json::json!({
+        "msg": "signalbox decision",
+        "request_id": request_id,
+        "decision": verdict.decision.as_str(),
+        "shadow_decision": verdict.shadow_decision.map(Decision::as_str),
+        "score": verdict.score,
+        "level": verdict.level.as_str(),
+        "reasons": reasons,
+        "rules": verdict.rules.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
+        "revision": verdict.revision,
+        "client": masked_ip(facts.client_ip),
+        "method": facts.method,
+        "path": facts.path.split('?').next().unwrap_or_default(),
+    })
+    .to_string()
+}
+
+/// A nonce as URL-safe base64 (for CSP).
+pub fn nonce_text(keys: &HmacKeys, input: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(keys.derive_nonce(input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn settings() -> Settings {
+        let cfg = serde_json::json!({
+            "bundle": {"format_version": 1, "revision": 1, "min_engine_version": "0.1.0"},
+            "allow_unsigned": true,
+            "edge_headers": {"country": "cf-ipcountry", "user": "x-signalbox-user"}
+        });
+        parse(cfg.to_string().as_bytes(), 1_795_392_000, |_| None).unwrap()
+    }
+
+    fn h(pairs: &[(&str, &[u8])]) -> Headers {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn strips_client_signalbox_headers_but_keeps_configured_edge_ones() {
+        let headers = h(&[
+            ("x-signalbox-decision", b"pass"),
+            ("X-Signalbox-Score", b"0"),
+            ("x-signalbox-user", b"u1"),
+            ("x-signalbox-edge-asn", b"1"),
+            ("accept", b"*/*"),
+        ]);
+        assert_eq!(
+            headers_to_strip(&headers, &settings()),
+            [
+                "x-signalbox-decision",
+                "x-signalbox-score",
+                "x-signalbox-edge-asn"
+            ]
+        );
+    }
+
+    #[test]
+    fn source_address_forms() {
+        assert_eq!(
+            parse_source_address(b"81.62.10.4:5555"),
+            "81.62.10.4".parse().ok()
+        );
+        assert_eq!(
+            parse_source_address(b"[2001:db8::1]:443"),
+            "2001:db8::1".parse().ok()
+        );
+        assert_eq!(
+            parse_source_address(b"2001:db8::1"),
+            "2001:db8::1".parse().ok()
+        );
+        assert_eq!(parse_source_address(b"\xff"), None);
+        assert_eq!(parse_source_address(b"nonsense:1"), None);
+    }
+
+    #[test]
+    fn x_forwarded_for_trusts_only_the_configured_hops() {
+        let src = "10.0.0.1".parse().ok();
+        let headers = h(&[
+            ("x-forwarded-for", b"1.1.1.1, 2.2.2.2"),
+            ("X-Forwarded-For", b"3.3.3.3"),
+        ]);
+        let mode = |hops| ClientIpV1 {
+            mode: ClientIpMode::XForwardedFor,
+            trusted_hops: hops,
+        };
+        assert_eq!(client_ip(&mode(0), &headers, src), "3.3.3.3".parse().ok());
+        assert_eq!(client_ip(&mode(1), &headers, src), "2.2.2.2".parse().ok());
+        assert_eq!(client_ip(&mode(2), &headers, src), "1.1.1.1".parse().ok());
+        assert_eq!(
+            client_ip(&mode(3), &headers, src),
+            src,
+            "too few entries: fall back"
+        );
+        assert_eq!(
+            client_ip(&ClientIpV1::default(), &headers, src),
+            src,
+            "default ignores the header"
+        );
+        let spoofed = h(&[("x-forwarded-for", b"evil, 2.2.2.2")]);
+        assert_eq!(client_ip(&mode(1), &spoofed, src), src);
+    }
+
+    #[test]
+    fn reply_format_by_client() {
+        let nav = h(&[(":method", b"GET"), ("accept", b"text/html,*/*")]);
+        assert_eq!(client_kind(&nav), ClientKind::BrowserNavigation);
+        let xhr = h(&[
+            (":method", b"GET"),
+            ("accept", b"text/html"),
+            ("sec-fetch-mode", b"cors"),
+        ]);
+        assert_eq!(client_kind(&xhr), ClientKind::Api);
+        let post = h(&[(":method", b"POST"), ("accept", b"text/html")]);
+        assert_eq!(client_kind(&post), ClientKind::Api);
+        let ws = h(&[
+            (":method", b"GET"),
+            ("accept", b"text/html"),
+            ("upgrade", b"websocket"),
+        ]);
+        assert_eq!(client_kind(&ws), ClientKind::Api);
+        let grpc = h(&[
+            (":method", b"POST"),
+            ("content-type", b"application/grpc+proto"),
+        ]);
+        assert_eq!(client_kind(&grpc), ClientKind::Grpc);
+        let r = block_reply(ClientKind::Grpc, "rid");
+        assert_eq!((r.status, r.grpc_status), (403, Some(7)));
+        let t = throttle_reply(ClientKind::Api, "rid", 7);
+        assert!(t.headers.contains(&("retry-after".into(), "7".into())));
+        assert!(
+            t.headers
+                .contains(&("cache-control".into(), "no-store".into()))
+        );
+    }
+
+    #[test]
+    fn verify_request_checks() {
+        let ok = h(&[
+            (":method", b"POST"),
+            (":authority", b"shop.example"),
+            ("origin", b"https://shop.example"),
+            ("sec-fetch-site", b"same-origin"),
+        ]);
+        assert_eq!(check_verify_headers(&ok), Ok(()));
+        let get = h(&[(":method", b"GET")]);
+        assert_eq!(check_verify_headers(&get), Err(VerifyRefusal::Method));
+        let cross = h(&[
+            (":method", b"POST"),
+            (":authority", b"shop.example"),
+            ("origin", b"https://evil.example"),
+        ]);
+        assert_eq!(check_verify_headers(&cross), Err(VerifyRefusal::CrossSite));
+        let site = h(&[(":method", b"POST"), ("sec-fetch-site", b"cross-site")]);
+        assert_eq!(check_verify_headers(&site), Err(VerifyRefusal::CrossSite));
+        let big = h(&[(":method", b"POST"), ("content-length", b"100000")]);
+        assert_eq!(check_verify_headers(&big), Err(VerifyRefusal::TooLarge));
+        assert_eq!(
+            parse_verify_form(b"challenge=a.b&counter=42"),
+            Ok((b"a.b".to_vec(), 42))
+        );
+        assert_eq!(
+            parse_verify_form(b"challenge=a%2Eb&counter=1&x=y"),
+            Ok((b"a.b".to_vec(), 1))
+        );
+        assert_eq!(parse_verify_form(b"counter=x"), Err(VerifyRefusal::BadForm));
+        assert_eq!(
+            parse_verify_form(&[b'a'; 5000]),
+            Err(VerifyRefusal::TooLarge)
+        );
+    }
+
+    #[test]
+    fn masks_ips() {
+        assert_eq!(masked_ip("81.62.10.4".parse().unwrap()), "81.62.10.0/24");
+        assert_eq!(
+            masked_ip("2001:db8:1:2::1".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            masked_ip("::ffff:81.62.10.4".parse().unwrap()),
+            "81.62.10.0/24"
+        );
+    }
+}
