@@ -273,6 +273,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_plugin_config_loads() {
+        let json = include_bytes!("../examples/plugin-config.json");
+        let s = parse(json, NOW, |_| None).unwrap();
+        assert_eq!(s.policy.revision(), 7);
+        assert_eq!(s.edge.country, "cf-ipcountry");
+        assert_eq!(s.edge.asn, "", "edge headers not configured are not read");
+    }
+
+    #[test]
     fn secrets_come_from_env_and_are_never_echoed() {
         let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
         let secret = "k1:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";

@@ -328,7 +328,11 @@ impl SignalboxHttp {
             binding: translate::binding_of(facts),
             now,
         });
-        Action::Pause
+        // Envoy turns a paused request-headers callback into StopAllIteration: the body would
+        // never reach this filter. Let the headers go on; the body is held below (Pause from
+        // the body callback buffers it) and the local reply resets the upstream request
+        // before any of the body reaches origin.
+        Action::Continue
     }
 
     fn finish_verify(&mut self, pending: PendingVerify, body: &[u8]) -> Action {
@@ -532,6 +536,11 @@ impl HttpContext for SignalboxHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.verify.is_some() {
+            // Origin answered the verify path before the body arrived: hold its answer; the
+            // verify reply replaces it.
+            return Action::Pause;
+        }
         if !self.local_reply {
             // No scoring oracle: origin (or anything upstream) must not echo our headers.
             let headers =

@@ -1,0 +1,207 @@
+//! Real Envoy for tests: render a config with `scripts/envoy-config`, start Envoy on free
+//! loopback ports, wait until it is ready, and stop it when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::root;
+
+/// Ports of one Envoy instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Admin (loopback).
+    pub admin: u16,
+    /// Edge listener: `use_remote_address: true`, no trusted hops.
+    pub edge: u16,
+    /// One trusted hop in front.
+    pub lb: u16,
+    /// Lab listener: client address from `x-forwarded-for` (tests only).
+    pub lab: u16,
+    /// The demo origin.
+    pub origin: u16,
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The Envoy binary: `$SIGNALBOX_ENVOY`, or the one `scripts/install-envoy` installs.
+pub fn envoy_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("SIGNALBOX_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-envoy/bin/envoy"));
+    if !path.exists() {
+        bail!(
+            "no Envoy at {}: run scripts/install-envoy (or set SIGNALBOX_ENVOY)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// What to render.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bundle file (YAML or JSON).
+    pub bundle: PathBuf,
+    /// Output directory for the config and keys.
+    pub out: PathBuf,
+    /// JSON merged into the plugin configuration.
+    pub plugin_extra: String,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    /// Its ports.
+    pub ports: Ports,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its rendered config directory.
+    pub dir: PathBuf,
+}
+
+/// Renders the config (lab mode) into `opts.out`.
+pub fn render(opts: &Options, ports: &Ports) -> Result<()> {
+    let r = root();
+    let status = Command::new("python3")
+        .arg(r.join("scripts/envoy-config"))
+        .args(["--lab", "--bundle"])
+        .arg(&opts.bundle)
+        .arg("--out")
+        .arg(&opts.out)
+        .arg("--signalbox")
+        .arg(r.join("target/debug/signalbox"))
+        .args(["--plugin-extra", &opts.plugin_extra])
+        .args([
+            "--admin-port",
+            &ports.admin.to_string(),
+            "--edge-port",
+            &ports.edge.to_string(),
+        ])
+        .args([
+            "--lb-port",
+            &ports.lb.to_string(),
+            "--lab-port",
+            &ports.lab.to_string(),
+        ])
+        .args(["--origin-port", &ports.origin.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running scripts/envoy-config")?;
+    if !status.success() {
+        bail!("scripts/envoy-config failed");
+    }
+    Ok(())
+}
+
+impl Envoy {
+    /// Renders and starts Envoy; waits for `/ready`. Fails with Envoy's log if it exits.
+    pub fn start(opts: &Options) -> Result<Envoy> {
+        let ports = Ports {
+            admin: free_port()?,
+            edge: free_port()?,
+            lb: free_port()?,
+            lab: free_port()?,
+            origin: free_port()?,
+        };
+        render(opts, &ports)?;
+        let secret = std::fs::read_to_string(opts.out.join("secret"))?;
+        let log = opts.out.join("envoy.log");
+        let child = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(opts.out.join("envoy.yaml"))
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--base-id", &ports.admin.to_string()])
+            .args(["--log-level", "info"])
+            .env("SIGNALBOX_SECRET", secret.trim())
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log)?,
+            ))
+            .spawn()
+            .context("starting envoy")?;
+        let mut envoy = Envoy {
+            child,
+            ports,
+            log,
+            dir: opts.out.clone(),
+        };
+        envoy.wait_ready()?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("envoy exited ({status}):\n{}", self.log_text());
+            }
+            if let Ok(r) =
+                crate::http::send(self.ports.admin, "GET", "/ready", &admin_headers(), b"")
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("envoy not ready in time:\n{}", self.log_text())
+    }
+
+    /// Envoy's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Envoy's admin `/stats` as text.
+    pub fn stats(&self) -> Result<String> {
+        Ok(crate::http::send(self.ports.admin, "GET", "/stats", &admin_headers(), b"")?.text())
+    }
+}
+
+fn admin_headers() -> Vec<(String, Vec<u8>)> {
+    vec![("host".to_owned(), b"localhost".to_vec())]
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs Envoy on a config and returns (exit success, log) — for configs that must be refused.
+pub fn run_to_exit(config: &Path, timeout: Duration) -> Result<(bool, String)> {
+    let log = config.with_extension("log");
+    let mut child = Command::new(envoy_binary()?)
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", "1", "--base-id", &free_port()?.to_string()])
+        .stdout(Stdio::from(std::fs::File::create(&log)?))
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(&log)?,
+        ))
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((
+                status.success(),
+                std::fs::read_to_string(&log).unwrap_or_default(),
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok((true, std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
