@@ -32,6 +32,10 @@ pub struct PluginConfigV1 {
     /// Put the whole verdict on every reply as `x-signalbox-verdict` (tests only).
     #[serde(default)]
     pub debug_verdict_header: bool,
+    /// Envoy route names (`route.name`) whose requests are sensitive, on top of the bundle's
+    /// `routes` (sensitive routes ask the score cache and may raise the action).
+    #[serde(default)]
+    pub sensitive_route_names: Vec<String>,
     /// Environment variable with the current challenge/clearance secret, `kid:base64`.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
@@ -133,6 +137,8 @@ pub struct Settings {
     pub origin_headers: OriginHeadersV1,
     /// Whole verdict on replies.
     pub debug_verdict_header: bool,
+    /// Envoy route names that are sensitive.
+    pub sensitive_route_names: Vec<String>,
     /// Challenge/clearance secrets, if configured (without them no challenge can be served:
     /// challenge decisions fall back to block).
     pub keys: Option<HmacKeys>,
@@ -219,6 +225,7 @@ pub fn parse(
         client_ip: config.client_ip,
         origin_headers: config.origin_headers,
         debug_verdict_header: config.debug_verdict_header,
+        sensitive_route_names: config.sensitive_route_names,
         keys,
         decision_log_per_second: config.decision_log_per_second,
         rate_limit_slots: config.rate_limit_slots,

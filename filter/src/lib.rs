@@ -433,7 +433,18 @@ impl HttpContext for SignalboxHttp {
         let request_id = translate::header(&headers, "x-request-id")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "-".to_owned());
-        let facts = translate::facts(settings, &headers, ip, now);
+        let mut facts = translate::facts(settings, &headers, ip, now);
+        if !settings.sensitive_route_names.is_empty() {
+            // `xds.route_name` (Envoy ≥ 1.28); `route_name` is the older spelling.
+            let route = [vec!["xds", "route_name"], vec!["route_name"]]
+                .into_iter()
+                .find_map(|path| hostcalls::get_property(path).ok().flatten())
+                .unwrap_or_default();
+            facts.route_sensitive = settings
+                .sensitive_route_names
+                .iter()
+                .any(|n| n.as_bytes() == route.as_slice());
+        }
 
         if signalbox_policy::normalize_path(&facts.path) == settings.policy.challenge().verify_path
         {

@@ -199,7 +199,7 @@ impl Policy {
             path_has_prefix(&path, &r.path_prefix) && method_in(&facts.method, &r.methods)
         });
         let route = route_index.and_then(|i| self.routes.get(i));
-        let sensitive = route.is_some_and(|r| r.sensitive);
+        let sensitive = route.is_some_and(|r| r.sensitive) || facts.route_sensitive;
         if let Some(r) = route {
             tally.risk(ReasonCode::Named(r.code.clone()), r.weight);
         }

@@ -68,6 +68,9 @@ pub struct Facts {
     pub user: Option<String>,
     /// The clearance cookie.
     pub clearance: Clearance,
+    /// The host marks this route sensitive (e.g. Envoy route names listed in the plugin
+    /// configuration), in addition to the bundle's `routes`.
+    pub route_sensitive: bool,
 }
 
 impl Facts {
@@ -99,6 +102,7 @@ impl Facts {
             tls_fingerprint: None,
             user: None,
             clearance: Clearance::Absent,
+            route_sensitive: false,
         };
         facts.authority = facts
             .header(":authority")

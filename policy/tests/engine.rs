@@ -558,3 +558,28 @@ fn rate_keys_follow_subjects_routes_and_levels() {
         "high level halves the budget"
     );
 }
+
+#[test]
+fn a_host_marked_sensitive_route_raises_the_action_and_asks_the_cache() {
+    let p = golden();
+    let mut curl = Facts::from_parts(
+        "GET",
+        "/account",
+        [("user-agent", "curl/8")],
+        "198.51.100.9".parse().unwrap(),
+        &EdgeHeaderNames::default(),
+    );
+    let plain = p.evaluate(&curl, None, NOW);
+    assert_eq!(
+        (plain.decision, plain.level),
+        (Decision::Pass, Level::Medium)
+    );
+    curl.route_sensitive = true;
+    let a = p.assess(&curl, NOW);
+    assert_eq!(a.lookup().unwrap().reason, LookupReason::SensitiveRoute);
+    assert_eq!(
+        p.decide(a, None, NOW).decision,
+        Decision::Challenge,
+        "medium on a sensitive route is challenged"
+    );
+}

@@ -29,7 +29,7 @@ use signalbox_tests::envoy::{Envoy, Options, run_to_exit};
 use signalbox_tests::http::{Response, send};
 use signalbox_tests::root;
 
-const EDGE: &str = r#"{"edge_headers": {"country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4"}}"#;
+const EDGE: &str = r#"{"edge_headers": {"country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4"}, "sensitive_route_names": ["account"]}"#;
 const CAM_UA: &str = "Mozilla/5.0 (Linux; Android 7.0; SM-G930F Build/NRD90M) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Mobile Safari/537.36 Puffin/7.1.2.18064AP";
 const GIO_UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
@@ -234,6 +234,24 @@ fn host_behaviour_in_envoy() {
     assert!(
         !codes(&verdict(&r)).contains(&"ip.hosting".to_owned()),
         "lb: entries before the trusted hop are the client's word"
+    );
+
+    // An Envoy route named in sensitive_route_names raises medium to challenge.
+    let curl = h(&[
+        ("host", "shop.example"),
+        ("x-forwarded-for", "198.51.100.60"),
+        ("user-agent", "curl/8.5.0"),
+    ]);
+    assert_eq!(
+        send(lab, "GET", "/products", &curl, b"").unwrap().status,
+        200,
+        "medium passes"
+    );
+    let r = send(lab, "GET", "/account/orders", &curl, b"").unwrap();
+    assert_eq!(
+        (r.status, verdict(&r)["decision"].clone()),
+        (403, Value::from("challenge")),
+        "sensitive by route name"
     );
 
     // Reply formats: HTML page to a navigation, JSON to an API client, never HTML to a POST.
