@@ -278,6 +278,13 @@ impl Policy {
         self.revision
     }
 
+    /// The digest as lower-case hex (empty when the policy was not loaded from bytes).
+    pub fn digest_hex(&self) -> String {
+        self.digest
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default()
+    }
+
     /// Unix seconds after which the bundle is refused, if it expires.
     pub fn expires_at(&self) -> Option<u64> {
         self.expires_at

@@ -140,12 +140,7 @@ fn build_writes_canonical_json_with_digest() {
     assert_eq!(digest_line.len(), "sha256:".len() + 64);
     let bytes = std::fs::read(&out_path).unwrap();
     let policy = signalbox_policy::Policy::from_json_slice(&bytes).unwrap();
-    let hex: String = policy
-        .digest()
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = policy.digest_hex();
     assert_eq!(digest_line, format!("sha256:{hex}"));
     assert!(
         policy

@@ -128,12 +128,7 @@ pub fn verify(
         },
     ) {
         Ok(policy) => {
-            let digest: String = policy
-                .digest()
-                .unwrap_or_default()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let digest = policy.digest_hex();
             println!(
                 "{}: ok, revision {}, sha256:{digest}",
                 file.display(),

@@ -213,12 +213,7 @@ fn build(file: &Path, output: &Path) -> Result<ExitCode> {
         }
     };
     std::fs::write(output, &json).with_context(|| format!("writing {}", output.display()))?;
-    let digest: String = policy
-        .digest()
-        .unwrap_or_default()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = policy.digest_hex();
     println!(
         "{}: {} bytes, revision {}",
         output.display(),
