@@ -66,6 +66,8 @@ struct Metrics {
     bundles_rejected: u32,
     rate_cas_gave_up: u32,
     eval_micros: u32,
+    rate_limit_micros: u32,
+    request_micros: u32,
 }
 
 impl Metrics {
@@ -82,12 +84,23 @@ impl Metrics {
             bundles_rejected: m(MetricType::Counter, "signalbox.bundles.rejected"),
             rate_cas_gave_up: m(MetricType::Counter, "signalbox.rate_limit.cas_gave_up"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
+            rate_limit_micros: m(MetricType::Histogram, "signalbox.rate_limit_micros"),
+            request_micros: m(MetricType::Histogram, "signalbox.request_micros"),
         }
     }
 
     fn count(id: u32) {
         if id != 0 {
             let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    /// Records the microseconds since `since` (nanoseconds) in a histogram.
+    fn micros_since(id: u32, since: u128) {
+        if id != 0 {
+            let micros =
+                u64::try_from(now_nanos().saturating_sub(since) / 1000).unwrap_or(u64::MAX);
+            let _ = hostcalls::record_metric(id, micros);
         }
     }
 
@@ -451,11 +464,16 @@ impl HttpContext for SignalboxHttp {
             return self.on_verify_headers(&headers, &facts, now, end_of_stream);
         }
 
+        let eval_started = now_nanos();
         let assessment = settings.policy.assess(&facts, now);
         let mut verdict = settings.policy.decide(assessment, None, now);
+        Metrics::micros_since(w.metrics.eval_micros, eval_started);
         if verdict.intended_decision() == Decision::Pass {
             let now_ms = u64::try_from(started / 1_000_000).unwrap_or(0);
-            if let Some(retry) = self.rate_limit(&facts, &verdict, now_ms) {
+            let rate_started = now_nanos();
+            let refused = self.rate_limit(&facts, &verdict, now_ms);
+            Metrics::micros_since(w.metrics.rate_limit_micros, rate_started);
+            if let Some(retry) = refused {
                 match verdict.shadow_decision {
                     Some(_) => verdict.shadow_decision = Some(Decision::Throttle),
                     None => verdict.decision = Decision::Throttle,
@@ -477,10 +495,7 @@ impl HttpContext for SignalboxHttp {
                 }
             }
         }
-        let elapsed = u64::try_from(now_nanos().saturating_sub(started) / 1000).unwrap_or(u64::MAX);
-        if w.metrics.eval_micros != 0 {
-            let _ = hostcalls::record_metric(w.metrics.eval_micros, elapsed);
-        }
+        Metrics::micros_since(w.metrics.request_micros, started);
         w.metrics.decision(verdict.decision);
         if verdict.shadow_decision.is_some_and(|d| d != Decision::Pass) {
             Metrics::count(w.metrics.shadow_non_pass);
