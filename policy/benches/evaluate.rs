@@ -127,14 +127,7 @@ fn benches(c: &mut Criterion) {
     let json = bundle_json(100_000);
     let policy = Policy::from_json_slice(&json).unwrap();
     for list in policy.lists() {
-        eprintln!(
-            "list {}: {} prefixes -> {} ranges, {} bytes ({:.2} bytes/prefix)",
-            list.name,
-            list.set.prefix_count(),
-            list.set.range_count(),
-            list.set.heap_bytes(),
-            list.set.heap_bytes() as f64 / list.set.prefix_count().max(1) as f64
-        );
+        eprintln!("list {}: {}", list.name, list.set);
     }
     let (browser, bot) = (browser(), bot());
     assert_eq!(

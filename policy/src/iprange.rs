@@ -25,6 +25,20 @@ pub struct BadPrefix {
     pub text: String,
 }
 
+impl std::fmt::Display for IpRangeSet {
+    /// `N prefixes -> M ranges, B bytes (X bytes/prefix)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7} prefixes -> {:>7} ranges, {:>8} bytes ({:.1} bytes/prefix)",
+            self.prefix_count(),
+            self.range_count(),
+            self.heap_bytes(),
+            self.bytes_per_prefix()
+        )
+    }
+}
+
 impl IpRangeSet {
     /// Builds a set from CIDR strings (a bare address is a host prefix). IPv4-mapped IPv6
     /// prefixes (`::ffff:0:0/96` and longer) are stored as IPv4.
@@ -86,6 +100,11 @@ impl IpRangeSet {
     /// Number of merged ranges stored.
     pub fn range_count(&self) -> usize {
         self.v4.len() + self.v6.len()
+    }
+
+    /// Heap bytes per prefix the set was built from.
+    pub fn bytes_per_prefix(&self) -> f64 {
+        self.heap_bytes() as f64 / self.prefixes.max(1) as f64
     }
 
     /// Heap bytes the ranges take.

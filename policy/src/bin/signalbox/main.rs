@@ -222,14 +222,7 @@ fn build(file: &Path, output: &Path) -> Result<ExitCode> {
     );
     println!("sha256:{digest}");
     for list in policy.lists() {
-        println!(
-            "  list {:<12} {:>7} prefixes -> {:>7} ranges, {:>8} bytes ({:.1} bytes/prefix)",
-            list.name,
-            list.set.prefix_count(),
-            list.set.range_count(),
-            list.set.heap_bytes(),
-            list.set.heap_bytes() as f64 / list.set.prefix_count().max(1) as f64
-        );
+        println!("  list {:<12} {}", list.name, list.set);
     }
     Ok(ExitCode::SUCCESS)
 }
