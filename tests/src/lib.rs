@@ -7,7 +7,9 @@
 //! `tests/tests/envoy_e2e.rs`.
 
 pub mod envoy;
+pub mod host;
 pub mod http;
+pub mod replay;
 
 use std::path::PathBuf;
 
