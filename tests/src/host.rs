@@ -392,6 +392,23 @@ impl Filter {
     }
 }
 
+/// Wall-clock time in nanoseconds since the Unix epoch.
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `Ok` when a guest-memory write succeeded, `INVALID_MEMORY_ACCESS` otherwise.
+fn written(ok: bool) -> Status {
+    if ok {
+        Status::Ok
+    } else {
+        Status::InvalidMemoryAccess
+    }
+}
+
 fn is_known_env(name: &str) -> bool {
     matches!(
         name,
@@ -564,23 +581,10 @@ fn env_call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Result
                 None => InvalidMemoryAccess,
             }
         }
-        "proxy_get_log_level" => {
-            if Mem::write_u32(caller, uarg(p, 0), 2) {
-                Ok
-            } else {
-                InvalidMemoryAccess
-            }
-        }
+        "proxy_get_log_level" => written(Mem::write_u32(caller, uarg(p, 0), 2)),
         "proxy_get_current_time_nanoseconds" => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            if Mem::write(caller, uarg(p, 0), &now.to_le_bytes()) {
-                Ok
-            } else {
-                InvalidMemoryAccess
-            }
+            let now = unix_nanos();
+            written(Mem::write(caller, uarg(p, 0), &now.to_le_bytes()))
         }
         "proxy_set_tick_period_milliseconds"
         | "proxy_continue_stream"
@@ -760,11 +764,7 @@ fn env_call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Result
             let id = (s.metrics.len() as u32 + 1) * 4 + kind as u32; // the id encodes the type
             s.metrics
                 .push((kind, String::from_utf8_lossy(&name).into_owned(), 0));
-            if Mem::write_u32(caller, uarg(p, 3), id) {
-                Ok
-            } else {
-                InvalidMemoryAccess
-            }
+            written(Mem::write_u32(caller, uarg(p, 3), id))
         }
         "proxy_increment_metric" | "proxy_record_metric" | "proxy_get_metric" => {
             let id = arg(p, 0) as u32;
@@ -795,11 +795,7 @@ fn env_call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Result
                 (_, 2) => BadArgument,
                 _ => {
                     let v = metric.2 as u64;
-                    if Mem::write(caller, uarg(p, 1), &v.to_le_bytes()) {
-                        Ok
-                    } else {
-                        InvalidMemoryAccess
-                    }
+                    written(Mem::write(caller, uarg(p, 1), &v.to_le_bytes()))
                 }
             }
         }
@@ -889,10 +885,7 @@ fn wasi_call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Resul
             }
         }
         "clock_time_get" => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
+            let now = unix_nanos();
             if Mem::write(caller, uarg(p, 2), &now.to_le_bytes()) {
                 SUCCESS
             } else {
@@ -902,10 +895,7 @@ fn wasi_call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Resul
         "random_get" => {
             let len = uarg(p, 1);
             let mut bytes = vec![0u8; len];
-            let seed = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7);
+            let seed = unix_nanos().max(7);
             let mut x = seed | 1;
             for b in bytes.iter_mut() {
                 x ^= x << 13;
