@@ -453,7 +453,7 @@ impl HttpContext for SignalboxHttp {
         let request_id = translate::header(&headers, "x-request-id")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "-".to_owned());
-        let mut facts = translate::facts(settings, &headers, ip, now);
+        let mut facts = translate::facts(settings, headers, ip, now);
         if !settings.sensitive_route_names.is_empty() {
             // `xds.route_name` (Envoy ≥ 1.28); `route_name` is the older spelling.
             let route = [vec!["xds", "route_name"], vec!["route_name"]]
@@ -466,9 +466,11 @@ impl HttpContext for SignalboxHttp {
                 .any(|n| n.as_bytes() == route.as_slice());
         }
 
+        let facts = facts;
+        let headers = &facts.headers;
         if signalbox_policy::normalize_path(&facts.path) == settings.policy.challenge().verify_path
         {
-            return self.on_verify_headers(&headers, &facts, now, end_of_stream);
+            return self.on_verify_headers(headers, &facts, now, end_of_stream);
         }
 
         let n = w.requests.get();
@@ -499,7 +501,7 @@ impl HttpContext for SignalboxHttp {
                         now,
                     );
                     return self.send(translate::throttle_reply(
-                        translate::client_kind(&headers),
+                        translate::client_kind(headers),
                         &request_id,
                         retry,
                     ));
@@ -537,15 +539,15 @@ impl HttpContext for SignalboxHttp {
                 Action::Continue
             }
             Decision::Block => self.send(translate::block_reply(
-                translate::client_kind(&headers),
+                translate::client_kind(headers),
                 &request_id,
             )),
             Decision::Throttle => self.send(translate::throttle_reply(
-                translate::client_kind(&headers),
+                translate::client_kind(headers),
                 &request_id,
                 60,
             )),
-            Decision::Challenge => self.challenge(&headers, &facts, &verdict, &request_id, now),
+            Decision::Challenge => self.challenge(headers, &facts, &verdict, &request_id, now),
         }
     }
 

@@ -78,20 +78,15 @@ pub fn client_ip(mode: &ClientIpV1, headers: &Headers, source: Option<IpAddr>) -
 }
 
 /// Facts for the core, with the clearance verified when secrets are configured.
-pub fn facts(settings: &Settings, headers: &Headers, ip: IpAddr, now: u64) -> Facts {
-    let method = header(headers, ":method")
+/// Takes the headers by value: they become `Facts::headers` (read them from there after).
+pub fn facts(settings: &Settings, headers: Headers, ip: IpAddr, now: u64) -> Facts {
+    let method = header(&headers, ":method")
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .unwrap_or_default();
-    let path = header(headers, ":path")
+    let path = header(&headers, ":path")
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
-    let mut facts = Facts::from_parts(
-        &method,
-        &path,
-        headers.iter().map(|(n, v)| (n.as_str(), v.clone())),
-        ip,
-        &settings.edge,
-    );
+    let mut facts = Facts::from_parts(&method, &path, headers, ip, &settings.edge);
     facts.clearance = match (&facts.clearance, &settings.keys) {
         (Clearance::Presented(token), Some(keys)) => {
             let binding = binding_of(&facts);
