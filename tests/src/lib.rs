@@ -10,6 +10,8 @@ pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod replay;
+pub mod trace;
+pub mod upstream;
 
 use std::path::PathBuf;
 

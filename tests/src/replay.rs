@@ -90,6 +90,7 @@ pub fn request_from_line(line: &Value) -> Result<(String, Request)> {
             body: Vec::new(),
             source_address,
             upstream_status: 200,
+            ..Request::default()
         },
     ))
 }

@@ -281,7 +281,7 @@ mod no_trap {
                 let v: Vec<u8> = v.into_iter().filter(|b| *b != b'\r' && *b != b'\n').collect();
                 all.push((n, v));
             }
-            let request = Request { headers: all, body, source_address: source, upstream_status: 200 };
+            let request = Request { headers: all, body, source_address: source, upstream_status: 200, ..Request::default() };
             FILTER.with(|f| {
                 let mut f = f.borrow_mut();
                 let filter = f.get_or_insert_with(|| start(golden(), json!({}), SharedData::default()));
