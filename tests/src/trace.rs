@@ -3,7 +3,7 @@
 //! the two runs can be compared line by line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,31 +82,15 @@ pub fn group(lines: impl IntoIterator<Item = String>) -> BTreeMap<String, Vec<St
     out
 }
 
-/// Envoy config: one listener with the trace filter on a route named [`ROUTE_NAME`] to the
-/// upstream, clusters `trace_upstream` (the same upstream) and `trace_refused` (a closed port).
-pub fn envoy_config(wasm: &Path, listener: u16, admin: u16, upstream: u16, refused: u16) -> String {
-    let cluster = |name: &str, port: u16| {
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#
-        )
-    };
+/// The listener (YAML, as a list item indented by two): the fixture on a route named
+/// [`ROUTE_NAME`] to the `origin` cluster.
+fn listener_yaml(fixture: &Fixture<'_>, listener: u16) -> String {
+    let failure_policy = fixture
+        .failure_policy
+        .map(|p| format!("\n                failure_policy: {p}"))
+        .unwrap_or_default();
     format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-static_resources:
-  listeners:
-  - name: trace
+        r#"  - name: trace
     address:
       socket_address: {{ address: 127.0.0.1, port_value: {listener} }}
     filter_chains:
@@ -134,7 +118,7 @@ static_resources:
                 root_id: trace
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {PLUGIN_CONFIG}
+                  value: {plugin_config}{failure_policy}
                 vm_config:
                   vm_id: trace
                   runtime: envoy.wasm.runtime.v8
@@ -147,13 +131,197 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{origin}{up}{refused}
 "#,
-        wasm = wasm.display(),
+        wasm = fixture.wasm.display(),
+        plugin_config = fixture.plugin_config,
+    )
+}
+
+/// The LDS file Envoy watches when the listener is dynamic.
+fn lds_yaml(fixture: &Fixture<'_>, listener: u16) -> String {
+    let item = listener_yaml(fixture, listener).replacen(
+        "  - name: trace",
+        "  - \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n    name: trace",
+        1,
+    );
+    format!("resources:\n{item}")
+}
+
+/// Envoy config: the listener (static, or from the LDS file `lds` so that it can be updated),
+/// clusters `origin` and `trace_upstream` (the upstream) and `trace_refused` (a closed port).
+pub fn envoy_config(
+    fixture: &Fixture<'_>,
+    listener: u16,
+    admin: u16,
+    refused: u16,
+    lds: Option<&Path>,
+) -> String {
+    let upstream = fixture.upstream;
+    let cluster = |name: &str, port: u16| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#
+        )
+    };
+    let (listeners, dynamic) = match lds {
+        None => (
+            format!("  listeners:\n{}", listener_yaml(fixture, listener)),
+            String::new(),
+        ),
+        Some(path) => (
+            String::new(),
+            format!(
+                "dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n    path_config_source:\n      path: {}\n      watched_directory:\n        path: {}\n",
+                path.display(),
+                path.parent().unwrap_or(path).display()
+            ),
+        ),
+    };
+    format!(
+        r#"node: {{ id: trace, cluster: trace }}
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+{dynamic}static_resources:
+{listeners}  clusters:{origin}{up}{refused}
+"#,
         origin = cluster("origin", upstream),
         up = cluster("trace_upstream", upstream),
         refused = cluster("trace_refused", refused),
     )
+}
+
+/// A fixture filter to load in Envoy.
+#[derive(Debug, Clone)]
+pub struct Fixture<'a> {
+    /// The `.wasm`.
+    pub wasm: &'a Path,
+    /// Its plugin configuration (a string).
+    pub plugin_config: &'a str,
+    /// `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`), or Envoy's default.
+    pub failure_policy: Option<&'a str>,
+    /// The loopback upstream's port (clusters `origin` and `trace_upstream`).
+    pub upstream: u16,
+    /// Serve the listener from a watched LDS file, so that [`FixtureEnvoy::update`] can change
+    /// the plugin configuration while Envoy runs.
+    pub dynamic: bool,
+}
+
+/// Real Envoy (one worker) running a fixture filter; stopped when dropped.
+pub struct FixtureEnvoy {
+    child: Child,
+    /// The listener's port.
+    pub listener: u16,
+    /// Envoy's log (`--log-format %v`: messages only).
+    pub log: PathBuf,
+    lds: PathBuf,
+}
+
+impl FixtureEnvoy {
+    /// Writes the config into `dir`, starts Envoy and waits until it is ready.
+    pub fn start(fixture: &Fixture<'_>, dir: &Path) -> Result<FixtureEnvoy> {
+        std::fs::create_dir_all(dir)?;
+        let (listener, admin, refused) = (free_port()?, free_port()?, free_port()?);
+        let config = dir.join("fixture-envoy.yaml");
+        let lds_dir = dir.join("lds");
+        std::fs::create_dir_all(&lds_dir)?;
+        let lds = lds_dir.join("listeners.yaml");
+        if fixture.dynamic {
+            std::fs::write(&lds, lds_yaml(fixture, listener))?;
+        }
+        std::fs::write(
+            &config,
+            envoy_config(
+                fixture,
+                listener,
+                admin,
+                refused,
+                fixture.dynamic.then_some(lds.as_path()),
+            ),
+        )?;
+        let log = dir.join("fixture-envoy.log");
+        let child = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--base-id", &admin.to_string()])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
+            .args(["--log-format", "%v"])
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log)?,
+            ))
+            .spawn()
+            .context("starting envoy")?;
+        let mut envoy = FixtureEnvoy {
+            child,
+            listener,
+            log,
+            lds,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = envoy.child.try_wait()? {
+                bail!("envoy exited ({status}):\n{}", envoy.log_text());
+            }
+            let ready = crate::http::send(admin, "GET", "/ready", &[host_header()], b"")
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
+            if ready {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                bail!("envoy not ready:\n{}", envoy.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Replaces the listener (a dynamic one) with `fixture`'s: written aside, then renamed
+    /// into place, which is the change Envoy's directory watch picks up.
+    pub fn update(&self, fixture: &Fixture<'_>) -> Result<()> {
+        let aside = self.lds.with_extension("next");
+        std::fs::write(&aside, lds_yaml(fixture, self.listener))?;
+        std::fs::rename(&aside, &self.lds)?;
+        Ok(())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends one request to the listener (`host: trace.example` added).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<crate::http::Response> {
+        let mut all = vec![host_header()];
+        all.extend(
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
+        );
+        crate::http::send(self.listener, method, path, &all, body)
+    }
+}
+
+impl Drop for FixtureEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs the scenarios through real Envoy (one worker) and returns the trace lines by scenario.
@@ -162,89 +330,42 @@ pub fn run_in_envoy(
     upstream: u16,
     dir: &Path,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    std::fs::create_dir_all(dir)?;
-    let (listener, admin, refused) = (free_port()?, free_port()?, free_port()?);
-    let config = dir.join("trace-envoy.yaml");
-    std::fs::write(
-        &config,
-        envoy_config(wasm, listener, admin, upstream, refused),
-    )?;
-    let log = dir.join("trace-envoy.log");
-    let child = Command::new(envoy_binary()?)
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "1", "--base-id", &admin.to_string()])
-        .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
-        .args(["--log-format", "%v"])
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::from(
-            std::fs::File::options().append(true).open(&log)?,
-        ))
-        .spawn()
-        .context("starting envoy")?;
-    let mut envoy = Running { child };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = envoy.child.try_wait()? {
-            bail!(
-                "envoy exited ({status}):\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        let ready = crate::http::send(admin, "GET", "/ready", &[host_header()], b"")
-            .map(|r| r.status == 200)
-            .unwrap_or(false);
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("envoy not ready:\n{}", std::fs::read_to_string(&log)?);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let fixture = Fixture {
+        wasm,
+        plugin_config: PLUGIN_CONFIG,
+        failure_policy: None,
+        upstream,
+        dynamic: false,
+    };
+    let envoy = FixtureEnvoy::start(&fixture, dir)?;
     for s in scenarios() {
-        let mut headers = vec![host_header()];
-        headers.extend(
-            s.headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
-        );
-        crate::http::send(
-            listener,
-            s.method,
-            &format!("/trace/{}", s.name),
-            &headers,
-            s.body.as_bytes(),
-        )
-        .with_context(|| format!("scenario {}", s.name))?;
+        envoy
+            .send(
+                s.method,
+                &format!("/trace/{}", s.name),
+                &s.headers,
+                s.body.as_bytes(),
+            )
+            .with_context(|| format!("scenario {}", s.name))?;
         // on_log / on_delete run after the response is written: wait for them.
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            let text = std::fs::read_to_string(&log)?;
-            if text.contains(&format!("TRACE {} on_delete", s.name)) {
+            if envoy
+                .log_text()
+                .contains(&format!("TRACE {} on_delete", s.name))
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    let text = envoy.log_text();
     drop(envoy);
-    let text = std::fs::read_to_string(&log)?;
     Ok(group(text.lines().map(str::to_owned)))
 }
 
 fn host_header() -> (String, Vec<u8>) {
     ("host".to_owned(), b"trace.example".to_vec())
-}
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs the scenarios in the wasmtime host, with the same upstream behind the same cluster
@@ -316,4 +437,101 @@ pub fn distinct(lines: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The plugin configuration after the config-update scenario.
+pub const UPDATED_PLUGIN_CONFIG: &str = "trace-config-2";
+
+/// The config-update scenario in real Envoy: the plugin configuration changes while Envoy
+/// runs (a new listener from the watched LDS file), then a request `/trace/after` runs.
+/// Returns the trace lines logged after the change, by scenario.
+pub fn config_update_in_envoy(
+    wasm: &Path,
+    upstream: u16,
+    dir: &Path,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut fixture = Fixture {
+        wasm,
+        plugin_config: PLUGIN_CONFIG,
+        failure_policy: None,
+        upstream,
+        dynamic: true,
+    };
+    let envoy = FixtureEnvoy::start(&fixture, dir)?;
+    // The listener comes from LDS: wait until it serves.
+    let until = Instant::now() + Duration::from_secs(30);
+    while envoy.send("GET", "/trace/before", &[], b"").is_err() {
+        if Instant::now() > until {
+            bail!("the LDS listener never served:\n{}", envoy.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mark = envoy.log_text().len();
+    fixture.plugin_config = UPDATED_PLUGIN_CONFIG;
+    envoy.update(&fixture)?;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = envoy.log_text();
+        let after = text.get(mark..).unwrap_or_default();
+        if after.contains(UPDATED_PLUGIN_CONFIG) {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("Envoy never took the new configuration:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new listener replaces the old one once it is warm; then a request runs on it.
+    std::thread::sleep(Duration::from_millis(500));
+    envoy.send("GET", "/trace/after", &[], b"")?;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && !envoy.log_text().contains("TRACE after on_delete") {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = envoy.log_text();
+    drop(envoy);
+    Ok(group(
+        text.get(mark..)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned),
+    ))
+}
+
+/// The config-update scenario in the host: the same change, then `/trace/after`. Returns the
+/// trace lines logged after the change, by scenario.
+pub fn config_update_in_host(
+    engine: &wasmtime::Engine,
+    module: &wasmtime::Module,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    use crate::host::{Filter, Request, VmOptions};
+    let opts = VmOptions {
+        plugin_config: PLUGIN_CONFIG.as_bytes().to_vec(),
+        vm_config: VM_CONFIG.as_bytes().to_vec(),
+        plugin_name: "trace".to_owned(),
+        root_id: "trace".to_owned(),
+        vm_id: "trace".to_owned(),
+        ..VmOptions::default()
+    };
+    let mut filter = Filter::start(engine, module, &opts)?;
+    let request = |path: &str| Request {
+        headers: vec![
+            (":authority".to_owned(), b"trace.example".to_vec()),
+            (":path".to_owned(), path.as_bytes().to_vec()),
+            (":method".to_owned(), b"GET".to_vec()),
+            (":scheme".to_owned(), b"http".to_vec()),
+        ],
+        source_address: "127.0.0.1:40000".to_owned(),
+        upstream_status: 200,
+        route_name: Some(ROUTE_NAME.to_owned()),
+        ..Request::default()
+    };
+    filter.request(&request("/trace/before"))?;
+    let mark = filter.logs().len();
+    filter.reconfigure(UPDATED_PLUGIN_CONFIG.as_bytes())?;
+    filter.request(&request("/trace/after"))?;
+    Ok(group(
+        filter.logs().iter().skip(mark).map(|(_, l)| l.clone()),
+    ))
 }

@@ -321,6 +321,35 @@ impl Filter {
         Ok(filter)
     }
 
+    /// A configuration update, as Envoy applies one to a running worker: the VM stays (its
+    /// memory and globals too), a new root context is created and gets `on_vm_start` and
+    /// `on_configure` with the new plugin configuration; later streams belong to it. Fails if
+    /// the plugin refuses the configuration (Envoy then keeps serving with the old listener).
+    pub fn reconfigure(&mut self, plugin_config: &[u8]) -> Result<()> {
+        let root = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(2);
+        {
+            let s = self.store.data_mut();
+            s.plugin_config = plugin_config.to_vec();
+            s.root_id = root;
+            s.tick = None;
+        }
+        let previous = std::mem::replace(&mut self.root_id, root);
+        self.call_on(root, "proxy_on_context_create", &[root, 0])?;
+        let vm_len = i32::try_from(self.store.data().vm_config.len())?;
+        let started = self.call_on(root, "proxy_on_vm_start", &[root, vm_len])? != 0;
+        let cfg_len = i32::try_from(plugin_config.len())?;
+        if !started || self.call_on(root, "proxy_on_configure", &[root, cfg_len])? == 0 {
+            self.root_id = previous;
+            self.store.data_mut().root_id = previous;
+            bail!(
+                "the plugin refused the new configuration: {:?}",
+                self.logs().last()
+            );
+        }
+        Ok(())
+    }
+
     /// Calls an export with `context` as the effective context. A trap fails the VM for good.
     fn call_on(&mut self, context: i32, name: &str, args: &[i32]) -> Result<i32> {
         if let Some(why) = &self.failed {
@@ -464,19 +493,22 @@ impl Filter {
     /// `on_log`, `on_done`, `on_delete`. Events due in between (HTTP call answers, ticks, queue
     /// notifications) are delivered, and a paused stream waits for them.
     ///
-    /// Once the VM has failed, requests get what the failure policy says: a 503 (fail closed)
-    /// or the upstream's answer without the filter (fail open). The request during which the
-    /// VM traps gets that treatment too.
+    /// The request during which the VM traps gets a 503 (as in Envoy, whatever the policy);
+    /// later requests get what the failure policy says: a 503 (fail closed) or the upstream's
+    /// answer without the filter (fail open).
     pub fn request(&mut self, req: &Request) -> Result<Response> {
-        if self.failed.is_none() {
+        let policy = if self.failed.is_none() {
             match self.stream(req) {
                 Ok(r) => return Ok(r),
                 Err(e) if self.failed.is_none() => return Err(e),
-                Err(_) => {}
+                // The stream that was in the VM when it trapped fails, whatever the policy.
+                Err(_) => FailurePolicy::FailClosed,
             }
-        }
+        } else {
+            self.failure_policy
+        };
         self.store.data_mut().stream = None;
-        Ok(match self.failure_policy {
+        Ok(match policy {
             FailurePolicy::FailClosed => Response {
                 status: 503,
                 headers: vec![("content-length".to_owned(), b"0".to_vec())],
