@@ -368,59 +368,112 @@ fn host_header() -> (String, Vec<u8>) {
     ("host".to_owned(), b"trace.example".to_vec())
 }
 
-/// Runs the scenarios in the wasmtime host, with the same upstream behind the same cluster
-/// names, and returns the trace lines by scenario.
-pub fn run_in_host(
-    engine: &wasmtime::Engine,
-    module: &wasmtime::Module,
-    upstream: std::net::SocketAddr,
-    refused: u16,
-) -> Result<BTreeMap<String, Vec<String>>> {
-    use crate::host::{Cluster, Filter, Request, VmOptions};
+/// The clusters of the Envoy config, for the host: the same loopback upstream, and a closed port.
+pub fn loopback_clusters(upstream: std::net::SocketAddr, refused: u16) -> crate::host::Clusters {
+    use crate::host::Cluster;
     let mut clusters = crate::host::Clusters::new();
     clusters.insert("trace_upstream".to_owned(), Cluster::Loopback(upstream));
     clusters.insert(
         "trace_refused".to_owned(),
         Cluster::Loopback(std::net::SocketAddr::from(([127, 0, 0, 1], refused))),
     );
-    let opts = VmOptions {
+    clusters
+}
+
+/// The same clusters as scripts, without sockets: what the loopback upstream does, path by path.
+pub fn scripted_clusters() -> crate::host::Clusters {
+    use crate::host::{Cluster, Outcome, Scripted};
+    let upstream = |call: &crate::host::CallRequest| {
+        let outcome = match call.header(":path").as_deref() {
+            Some("/ok") => Outcome::Response {
+                status: 200,
+                headers: vec![
+                    ("x-up".to_owned(), b"ok".to_vec()),
+                    ("content-length".to_owned(), b"5".to_vec()),
+                ],
+                body: b"hello".to_vec(),
+            },
+            Some("/slow") => Outcome::Silent,
+            Some("/close") => Outcome::ResetBeforeHeaders,
+            _ => Outcome::ResetAfterHeaders,
+        };
+        Scripted {
+            delay: Duration::from_millis(20),
+            outcome,
+        }
+    };
+    let refused = |_: &crate::host::CallRequest| Scripted {
+        delay: Duration::ZERO,
+        outcome: Outcome::ConnectFailure,
+    };
+    let mut clusters = crate::host::Clusters::new();
+    clusters.insert(
+        "trace_upstream".to_owned(),
+        Cluster::Scripted(std::sync::Arc::new(upstream)),
+    );
+    clusters.insert(
+        "trace_refused".to_owned(),
+        Cluster::Scripted(std::sync::Arc::new(refused)),
+    );
+    clusters
+}
+
+/// The trace fixture's VM options in the host (names as in the Envoy config).
+pub fn host_options(clusters: crate::host::Clusters) -> crate::host::VmOptions {
+    crate::host::VmOptions {
         plugin_config: PLUGIN_CONFIG.as_bytes().to_vec(),
         vm_config: VM_CONFIG.as_bytes().to_vec(),
         clusters,
         plugin_name: "trace".to_owned(),
         root_id: "trace".to_owned(),
         vm_id: "trace".to_owned(),
-        ..VmOptions::default()
-    };
-    let mut filter = Filter::start(engine, module, &opts)?;
+        ..crate::host::VmOptions::default()
+    }
+}
+
+/// A request as Envoy hands it to the filter (HTTP/1.1 from 127.0.0.1, route [`ROUTE_NAME`]).
+pub fn host_request(
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> crate::host::Request {
+    let mut headers = vec![
+        (":authority".to_owned(), b"trace.example".to_vec()),
+        (":path".to_owned(), path.as_bytes().to_vec()),
+        (":method".to_owned(), method.as_bytes().to_vec()),
+        (":scheme".to_owned(), b"http".to_vec()),
+    ];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
+    );
+    if !body.is_empty() {
+        headers.push((
+            "content-length".to_owned(),
+            body.len().to_string().into_bytes(),
+        ));
+    }
+    crate::host::Request {
+        headers,
+        body: body.as_bytes().to_vec(),
+        source_address: "127.0.0.1:40000".to_owned(),
+        upstream_status: 200,
+        route_name: Some(ROUTE_NAME.to_owned()),
+    }
+}
+
+/// Runs the scenarios in the wasmtime host with the given clusters and returns the trace
+/// lines by scenario.
+pub fn run_in_host(
+    engine: &wasmtime::Engine,
+    module: &wasmtime::Module,
+    clusters: crate::host::Clusters,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut filter = crate::host::Filter::start(engine, module, &host_options(clusters))?;
     for s in scenarios() {
-        let mut headers = vec![
-            (":authority".to_owned(), b"trace.example".to_vec()),
-            (
-                ":path".to_owned(),
-                format!("/trace/{}", s.name).into_bytes(),
-            ),
-            (":method".to_owned(), s.method.as_bytes().to_vec()),
-            (":scheme".to_owned(), b"http".to_vec()),
-        ];
-        headers.extend(
-            s.headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
-        );
-        if !s.body.is_empty() {
-            headers.push((
-                "content-length".to_owned(),
-                s.body.len().to_string().into_bytes(),
-            ));
-        }
-        let req = Request {
-            headers,
-            body: s.body.as_bytes().to_vec(),
-            source_address: "127.0.0.1:40000".to_owned(),
-            upstream_status: 200,
-            route_name: Some(ROUTE_NAME.to_owned()),
-        };
+        let req = host_request(s.method, &format!("/trace/{}", s.name), &s.headers, s.body);
         filter
             .request(&req)
             .with_context(|| format!("scenario {}", s.name))?;
@@ -505,28 +558,8 @@ pub fn config_update_in_host(
     engine: &wasmtime::Engine,
     module: &wasmtime::Module,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    use crate::host::{Filter, Request, VmOptions};
-    let opts = VmOptions {
-        plugin_config: PLUGIN_CONFIG.as_bytes().to_vec(),
-        vm_config: VM_CONFIG.as_bytes().to_vec(),
-        plugin_name: "trace".to_owned(),
-        root_id: "trace".to_owned(),
-        vm_id: "trace".to_owned(),
-        ..VmOptions::default()
-    };
-    let mut filter = Filter::start(engine, module, &opts)?;
-    let request = |path: &str| Request {
-        headers: vec![
-            (":authority".to_owned(), b"trace.example".to_vec()),
-            (":path".to_owned(), path.as_bytes().to_vec()),
-            (":method".to_owned(), b"GET".to_vec()),
-            (":scheme".to_owned(), b"http".to_vec()),
-        ],
-        source_address: "127.0.0.1:40000".to_owned(),
-        upstream_status: 200,
-        route_name: Some(ROUTE_NAME.to_owned()),
-        ..Request::default()
-    };
+    let mut filter = crate::host::Filter::start(engine, module, &host_options(Default::default()))?;
+    let request = |path: &str| host_request("GET", path, &[], "");
     filter.request(&request("/trace/before"))?;
     let mark = filter.logs().len();
     filter.reconfigure(UPDATED_PLUGIN_CONFIG.as_bytes())?;

@@ -251,22 +251,61 @@ fn two_worker_vms_share_one_rate_bucket() {
     );
 }
 
+#[test]
+fn worker_vms_on_threads_share_one_rate_bucket() {
+    // Four worker VMs on four threads hit the same /burst budget (5) at once: the shared-data
+    // CAS loop must let exactly 5 through in total.
+    let shared = SharedData::default();
+    let passed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for w in 0..4 {
+            let shared = shared.clone();
+            let passed = &passed;
+            scope.spawn(move || {
+                let mut vm = start(golden(), json!({}), shared);
+                for i in 0..10 {
+                    let line = json!({
+                        "id": format!("t{w}-{i}"), "method": "GET", "path": "/burst",
+                        "headers": [["host", "shop.example"], ["user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"], ["accept-language", "en"]],
+                        "client_ip": "198.51.100.78",
+                    });
+                    let verdict = replay_line(&mut vm, &line).unwrap();
+                    if verdict["decision"] == "pass" {
+                        passed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        passed.into_inner(),
+        5,
+        "40 requests from 4 VMs, one budget of 5"
+    );
+}
+
 mod no_trap {
     use super::*;
     use proptest::prelude::*;
     use signalbox_tests::host::Request;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        // 300 cases in CI; `SIGNALBOX_FUZZ_CASES=100000` for a longer run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("SIGNALBOX_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+            ..ProptestConfig::default()
+        })]
 
         /// Random header names, values (any bytes but NUL/CR/LF, which HTTP cannot carry),
-        /// paths, methods and source addresses never trap the filter.
+        /// paths, methods, bodies and properties (source address, route name) never trap the
+        /// filter: the VM must not have failed after any of them.
         #[test]
         fn random_requests_never_trap(
             method in "[A-Z]{1,8}",
             path in "/[ -~]{0,60}",
             headers in proptest::collection::vec(("[a-z0-9-]{1,20}", proptest::collection::vec(1u8..=255, 0..200)), 0..30),
             source in prop_oneof![Just("81.62.10.4:1".to_owned()), Just("[2001:db8::1]:2".to_owned()), "[ -~]{0,30}"],
+            route in proptest::option::of(prop_oneof![Just("account".to_owned()), "\\PC{0,20}"]),
             body in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             thread_local! {
@@ -281,12 +320,13 @@ mod no_trap {
                 let v: Vec<u8> = v.into_iter().filter(|b| *b != b'\r' && *b != b'\n').collect();
                 all.push((n, v));
             }
-            let request = Request { headers: all, body, source_address: source, upstream_status: 200, ..Request::default() };
+            let request = Request { headers: all, body, source_address: source, upstream_status: 200, route_name: route };
             FILTER.with(|f| {
                 let mut f = f.borrow_mut();
-                let filter = f.get_or_insert_with(|| start(golden(), json!({}), SharedData::default()));
+                let filter = f.get_or_insert_with(|| start(golden(), json!({"sensitive_route_names": ["account"]}), SharedData::default()));
                 let response = filter.request(&request);
-                prop_assert!(response.is_ok(), "trap: {:?}", response.err());
+                prop_assert!(response.is_ok(), "host error: {:?}", response.err());
+                prop_assert!(filter.failure().is_none(), "the filter trapped: {:?}", filter.failure());
                 Ok(())
             })?;
         }

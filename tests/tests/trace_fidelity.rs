@@ -19,8 +19,8 @@ use signalbox_tests::envoy::free_port;
 use signalbox_tests::host::{Clusters, FailurePolicy, Filter, Request, VmOptions, compile};
 use signalbox_tests::root;
 use signalbox_tests::trace::{
-    Fixture, FixtureEnvoy, config_update_in_envoy, config_update_in_host, distinct, run_in_envoy,
-    run_in_host,
+    Fixture, FixtureEnvoy, config_update_in_envoy, config_update_in_host, distinct,
+    loopback_clusters, run_in_envoy, run_in_host, scripted_clusters,
 };
 use signalbox_tests::upstream::Upstream;
 
@@ -48,7 +48,7 @@ fn trace_fixture_sees_the_same_in_envoy_and_in_the_host() {
     let engine = wasmtime::Engine::default();
     let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
     let refused = free_port().unwrap();
-    let host = run_in_host(&engine, &module, upstream.addr, refused).unwrap();
+    let host = run_in_host(&engine, &module, loopback_clusters(upstream.addr, refused)).unwrap();
     let envoy = run_in_envoy(&wasm, upstream.addr.port(), &scratch("trace")).unwrap();
 
     let mut report = String::new();
@@ -275,5 +275,79 @@ fn a_config_update_reaches_a_new_root_context_as_in_envoy() {
         host_vm
             .iter()
             .any(|l| l.contains(signalbox_tests::trace::UPDATED_PLUGIN_CONFIG))
+    );
+}
+
+#[test]
+fn scripted_clusters_look_like_the_real_upstream_to_the_filter() {
+    // The same scenarios with scripted answers instead of sockets give the same trace as the
+    // loopback upstream (which the test above holds equal to Envoy).
+    let upstream = Upstream::start().unwrap();
+    let wasm = fixture("trace");
+    let engine = wasmtime::Engine::default();
+    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let real = run_in_host(
+        &engine,
+        &module,
+        loopback_clusters(upstream.addr, free_port().unwrap()),
+    )
+    .unwrap();
+    let scripted = run_in_host(&engine, &module, scripted_clusters()).unwrap();
+    assert_eq!(real, scripted);
+    assert!(
+        real["timeout"].iter().any(|l| l.contains("Some(\"504\")")),
+        "{:?}",
+        real["timeout"]
+    );
+}
+
+#[test]
+fn a_queue_registered_in_one_vm_is_fed_from_another_on_another_thread() {
+    let wasm = fixture("trace");
+    let engine = wasmtime::Engine::default();
+    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let shared = signalbox_tests::host::SharedData::default();
+    let options = || VmOptions {
+        shared: shared.clone(),
+        ..signalbox_tests::trace::host_options(Clusters::new())
+    };
+    let mut waiter = Filter::start(&engine, &module, &options()).unwrap();
+    let mut feeder = Filter::start(&engine, &module, &options()).unwrap();
+    let waiting = std::thread::spawn(move || {
+        let response = waiter
+            .request(&signalbox_tests::trace::host_request(
+                "GET",
+                "/trace/queue-wait",
+                &[],
+                "",
+            ))
+            .unwrap();
+        (response.status, waiter.logs().to_vec())
+    });
+    // Feed the queue once the waiter has registered it (it is paused by then).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let fed = feeder
+        .request(&signalbox_tests::trace::host_request(
+            "GET",
+            "/trace/enqueue",
+            &[],
+            "",
+        ))
+        .unwrap();
+    assert_eq!(fed.status, 200);
+    assert!(
+        feeder
+            .logs()
+            .iter()
+            .any(|(_, l)| l.contains("enqueue resolve_queue=OK enqueue=OK")),
+        "{:?}",
+        feeder.logs()
+    );
+    let (status, logs) = waiting.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        logs.iter()
+            .any(|(_, l)| l.contains("on_queue_ready@root dequeue=OK \"from another VM\"")),
+        "{logs:?}"
     );
 }

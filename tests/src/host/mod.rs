@@ -67,6 +67,9 @@ pub enum Status {
     Unimplemented = 12,
 }
 
+/// Header pairs (lower-case names; values are bytes).
+pub type Headers = Vec<(String, Vec<u8>)>;
+
 /// What the host knows about one request.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -660,7 +663,7 @@ impl Filter {
 }
 
 /// The upstream's answer to a request that reaches it (a fixed origin).
-fn upstream_answer(req: &Request) -> (u32, Vec<(String, Vec<u8>)>, Vec<u8>) {
+fn upstream_answer(req: &Request) -> (u32, Headers, Vec<u8>) {
     let status = if req.upstream_status == 0 {
         200
     } else {
