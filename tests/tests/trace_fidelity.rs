@@ -35,6 +35,13 @@ fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// A fixture compiled for the host.
+fn compiled(wasm: &std::path::Path) -> (wasmtime::Engine, wasmtime::Module) {
+    let engine = wasmtime::Engine::default();
+    let module = compile(&engine, &std::fs::read(wasm).unwrap()).unwrap();
+    (engine, module)
+}
+
 fn scratch(name: &str) -> PathBuf {
     root()
         .join("target/tmp")
@@ -45,8 +52,7 @@ fn scratch(name: &str) -> PathBuf {
 fn trace_fixture_sees_the_same_in_envoy_and_in_the_host() {
     let upstream = Upstream::start().unwrap();
     let wasm = fixture("trace");
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(&wasm);
     let refused = free_port().unwrap();
     let host = run_in_host(&engine, &module, loopback_clusters(upstream.addr, refused)).unwrap();
     let envoy = run_in_envoy(&wasm, upstream.addr.port(), &scratch("trace")).unwrap();
@@ -128,8 +134,7 @@ fn echo_fixture_is_given_the_same_headers_and_properties() {
     let from_envoy = envoy.send("GET", "/echo?q=1", &headers, b"").unwrap();
     drop(envoy);
 
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(&wasm);
     let mut vm = Filter::start(
         &engine,
         &module,
@@ -200,8 +205,7 @@ fn failure_in_envoy(wasm: &std::path::Path, upstream: SocketAddr, policy: &str) 
 }
 
 fn failure_in_host(wasm: &std::path::Path, policy: FailurePolicy) -> Outcomes {
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(wasm);
     let mut vm = Filter::start(
         &engine,
         &module,
@@ -254,8 +258,7 @@ fn a_panicking_filter_fails_its_vm_as_in_envoy() {
 fn a_config_update_reaches_a_new_root_context_as_in_envoy() {
     let upstream = Upstream::start().unwrap();
     let wasm = fixture("trace");
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(&wasm);
     let host = config_update_in_host(&engine, &module).unwrap();
     let envoy = config_update_in_envoy(&wasm, upstream.addr.port(), &scratch("update")).unwrap();
     // The stream after the update is the same in both.
@@ -284,8 +287,7 @@ fn scripted_clusters_look_like_the_real_upstream_to_the_filter() {
     // loopback upstream (which the test above holds equal to Envoy).
     let upstream = Upstream::start().unwrap();
     let wasm = fixture("trace");
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(&wasm);
     let real = run_in_host(
         &engine,
         &module,
@@ -304,8 +306,7 @@ fn scripted_clusters_look_like_the_real_upstream_to_the_filter() {
 #[test]
 fn a_queue_registered_in_one_vm_is_fed_from_another_on_another_thread() {
     let wasm = fixture("trace");
-    let engine = wasmtime::Engine::default();
-    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let (engine, module) = compiled(&wasm);
     let shared = signalbox_tests::host::SharedData::default();
     let options = || VmOptions {
         shared: shared.clone(),
