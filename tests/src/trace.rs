@@ -38,6 +38,8 @@ pub fn scenarios() -> Vec<Scenario> {
             ..get("headers")
         },
         get("local"),
+        get("local-empty"),
+        get("local-typed"),
         Scenario {
             method: "POST",
             body: "ping",

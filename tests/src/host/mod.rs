@@ -588,6 +588,16 @@ impl Filter {
                 let mut headers =
                     vec![(":status".to_owned(), reply.status.to_string().into_bytes())];
                 headers.extend(reply.headers);
+                // Envoy adds the length of a body, and `text/plain` unless the filter typed it.
+                if !reply.body.is_empty() {
+                    headers.push((
+                        "content-length".to_owned(),
+                        reply.body.len().to_string().into_bytes(),
+                    ));
+                    if !headers.iter().any(|(k, _)| k == "content-type") {
+                        headers.push(("content-type".to_owned(), b"text/plain".to_vec()));
+                    }
+                }
                 (reply.status, headers, reply.body, None, reply.details)
             }
             None => {
