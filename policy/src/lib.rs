@@ -38,6 +38,7 @@
 //! The bundle format is documented in `policy/README.md`; the default bundle is
 //! `policy/examples/default.yaml`.
 
+pub mod bench;
 pub mod cases;
 mod engine;
 mod facts;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use signalbox_policy::bench::EvalLoop;
 use signalbox_policy::cases::{Case, DEFAULT_CASE_NOW};
 use signalbox_policy::requests::{RequestLine, VerdictLine};
 use signalbox_policy::{EdgeHeaderNames, Policy, RemoteContext};
@@ -41,6 +42,26 @@ enum Command {
         /// a request without a line is evaluated as if the cache did not answer.
         #[arg(long)]
         remote: Option<PathBuf>,
+        /// Evaluation time, unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
+    /// Time the shared evaluation loop natively (the native half of `signalbox-harness
+    /// bench`); prints one JSON line: ns per request (median of the samples) and the checksum.
+    #[command(hide = true)]
+    BenchEval {
+        /// Bundle file (YAML or JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Requests, one JSON object per line.
+        #[arg(long)]
+        requests: PathBuf,
+        /// Passes over the requests per sample.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Timed samples (after one warm-up pass).
+        #[arg(long, default_value_t = 7)]
+        samples: usize,
         /// Evaluation time, unix seconds (default: now).
         #[arg(long)]
         now: Option<u64>,
@@ -175,6 +196,19 @@ fn main() -> ExitCode {
             remote,
             now,
         } => eval(&bundle, &requests, remote.as_deref(), now),
+        Command::BenchEval {
+            bundle,
+            requests,
+            rounds,
+            samples,
+            now,
+        } => bench_eval(
+            &bundle,
+            &requests,
+            rounds,
+            samples,
+            now.unwrap_or_else(unix_now),
+        ),
     };
     match result {
         Ok(code) => code,
@@ -356,6 +390,47 @@ fn eval(
         levels,
         pct(50) as f64 / 1000.0,
         pct(99) as f64 / 1000.0
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_eval(
+    bundle: &Path,
+    requests: &Path,
+    rounds: u32,
+    samples: usize,
+    now: u64,
+) -> Result<ExitCode> {
+    let requests_jsonl =
+        std::fs::read(requests).with_context(|| format!("reading {}", requests.display()))?;
+    let eval = EvalLoop::new(&files::bundle_json(bundle)?, &requests_jsonl, now)?;
+    if eval.is_empty() || rounds == 0 || samples == 0 {
+        bail!("nothing to time: no requests, rounds or samples");
+    }
+    let evaluations = eval.len() as f64 * f64::from(rounds);
+    std::hint::black_box(eval.run(1));
+    let mut checksum = 0;
+    let mut per_request: Vec<f64> = (0..samples)
+        .map(|_| {
+            let started = Instant::now();
+            checksum = eval.run(rounds);
+            started.elapsed().as_nanos() as f64 / evaluations
+        })
+        .collect();
+    per_request.sort_by(f64::total_cmp);
+    let median = per_request
+        .get(per_request.len() / 2)
+        .copied()
+        .unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": eval.len(),
+            "rounds": rounds,
+            "samples": per_request,
+            "ns_per_request": median,
+            "checksum": format!("{checksum:016x}"),
+        })
     );
     Ok(ExitCode::SUCCESS)
 }
