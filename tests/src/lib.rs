@@ -6,12 +6,14 @@
 //! bytes, oversized values). The case table lives in `tests/scenarios/`; the Envoy runner is
 //! `tests/tests/envoy_e2e.rs`.
 
+pub mod bench;
 pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod replay;
 pub mod trace;
 pub mod upstream;
+pub mod workload;
 
 use std::path::PathBuf;
 
