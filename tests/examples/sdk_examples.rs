@@ -21,9 +21,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use signalbox_tests::host::{
@@ -382,9 +381,8 @@ fn host_filter(wasm: &Path, name: &str, plugin_config: &str, served: &Served) ->
 // Real Envoy, with each example's envoy.yaml moved to loopback.
 
 struct EnvoyRun {
-    child: Child,
+    process: signalbox_tests::envoy::EnvoyProcess,
     listener: u16,
-    log: PathBuf,
     /// Log bytes already handed out.
     mark: usize,
 }
@@ -445,47 +443,22 @@ static_resources:
         );
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config)?;
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(signalbox_tests::envoy::envoy_binary()?)
-            .arg("-c")
-            .arg(&path)
-            .args(["--concurrency", "1", "--base-id", &admin.to_string()])
-            .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
-            .args(["--log-format", "%v"])
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log)?,
-            ))
-            .spawn()
-            .context("starting envoy")?;
+        let process = signalbox_tests::envoy::EnvoyProcess::spawn(
+            &path,
+            &dir.join(format!("{name}.log")),
+            admin,
+        )?;
         let mut run = EnvoyRun {
-            child,
+            process,
             listener,
-            log,
             mark: 0,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = run.child.try_wait()? {
-                bail!("envoy exited ({status}):\n{}", run.log_text());
-            }
-            let host = [("host".to_owned(), b"localhost".to_vec())];
-            if signalbox_tests::http::send(admin, "GET", "/ready", &host, b"")
-                .is_ok_and(|r| r.status == 200)
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("envoy not ready:\n{}", run.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         run.mark = run.log_text().len();
         Ok(run)
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     fn get(&mut self, path: &str) -> Result<Seen> {
@@ -514,13 +487,6 @@ static_resources:
             body: r.text(),
             logs,
         })
-    }
-}
-
-impl Drop for EnvoyRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -205,3 +205,60 @@ pub fn run_to_exit(config: &Path, timeout: Duration) -> Result<(bool, String)> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An Envoy process on a config file, one worker, messages-only log (`--log-format %v`,
+/// `wasm:info`), ready when [`EnvoyProcess::spawn`] returns; killed when dropped.
+pub struct EnvoyProcess {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl EnvoyProcess {
+    /// Starts Envoy on `config` and waits until its admin port `admin` reports ready.
+    pub fn spawn(config: &Path, log: &Path, admin: u16) -> Result<EnvoyProcess> {
+        let child = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(config)
+            .args(["--concurrency", "1", "--base-id", &admin.to_string()])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
+            .args(["--log-format", "%v"])
+            .stdout(Stdio::from(std::fs::File::create(log)?))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(log)?,
+            ))
+            .spawn()
+            .context("starting envoy")?;
+        let mut envoy = EnvoyProcess {
+            child,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = envoy.child.try_wait()? {
+                bail!("envoy exited ({status}):\n{}", envoy.log_text());
+            }
+            let ready = crate::http::send(admin, "GET", "/ready", &admin_headers(), b"")
+                .is_ok_and(|r| r.status == 200);
+            if ready {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                bail!("envoy not ready:\n{}", envoy.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

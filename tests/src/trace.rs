@@ -4,12 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::envoy::{envoy_binary, free_port};
+use crate::envoy::{EnvoyProcess, free_port};
 
 /// One scenario request.
 #[derive(Debug, Clone)]
@@ -220,11 +219,9 @@ pub struct Fixture<'a> {
 
 /// Real Envoy (one worker) running a fixture filter; stopped when dropped.
 pub struct FixtureEnvoy {
-    child: Child,
+    process: EnvoyProcess,
     /// The listener's port.
     pub listener: u16,
-    /// Envoy's log (`--log-format %v`: messages only).
-    pub log: PathBuf,
     lds: PathBuf,
 }
 
@@ -250,41 +247,12 @@ impl FixtureEnvoy {
                 fixture.dynamic.then_some(lds.as_path()),
             ),
         )?;
-        let log = dir.join("fixture-envoy.log");
-        let child = Command::new(envoy_binary()?)
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--base-id", &admin.to_string()])
-            .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
-            .args(["--log-format", "%v"])
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log)?,
-            ))
-            .spawn()
-            .context("starting envoy")?;
-        let mut envoy = FixtureEnvoy {
-            child,
+        let process = EnvoyProcess::spawn(&config, &dir.join("fixture-envoy.log"), admin)?;
+        Ok(FixtureEnvoy {
+            process,
             listener,
-            log,
             lds,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = envoy.child.try_wait()? {
-                bail!("envoy exited ({status}):\n{}", envoy.log_text());
-            }
-            let ready = crate::http::send(admin, "GET", "/ready", &[host_header()], b"")
-                .map(|r| r.status == 200)
-                .unwrap_or(false);
-            if ready {
-                return Ok(envoy);
-            }
-            if Instant::now() > deadline {
-                bail!("envoy not ready:\n{}", envoy.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     /// Replaces the listener (a dynamic one) with `fixture`'s: written aside, then renamed
@@ -298,7 +266,7 @@ impl FixtureEnvoy {
 
     /// The log so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// Sends one request to the listener (`host: trace.example` added).
@@ -316,13 +284,6 @@ impl FixtureEnvoy {
                 .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
         );
         crate::http::send(self.listener, method, path, &all, body)
-    }
-}
-
-impl Drop for FixtureEnvoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
