@@ -35,6 +35,8 @@ pub struct FilterCost {
     pub filter_ns: f64,
     /// How the filter answered in the last round: `"200 upstream"`, `"403 local"`, … → count.
     pub outcomes: BTreeMap<String, usize>,
+    /// Where the filter's time went in one more, profiled pass (not part of the timing).
+    pub profile: crate::host::Profile,
 }
 
 impl FilterCost {
@@ -97,10 +99,14 @@ pub fn filter_vs_noop(
             noop_ns.push(pass(&mut noop_vm, requests)?.0);
         }
     }
+    filter_vm.set_profiling(true);
+    pass(&mut filter_vm, requests)?;
+    let profile = filter_vm.profile();
     Ok(FilterCost {
         noop_ns: median(&noop_ns),
         filter_ns: median(&filter_ns),
         outcomes,
+        profile,
     })
 }
 

@@ -384,6 +384,27 @@ fn bench(args: &BenchArgs) -> Result<()> {
     );
     println!();
     println!("  filter answers in the last round: {outcomes}");
+    let per_request = |nanos: u64| nanos as f64 / requests.len().max(1) as f64;
+    println!("  where the filter's time goes (one profiled pass, ns per request):");
+    for (name, calls, nanos) in &cost.profile.callbacks {
+        println!(
+            "    {:<36} {:>8.0}   {calls} calls",
+            name,
+            per_request(*nanos)
+        );
+    }
+    let host: u64 = cost.profile.imports.iter().map(|(_, _, n)| n).sum();
+    println!(
+        "    of which in host functions         {:>8.0}",
+        per_request(host)
+    );
+    for (name, calls, nanos) in cost.profile.imports.iter().take(8) {
+        println!(
+            "      {:<34} {:>8.0}   {calls} calls",
+            name,
+            per_request(*nanos)
+        );
+    }
     println!(
         "  evaluation: assess + decide, no remote context, {passes} passes per sample; checksum {:016x} on both sides",
         wasm.checksum

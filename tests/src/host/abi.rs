@@ -2,7 +2,7 @@
 //! trace fixture, `tests/tests/trace_fidelity.rs`).
 
 use anyhow::Result;
-use wasmtime::{Caller, Val};
+use wasmtime::Caller;
 
 use super::calls::{CallRequest, PendingCall};
 use super::mem::{Mem, arg, uarg};
@@ -176,7 +176,7 @@ fn done(status: Status) -> Result<i32> {
     std::result::Result::Ok(status as i32)
 }
 
-pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Result<i32> {
+pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[i64]) -> Result<i32> {
     use Status::*;
     let status = match name {
         "proxy_log" => match Mem::read(caller, uarg(p, 1), uarg(p, 2)) {
@@ -526,7 +526,7 @@ pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) ->
 
 /// `proxy_http_call`: a known cluster and `:method`, `:path`, `:authority` are required; the
 /// call runs in the background and its answer arrives later, on the root context.
-fn http_call(caller: &mut Caller<'_, HostState>, p: &[Val]) -> Result<Status> {
+fn http_call(caller: &mut Caller<'_, HostState>, p: &[i64]) -> Result<Status> {
     let cluster = Mem::read(caller, uarg(p, 0), uarg(p, 1));
     let headers = Mem::read(caller, uarg(p, 2), uarg(p, 3));
     let body = Mem::read(caller, uarg(p, 4), uarg(p, 5));

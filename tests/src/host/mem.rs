@@ -1,19 +1,17 @@
 //! Bounds-checked access to guest memory and allocation through the guest's own allocator.
 
 use anyhow::{Context as _, Result, bail};
-use wasmtime::{Caller, Extern, Val};
+use wasmtime::Caller;
 
 use super::{HostState, Status};
 
-pub(crate) fn arg(params: &[Val], i: usize) -> i64 {
-    match params.get(i) {
-        Some(Val::I32(v)) => i64::from(*v),
-        Some(Val::I64(v)) => *v,
-        _ => 0,
-    }
+/// Argument `i` of an import call (i32 arguments arrive sign-extended).
+pub(crate) fn arg(params: &[i64], i: usize) -> i64 {
+    params.get(i).copied().unwrap_or(0)
 }
 
-pub(crate) fn uarg(params: &[Val], i: usize) -> usize {
+/// Argument `i` as a guest address or size (the low 32 bits, unsigned).
+pub(crate) fn uarg(params: &[i64], i: usize) -> usize {
     usize::try_from(arg(params, i) as u32).unwrap_or(0)
 }
 
@@ -78,18 +76,12 @@ impl Mem {
     }
 
     pub(crate) fn allocate(caller: &mut Caller<'_, HostState>, size: usize) -> Result<usize> {
-        let name = caller
+        let f = caller
             .data()
             .allocator
             .clone()
             .context("the filter exports no allocator")?;
-        let f = caller
-            .get_export(&name)
-            .and_then(Extern::into_func)
-            .context("allocator")?;
-        let mut out = [Val::I32(0)];
-        f.call(&mut *caller, &[Val::I32(i32::try_from(size)?)], &mut out)?;
-        let ptr = out.first().and_then(Val::i32).unwrap_or(0) as u32 as usize;
+        let ptr = f.call(&mut *caller, i32::try_from(size)?)? as u32 as usize;
         if ptr == 0 {
             bail!("guest allocation of {size} bytes failed");
         }

@@ -37,7 +37,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use wasmtime::{Engine, Instance, Linker, Memory, Module, Store, Val, ValType};
+use wasmtime::{
+    Caller, Engine, Func, Instance, Linker, Memory, Module, Store, TypedFunc, Val, ValType,
+};
 
 pub use calls::{CallRequest, Cluster, Clusters, Outcome, Scripted};
 pub use shared::SharedData;
@@ -184,8 +186,8 @@ struct Metric {
 #[derive(Default)]
 pub(crate) struct HostState {
     memory: Option<Memory>,
-    /// Which allocator export to call.
-    allocator: Option<String>,
+    /// The guest's allocator (`proxy_on_memory_allocate`, or `malloc`).
+    allocator: Option<TypedFunc<i32, i32>>,
     env: Vec<(String, String)>,
     plugin_config: Vec<u8>,
     vm_config: Vec<u8>,
@@ -212,6 +214,18 @@ pub(crate) struct HostState {
     /// Metric id index → metric (defining a name again gives a new id for the same metric).
     metric_ids: Vec<usize>,
     logs: Vec<(i32, String)>,
+    /// Time spent in each import, when profiling.
+    import_profile: Option<HashMap<String, (u64, u64)>>,
+}
+
+/// Where a VM's time went while profiling: `(name, calls, nanoseconds)` per callback (the
+/// guest's work, host calls included) and per import (the host's work).
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// Callbacks into the filter.
+    pub callbacks: Vec<(String, u64, u64)>,
+    /// Host functions the filter called.
+    pub imports: Vec<(String, u64, u64)>,
 }
 
 /// One VM running one filter (like one Envoy worker thread).
@@ -222,6 +236,166 @@ pub struct Filter {
     next_id: i32,
     failed: Option<String>,
     failure_policy: FailurePolicy,
+    /// Callback exports, looked up and typed once.
+    callbacks: HashMap<&'static str, Callback>,
+    /// Time spent in each callback, when profiling.
+    callback_profile: Option<HashMap<&'static str, (u64, u64)>>,
+}
+
+/// A callback export with its ABI signature, so calls are typed (no per-call checks or
+/// allocations); `Missing` when the filter does not export it (Envoy then skips it).
+#[derive(Clone)]
+enum Callback {
+    Missing,
+    Args1(TypedFunc<i32, ()>),
+    Args1Ret(TypedFunc<i32, i32>),
+    Args2(TypedFunc<(i32, i32), ()>),
+    Args2Ret(TypedFunc<(i32, i32), i32>),
+    Args3Ret(TypedFunc<(i32, i32, i32), i32>),
+    Args5(TypedFunc<(i32, i32, i32, i32, i32), ()>),
+    Other(Func),
+}
+
+impl Callback {
+    fn find(instance: &Instance, store: &mut Store<HostState>, name: &str) -> Callback {
+        let Some(f) = instance.get_func(&mut *store, name) else {
+            return Callback::Missing;
+        };
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args1(t);
+        }
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args1Ret(t);
+        }
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args2(t);
+        }
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args2Ret(t);
+        }
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args3Ret(t);
+        }
+        if let Ok(t) = f.typed(&*store) {
+            return Callback::Args5(t);
+        }
+        Callback::Other(f)
+    }
+
+    fn call(&self, store: &mut Store<HostState>, args: &[i32]) -> wasmtime::Result<i32> {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        match self {
+            Callback::Missing => Ok(0),
+            Callback::Args1(f) => f.call(store, a(0)).map(|()| 0),
+            Callback::Args1Ret(f) => f.call(store, a(0)),
+            Callback::Args2(f) => f.call(store, (a(0), a(1))).map(|()| 0),
+            Callback::Args2Ret(f) => f.call(store, (a(0), a(1))),
+            Callback::Args3Ret(f) => f.call(store, (a(0), a(1), a(2))),
+            Callback::Args5(f) => f.call(store, (a(0), a(1), a(2), a(3), a(4))).map(|()| 0),
+            Callback::Other(f) => {
+                let params: Vec<Val> = args.iter().map(|v| Val::I32(*v)).collect();
+                let mut results = vec![Val::I32(0); f.ty(&*store).results().len()];
+                f.call(&mut *store, &params, &mut results)?;
+                Ok(results.first().and_then(Val::i32).unwrap_or(0))
+            }
+        }
+    }
+}
+
+/// An import the host serves: which table, which function.
+#[derive(Clone)]
+struct Import {
+    wasi: bool,
+    name: String,
+}
+
+fn dispatch(
+    caller: &mut Caller<'_, HostState>,
+    import: &Import,
+    args: &[i64],
+) -> wasmtime::Result<i32> {
+    let started = caller.data().import_profile.is_some().then(Instant::now);
+    let result = if import.wasi {
+        wasi::call(caller, &import.name, args)
+    } else {
+        abi::call(caller, &import.name, args)
+    };
+    if let (Some(profile), Some(t)) = (caller.data_mut().import_profile.as_mut(), started) {
+        let entry = profile.entry(import.name.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    }
+    result.map_err(|e| wasmtime::Error::msg(format!("{e:#}")))
+}
+
+/// Links one import with a typed host function for the signatures the ABI and WASI use
+/// (all-i32 arguments, or an i64 in second place), and a dynamic one for anything else.
+fn link(
+    linker: &mut Linker<HostState>,
+    module: &str,
+    name: &str,
+    ty: &wasmtime::FuncType,
+    import: Import,
+) -> Result<()> {
+    macro_rules! typed {
+        ($($a:ident: $t:ty),*) => {{
+            if ty.results().len() == 1 {
+                linker.func_wrap(module, name, move |mut c: Caller<'_, HostState>, $($a: $t),*| {
+                    dispatch(&mut c, &import, &[$(i64::from($a)),*])
+                })?;
+            } else {
+                linker.func_wrap(module, name, move |mut c: Caller<'_, HostState>, $($a: $t),*| {
+                    dispatch(&mut c, &import, &[$(i64::from($a)),*]).map(|_| ())
+                })?;
+            }
+        }};
+    }
+    let shape: String = ty
+        .params()
+        .map(|t| match t {
+            ValType::I32 => 'i',
+            ValType::I64 => 'I',
+            _ => '?',
+        })
+        .collect();
+    match shape.as_str() {
+        "" => typed!(),
+        "i" => typed!(a: i32),
+        "ii" => typed!(a: i32, b: i32),
+        "iii" => typed!(a: i32, b: i32, c: i32),
+        "iiii" => typed!(a: i32, b: i32, c: i32, d: i32),
+        "iiiii" => typed!(a: i32, b: i32, c: i32, d: i32, e: i32),
+        "iiiiii" => typed!(a: i32, b: i32, c: i32, d: i32, e: i32, f: i32),
+        "iiiiiii" => typed!(a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32),
+        "iiiiiiii" => typed!(a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32),
+        "iiiiiiiii" => {
+            typed!(a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32, i: i32)
+        }
+        "iiiiiiiiii" => typed!(
+            a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32, i: i32, j: i32
+        ),
+        "iI" => typed!(a: i32, b: i64),
+        "iIi" => typed!(a: i32, b: i64, c: i32),
+        "iIii" => typed!(a: i32, b: i64, c: i32, d: i32),
+        _ => {
+            linker.func_new(module, name, ty.clone(), move |mut c, params, results| {
+                let args: Vec<i64> = params
+                    .iter()
+                    .map(|v| match v {
+                        Val::I32(x) => i64::from(*x),
+                        Val::I64(x) => *x,
+                        _ => 0,
+                    })
+                    .collect();
+                let status = dispatch(&mut c, &import, &args)?;
+                if let Some(slot) = results.first_mut() {
+                    *slot = Val::I32(status);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Compiles a module once; cheap to clone.
@@ -269,35 +443,21 @@ impl Filter {
             if !ty.results().all(|t| matches!(t, ValType::I32)) {
                 bail!("import {module_name}.{name} has an unexpected result type");
             }
-            let n = name.clone();
-            let is_wasi = module_name == "wasi_snapshot_preview1";
-            linker.func_new(
-                &module_name,
-                &name,
-                ty,
-                move |mut caller, params, results| {
-                    let status = if is_wasi {
-                        wasi::call(&mut caller, &n, params)
-                    } else {
-                        abi::call(&mut caller, &n, params)
-                    }
-                    .map_err(|e| wasmtime::Error::msg(format!("{e:#}")))?;
-                    if let Some(slot) = results.first_mut() {
-                        *slot = Val::I32(status);
-                    }
-                    Ok(())
-                },
-            )?;
+            let target = Import {
+                wasi: module_name == "wasi_snapshot_preview1",
+                name: name.clone(),
+            };
+            link(&mut linker, &module_name, &name, &ty, target)?;
         }
         let instance = linker.instantiate(&mut store, module)?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .context("no memory export")?;
         store.data_mut().memory = Some(memory);
-        store.data_mut().allocator = ["proxy_on_memory_allocate", "malloc"]
+        let allocator = ["proxy_on_memory_allocate", "malloc"]
             .iter()
-            .find(|n| instance.get_func(&mut store, n).is_some())
-            .map(|n| (*n).to_owned());
+            .find_map(|n| instance.get_typed_func::<i32, i32>(&mut store, n).ok());
+        store.data_mut().allocator = allocator;
         for init in ["_initialize", "_start"] {
             if let Some(f) = instance.get_func(&mut store, init) {
                 f.call(&mut store, &[], &mut [])?;
@@ -311,6 +471,8 @@ impl Filter {
             next_id: 2,
             failed: None,
             failure_policy: opts.failure_policy,
+            callbacks: HashMap::new(),
+            callback_profile: None,
         };
         filter.call_on(1, "proxy_on_context_create", &[1, 0])?;
         let vm_len = i32::try_from(filter.store.data().vm_config.len())?;
@@ -354,24 +516,65 @@ impl Filter {
     }
 
     /// Calls an export with `context` as the effective context. A trap fails the VM for good.
-    fn call_on(&mut self, context: i32, name: &str, args: &[i32]) -> Result<i32> {
+    fn call_on(&mut self, context: i32, name: &'static str, args: &[i32]) -> Result<i32> {
         if let Some(why) = &self.failed {
             bail!("the VM has failed: {why}");
         }
-        let Some(f) = self.instance.get_func(&mut self.store, name) else {
-            // Envoy skips callbacks a filter does not export.
-            return Ok(0);
+        let callback = match self.callbacks.get(name) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Callback::find(&self.instance, &mut self.store, name);
+                self.callbacks.insert(name, c.clone());
+                c
+            }
         };
         self.store.data_mut().effective = context;
-        let params: Vec<Val> = args.iter().map(|a| Val::I32(*a)).collect();
-        let mut results = vec![Val::I32(0); f.ty(&self.store).results().len()];
-        match f.call(&mut self.store, &params, &mut results) {
-            Ok(()) => Ok(results.first().and_then(Val::i32).unwrap_or(0)),
+        let started = self.callback_profile.is_some().then(Instant::now);
+        let result = callback.call(&mut self.store, args);
+        if let (Some(profile), Some(t)) = (self.callback_profile.as_mut(), started) {
+            let entry = profile.entry(name).or_default();
+            entry.0 += 1;
+            entry.1 += u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        }
+        match result {
+            Ok(r) => Ok(r),
             Err(e) => {
                 let why = format!("{name}: {e:?}");
                 self.failed = Some(why.clone());
                 bail!("the VM failed in {why}")
             }
+        }
+    }
+
+    /// Starts (or stops and clears) counting where the VM's time goes.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.callback_profile = on.then(HashMap::new);
+        self.store.data_mut().import_profile = on.then(HashMap::new);
+    }
+
+    /// Where the time went since profiling started, most expensive first.
+    pub fn profile(&self) -> Profile {
+        let sorted = |mut v: Vec<(String, u64, u64)>| {
+            v.sort_by_key(|e| std::cmp::Reverse(e.2));
+            v
+        };
+        Profile {
+            callbacks: sorted(
+                self.callback_profile
+                    .iter()
+                    .flatten()
+                    .map(|(k, (n, t))| ((*k).to_owned(), *n, *t))
+                    .collect(),
+            ),
+            imports: sorted(
+                self.store
+                    .data()
+                    .import_profile
+                    .iter()
+                    .flatten()
+                    .map(|(k, (n, t))| (k.clone(), *n, *t))
+                    .collect(),
+            ),
         }
     }
 

@@ -2,7 +2,7 @@
 //! (Envoy's `vm_config.environment_variables`), clocks, randomness, and stdout/stderr (discarded).
 
 use anyhow::{Result, bail};
-use wasmtime::{Caller, Val};
+use wasmtime::Caller;
 
 use super::HostState;
 use super::mem::{Mem, arg, uarg};
@@ -27,7 +27,7 @@ pub(crate) fn is_known(name: &str) -> bool {
     )
 }
 
-pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[Val]) -> Result<i32> {
+pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[i64]) -> Result<i32> {
     const SUCCESS: i32 = 0;
     const FAULT: i32 = 21;
     const BADF: i32 = 8;
