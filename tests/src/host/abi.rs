@@ -68,7 +68,8 @@ fn written(ok: bool) -> Status {
 }
 
 fn serialize_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let size: usize = pairs.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -261,9 +262,9 @@ pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[i64]) ->
             Mem::give(caller, &slice, uarg(p, 3), uarg(p, 4))?
         }
         "proxy_get_header_map_pairs" => {
-            let map = header_map(caller.data_mut(), arg(p, 0)).map(|m| m.clone());
-            match map {
-                Some(map) => Mem::give(caller, &serialize_map(&map), uarg(p, 1), uarg(p, 2))?,
+            let bytes = header_map(caller.data_mut(), arg(p, 0)).map(|m| serialize_map(m));
+            match bytes {
+                Some(bytes) => Mem::give(caller, &bytes, uarg(p, 1), uarg(p, 2))?,
                 None => BadArgument,
             }
         }
