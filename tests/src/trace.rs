@@ -498,21 +498,50 @@ pub fn config_update_in_envoy(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The new listener replaces the old one once it is warm; then a request runs on it.
-    std::thread::sleep(Duration::from_millis(500));
-    envoy.send("GET", "/trace/after", &[], b"")?;
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until && !envoy.log_text().contains("TRACE after on_delete") {
-        std::thread::sleep(Duration::from_millis(20));
+    // The new listener replaces the old one once it is warm: until then a request may still
+    // reach the old root context (`parent_is_root=false`), so try until one reaches the new one.
+    let mut attempt_lines = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let attempt = envoy.log_text().len();
+        envoy.send("GET", "/trace/after", &[], b"")?;
+        let done = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < done
+            && !envoy
+                .log_text()
+                .get(attempt..)
+                .unwrap_or_default()
+                .contains("TRACE after on_delete")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = envoy.log_text();
+        attempt_lines = group(
+            text.get(attempt..)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned),
+        )
+        .remove("after")
+        .unwrap_or_default();
+        if attempt_lines
+            .first()
+            .is_some_and(|l| l.contains("parent_is_root=true"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let text = envoy.log_text();
     drop(envoy);
-    Ok(group(
+    let mut traces = group(
         text.get(mark..)
             .unwrap_or_default()
             .lines()
             .map(str::to_owned),
-    ))
+    );
+    traces.insert("after".to_owned(), attempt_lines);
+    Ok(traces)
 }
 
 /// The config-update scenario in the host: the same change, then `/trace/after`. Returns the
