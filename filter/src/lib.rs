@@ -301,7 +301,9 @@ impl SignalboxHttp {
         None
     }
 
-    fn log_decision(&self, line: &str, now: u64) {
+    /// Logs a decision line unless this second's budget is spent; the line is only built
+    /// when it will be written (attack traffic is when both the lines and the budget run out).
+    fn log_decision(&self, line: impl FnOnce() -> String, now: u64) {
         let (second, count) = self.worker.log_window.get();
         let (second, count) = if second == now {
             (second, count)
@@ -309,7 +311,7 @@ impl SignalboxHttp {
             (now, 0)
         };
         if count < self.worker.settings.decision_log_per_second {
-            log(LogLevel::Info, line);
+            log(LogLevel::Info, &line());
         }
         self.worker
             .log_window
@@ -497,7 +499,7 @@ impl HttpContext for SignalboxHttp {
                         .then(|| translate::verdict_header(&request_id, &verdict));
                     w.metrics.decision(Decision::Throttle);
                     self.log_decision(
-                        &translate::decision_log_line(&request_id, &facts, &verdict),
+                        || translate::decision_log_line(&request_id, &facts, &verdict),
                         now,
                     );
                     return self.send(translate::throttle_reply(
@@ -522,7 +524,7 @@ impl HttpContext for SignalboxHttp {
         let _ = hostcalls::set_property(vec!["signalbox_verdict"], Some(summary.as_bytes()));
         if verdict.intended_decision() != Decision::Pass {
             self.log_decision(
-                &translate::decision_log_line(&request_id, &facts, &verdict),
+                || translate::decision_log_line(&request_id, &facts, &verdict),
                 now,
             );
         }

@@ -435,28 +435,53 @@ pub fn masked_ip(ip: IpAddr) -> String {
     }
 }
 
+/// A decision-log line's fields, in the (alphabetical) order the line has always had.
+#[derive(serde::Serialize)]
+struct DecisionLog<'a> {
+    client: String,
+    decision: &'static str,
+    level: &'static str,
+    method: &'a str,
+    msg: &'static str,
+    path: &'a str,
+    reasons: Vec<LoggedReason<'a>>,
+    request_id: &'a str,
+    revision: u64,
+    rules: Vec<&'a str>,
+    score: u8,
+    shadow_decision: Option<&'static str>,
+}
+
+#[derive(serde::Serialize)]
+struct LoggedReason<'a> {
+    code: &'a str,
+    points: i16,
+}
+
 /// One structured decision-log line (non-pass verdicts), client IP masked.
 pub fn decision_log_line(request_id: &str, facts: &Facts, verdict: &Verdict) -> String {
-    let reasons: Vec<serde_json::Value> = verdict
-        .reasons
-        .iter()
-        .map(|r| serde_json::json!({"code": r.code.as_str(), "points": r.points}))
-        .collect();
-    serde_json::json!({
-        "msg": "signalbox decision",
-        "request_id": request_id,
-        "decision": verdict.decision.as_str(),
-        "shadow_decision": verdict.shadow_decision.map(Decision::as_str),
-        "score": verdict.score,
-        "level": verdict.level.as_str(),
-        "reasons": reasons,
-        "rules": verdict.rules.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
-        "revision": verdict.revision,
-        "client": masked_ip(facts.client_ip),
-        "method": facts.method,
-        "path": facts.path.split('?').next().unwrap_or_default(),
-    })
-    .to_string()
+    let line = DecisionLog {
+        client: masked_ip(facts.client_ip),
+        decision: verdict.decision.as_str(),
+        level: verdict.level.as_str(),
+        method: &facts.method,
+        msg: "signalbox decision",
+        path: facts.path.split('?').next().unwrap_or_default(),
+        reasons: verdict
+            .reasons
+            .iter()
+            .map(|r| LoggedReason {
+                code: r.code.as_str(),
+                points: r.points,
+            })
+            .collect(),
+        request_id,
+        revision: verdict.revision,
+        rules: verdict.rules.iter().map(|r| &*r.id).collect(),
+        score: verdict.score,
+        shadow_decision: verdict.shadow_decision.map(Decision::as_str),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
 }
 
 /// A nonce as URL-safe base64 (for CSP).
@@ -617,6 +642,48 @@ mod tests {
             parse_verify_form(&[b'a'; 5000]),
             Err(VerifyRefusal::TooLarge)
         );
+    }
+
+    #[test]
+    fn decision_log_lines_keep_their_format() {
+        let example = include_bytes!("../examples/plugin-config.json");
+        let settings = parse(example, 1_795_392_000, |_| None).unwrap();
+        let headers = h(&[
+            (":method", b"GET"),
+            (":path", b"/signup?ref=x"),
+            (":authority", b"shop.example"),
+            ("user-agent", b"curl/8.5.0"),
+        ]);
+        let ip = "167.99.134.20".parse().unwrap();
+        let facts = facts(&settings, headers, ip, 1_795_392_000);
+        let verdict = settings.policy.decide(
+            settings.policy.assess(&facts, 1_795_392_000),
+            None,
+            1_795_392_000,
+        );
+        assert!(!verdict.reasons.is_empty());
+        // The line as it was first written (a serde_json::Value: keys sorted).
+        let reasons: Vec<serde_json::Value> = verdict
+            .reasons
+            .iter()
+            .map(|r| serde_json::json!({"code": r.code.as_str(), "points": r.points}))
+            .collect();
+        let expected = serde_json::json!({
+            "msg": "signalbox decision",
+            "request_id": "r-1",
+            "decision": verdict.decision.as_str(),
+            "shadow_decision": verdict.shadow_decision.map(Decision::as_str),
+            "score": verdict.score,
+            "level": verdict.level.as_str(),
+            "reasons": reasons,
+            "rules": verdict.rules.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
+            "revision": verdict.revision,
+            "client": "167.99.134.0/24",
+            "method": "GET",
+            "path": "/signup",
+        })
+        .to_string();
+        assert_eq!(decision_log_line("r-1", &facts, &verdict), expected);
     }
 
     #[test]
