@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod envoy;
+pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod replay;
