@@ -76,8 +76,11 @@ pub fn start_filter(engine: &wasmtime::Engine) -> Result<Filter> {
     let module = compile(engine, &wasm)?;
     let example = std::fs::read(root.join("filter/examples/plugin-config.json"))?;
     let mut config: Value = serde_json::from_slice(&replay_config(&example, None)?)?;
-    config["sensitive_route_names"] = json!(["account"]);
-    config["rate_limit_slots"] = json!(64);
+    let fields = config
+        .as_object_mut()
+        .context("the plugin configuration is an object")?;
+    fields.insert("sensitive_route_names".into(), json!(["account"]));
+    fields.insert("rate_limit_slots".into(), json!(64));
     Filter::start(
         engine,
         &module,
