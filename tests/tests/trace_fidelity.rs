@@ -79,6 +79,20 @@ fn trace_fixture_sees_the_same_in_envoy_and_in_the_host() {
         }
     }
     assert!(report.is_empty(), "the host differs from Envoy:\n{report}");
+    let lines: usize = envoy
+        .iter()
+        .map(|(name, l)| {
+            if name == "vm" {
+                distinct(l).len()
+            } else {
+                l.len()
+            }
+        })
+        .sum();
+    println!(
+        "trace: {} scenarios, {lines} lines, equal in Envoy and in the host",
+        envoy.len()
+    );
     // Every scenario ran and reached the end of its stream in both.
     for s in signalbox_tests::trace::scenarios() {
         let lines = &envoy[s.name];
