@@ -21,10 +21,8 @@ pub struct Response {
 impl Response {
     /// First value of a header, as text (lossy).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        crate::host::first_header(&self.headers, name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// All values of a header.

@@ -269,6 +269,24 @@ impl FixtureEnvoy {
         self.process.log_text()
     }
 
+    /// Waits until the log, from byte `since` on, contains `needle`; false after `timeout`.
+    pub fn wait_for_log(&self, since: usize, needle: &str, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self
+                .log_text()
+                .get(since..)
+                .is_some_and(|t| t.contains(needle))
+            {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends one request to the listener (`host: trace.example` added).
     pub fn send(
         &self,
@@ -311,16 +329,8 @@ pub fn run_in_envoy(
             )
             .with_context(|| format!("scenario {}", s.name))?;
         // on_log / on_delete run after the response is written: wait for them.
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if envoy
-                .log_text()
-                .contains(&format!("TRACE {} on_delete", s.name))
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let deleted = format!("TRACE {} on_delete", s.name);
+        envoy.wait_for_log(0, &deleted, Duration::from_secs(5));
     }
     let text = envoy.log_text();
     drop(envoy);
@@ -407,10 +417,11 @@ pub fn host_request(
         (":method".to_owned(), method.as_bytes().to_vec()),
         (":scheme".to_owned(), b"http".to_vec()),
     ];
+    // Envoy hands a filter lower-case header names.
     headers.extend(
         extra
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())),
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
     );
     if !body.is_empty() {
         headers.push((
@@ -482,21 +493,16 @@ pub fn config_update_in_envoy(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Its trace must be complete before the mark, or its tail would count as "after".
+    envoy.wait_for_log(0, "TRACE before on_delete", Duration::from_secs(5));
     let mark = envoy.log_text().len();
     fixture.plugin_config = UPDATED_PLUGIN_CONFIG;
     envoy.update(&fixture)?;
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = envoy.log_text();
-        let after = text.get(mark..).unwrap_or_default();
-        if after.contains(UPDATED_PLUGIN_CONFIG) {
-            break;
-        }
-        if Instant::now() > until {
-            bail!("Envoy never took the new configuration:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !envoy.wait_for_log(mark, UPDATED_PLUGIN_CONFIG, Duration::from_secs(30)) {
+        bail!(
+            "Envoy never took the new configuration:\n{}",
+            envoy.log_text()
+        );
     }
     // The new listener replaces the old one once it is warm: until then a request may still
     // reach the old root context (`parent_is_root=false`), so try until one reaches the new one.
@@ -505,16 +511,7 @@ pub fn config_update_in_envoy(
     while Instant::now() < until {
         let attempt = envoy.log_text().len();
         envoy.send("GET", "/trace/after", &[], b"")?;
-        let done = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < done
-            && !envoy
-                .log_text()
-                .get(attempt..)
-                .unwrap_or_default()
-                .contains("TRACE after on_delete")
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        envoy.wait_for_log(attempt, "TRACE after on_delete", Duration::from_secs(5));
         let text = envoy.log_text();
         attempt_lines = group(
             text.get(attempt..)

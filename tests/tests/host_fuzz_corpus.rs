@@ -57,13 +57,7 @@ fn the_decoder_builds_the_seed_requests() {
     let request = signalbox_tests::fuzzing::request_from_bytes(
         b"\0/signup\081.62.10.4:40000\0\0\0user-agent\0Mozilla/5.0\0X-Empty\0\0accept\0*/*",
     );
-    let header = |n: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_slice())
-    };
+    let header = |n: &str| signalbox_tests::host::first_header(&request.headers, n);
     assert_eq!(header(":method"), Some(&b"GET"[..]));
     assert_eq!(header(":path"), Some(&b"/signup"[..]));
     assert_eq!(header("user-agent"), Some(&b"Mozilla/5.0"[..]));

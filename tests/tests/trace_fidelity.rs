@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use signalbox_tests::envoy::free_port;
-use signalbox_tests::host::{Clusters, FailurePolicy, Filter, Request, VmOptions, compile};
+use signalbox_tests::host::{Clusters, FailurePolicy, Filter, VmOptions, compile};
 use signalbox_tests::root;
 use signalbox_tests::trace::{
-    Fixture, FixtureEnvoy, config_update_in_envoy, config_update_in_host, distinct,
+    Fixture, FixtureEnvoy, config_update_in_envoy, config_update_in_host, distinct, host_request,
     loopback_clusters, run_in_envoy, run_in_host, scripted_clusters,
 };
 use signalbox_tests::upstream::Upstream;
@@ -161,24 +161,8 @@ fn echo_fixture_is_given_the_same_headers_and_properties() {
         },
     )
     .unwrap();
-    let mut request_headers = vec![
-        (":authority".to_owned(), b"trace.example".to_vec()),
-        (":path".to_owned(), b"/echo?q=1".to_vec()),
-        (":method".to_owned(), b"GET".to_vec()),
-        (":scheme".to_owned(), b"http".to_vec()),
-    ];
-    request_headers.extend(
-        headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
-    );
     let from_host = vm
-        .request(&Request {
-            headers: request_headers,
-            source_address: "127.0.0.1:40000".to_owned(),
-            route_name: Some("trace_route".to_owned()),
-            ..Request::default()
-        })
+        .request(&host_request("GET", "/echo?q=1", &headers, ""))
         .unwrap();
 
     assert_eq!(from_envoy.status, 200);
@@ -233,17 +217,7 @@ fn failure_in_host(wasm: &std::path::Path, policy: FailurePolicy) -> Outcomes {
     ["/", "/panic", "/", "/"]
         .iter()
         .map(|path| {
-            let r = vm
-                .request(&Request {
-                    headers: vec![
-                        (":authority".to_owned(), b"trace.example".to_vec()),
-                        (":path".to_owned(), path.as_bytes().to_vec()),
-                        (":method".to_owned(), b"GET".to_vec()),
-                    ],
-                    source_address: "127.0.0.1:40000".to_owned(),
-                    ..Request::default()
-                })
-                .unwrap();
+            let r = vm.request(&host_request("GET", path, &[], "")).unwrap();
             (r.status as u16, r.header("x-fixture").is_some())
         })
         .collect()
@@ -330,24 +304,14 @@ fn a_queue_registered_in_one_vm_is_fed_from_another_on_another_thread() {
     let mut feeder = Filter::start(&engine, &module, &options()).unwrap();
     let waiting = std::thread::spawn(move || {
         let response = waiter
-            .request(&signalbox_tests::trace::host_request(
-                "GET",
-                "/trace/queue-wait",
-                &[],
-                "",
-            ))
+            .request(&host_request("GET", "/trace/queue-wait", &[], ""))
             .unwrap();
         (response.status, waiter.logs().to_vec())
     });
     // Feed the queue once the waiter has registered it (it is paused by then).
     std::thread::sleep(std::time::Duration::from_millis(200));
     let fed = feeder
-        .request(&signalbox_tests::trace::host_request(
-            "GET",
-            "/trace/enqueue",
-            &[],
-            "",
-        ))
+        .request(&host_request("GET", "/trace/enqueue", &[], ""))
         .unwrap();
     assert_eq!(fed.status, 200);
     assert!(

@@ -6,7 +6,7 @@ use wasmtime::Caller;
 
 use super::calls::{CallRequest, PendingCall};
 use super::mem::{Mem, arg, uarg};
-use super::{HostState, LocalReply, Metric, Status, unix_nanos};
+use super::{HostState, LocalReply, Metric, Status, first_header, unix_nanos};
 
 const IMPLEMENTED: &[&str] = &[
     "proxy_log",
@@ -138,13 +138,7 @@ fn property(s: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     if let Some(v) = stream.properties.get(path) {
         return Some(v.clone());
     }
-    let header = |name: &str| {
-        stream
-            .request_headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| first_header(&stream.request_headers, name).map(<[u8]>::to_vec);
     let port = || {
         stream
             .source_address

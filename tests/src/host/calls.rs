@@ -30,10 +30,7 @@ pub struct CallRequest {
 impl CallRequest {
     /// First value of a header, as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        super::first_header(&self.headers, name).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 

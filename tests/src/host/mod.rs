@@ -72,6 +72,14 @@ pub enum Status {
 /// Header pairs (lower-case names; values are bytes).
 pub type Headers = Vec<(String, Vec<u8>)>;
 
+/// The first value of a header in a list of pairs (names compared exactly: lower-case).
+pub fn first_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
 /// What the host knows about one request.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -105,10 +113,7 @@ pub struct Response {
 impl Response {
     /// First value of a header (lower-case name).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        first_header(&self.headers, name)
     }
 }
 
@@ -232,7 +237,6 @@ pub struct Profile {
 pub struct Filter {
     store: Store<HostState>,
     instance: Instance,
-    root_id: i32,
     next_id: i32,
     failed: Option<String>,
     failure_policy: FailurePolicy,
@@ -403,6 +407,10 @@ pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module> {
     Module::new(engine, wasm).map_err(|e| anyhow!("compiling the filter: {e:?}"))
 }
 
+/// `StreamState::continued` index of each direction (as `proxy_continue_stream` numbers them).
+const REQUEST: usize = 0;
+const RESPONSE: usize = 1;
+
 /// How long a paused stream may wait for the filter before the host gives up on it.
 const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -467,7 +475,6 @@ impl Filter {
         let mut filter = Filter {
             store,
             instance,
-            root_id: 1,
             next_id: 2,
             failed: None,
             failure_policy: opts.failure_policy,
@@ -493,19 +500,17 @@ impl Filter {
     pub fn reconfigure(&mut self, plugin_config: &[u8]) -> Result<()> {
         let root = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(2);
-        {
+        let previous = {
             let s = self.store.data_mut();
             s.plugin_config = plugin_config.to_vec();
-            s.root_id = root;
             s.tick = None;
-        }
-        let previous = std::mem::replace(&mut self.root_id, root);
+            std::mem::replace(&mut s.root_id, root)
+        };
         self.call_on(root, "proxy_on_context_create", &[root, 0])?;
         let vm_len = i32::try_from(self.store.data().vm_config.len())?;
         let started = self.call_on(root, "proxy_on_vm_start", &[root, vm_len])? != 0;
         let cfg_len = i32::try_from(plugin_config.len())?;
         if !started || self.call_on(root, "proxy_on_configure", &[root, cfg_len])? == 0 {
-            self.root_id = previous;
             self.store.data_mut().root_id = previous;
             bail!(
                 "the plugin refused the new configuration: {:?}",
@@ -622,7 +627,7 @@ impl Filter {
     fn pump(&mut self) -> Result<bool> {
         let mut delivered = false;
         let now = Instant::now();
-        let root = self.root_id;
+        let root = self.store.data().root_id;
         let mut index = 0;
         while index < self.store.data().calls.len() {
             let ready = self
@@ -742,7 +747,7 @@ impl Filter {
         self.pump()?;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(2);
-        let root = self.root_id;
+        let root = self.store.data().root_id;
         self.store.data_mut().stream = Some(StreamState {
             id,
             request_headers: req.headers.clone(),
@@ -759,24 +764,17 @@ impl Filter {
             "proxy_on_request_headers",
             &[id, n, i32::from(!has_body)],
         )?;
-        let paused = action != 0 && !self.with_stream(|s| s.continued[0]);
-        if paused {
-            self.wait_for(|s| s.continued[0] || s.local_reply.is_some())?;
-        }
+        let paused = self.hold_if_paused(action, REQUEST)?;
         if !self.has_local_reply() {
             self.with_stream(|s| s.request_headers_editable = false);
             if has_body {
-                let size = i32::try_from(req.body.len())?;
                 if paused {
                     // Envoy buffered the body while the filter was paused: all of it at once.
                     self.request_body_chunk(id, &req.body, true)?;
                 } else {
                     let action = self.request_body_chunk(id, &req.body, false)?;
-                    let _ = size;
                     self.request_body_chunk(id, b"", true)?;
-                    if action != 0 && !self.with_stream(|s| s.continued[0]) {
-                        self.wait_for(|s| s.continued[0] || s.local_reply.is_some())?;
-                    }
+                    self.hold_if_paused(action, REQUEST)?;
                 }
             }
         }
@@ -797,7 +795,7 @@ impl Filter {
                         "content-length".to_owned(),
                         reply.body.len().to_string().into_bytes(),
                     ));
-                    if !headers.iter().any(|(k, _)| k == "content-type") {
+                    if first_header(&headers, "content-type").is_none() {
                         headers.push(("content-type".to_owned(), b"text/plain".to_vec()));
                     }
                 }
@@ -818,9 +816,7 @@ impl Filter {
         let n = i32::try_from(headers.len())?;
         let end = i32::from(body.is_empty());
         let action = self.call_on(id, "proxy_on_response_headers", &[id, n, end])?;
-        if action != 0 && !self.with_stream(|s| s.continued[1]) {
-            self.wait_for(|s| s.continued[1])?;
-        }
+        self.hold_if_paused(action, RESPONSE)?;
         if !body.is_empty() {
             // Envoy hands a local reply's body over in one chunk that ends the stream, an
             // upstream body as a chunk and then an empty end-of-stream chunk.
@@ -843,6 +839,18 @@ impl Filter {
             local: is_local,
             upstream_request_headers: upstream_sent,
         })
+    }
+
+    /// After a callback returned `action`: if it paused its direction (and did not already
+    /// continue), runs the event loop until the filter continues it — or, on the request side,
+    /// answers with a local reply. Returns whether the stream was paused.
+    fn hold_if_paused(&mut self, action: i32, direction: usize) -> Result<bool> {
+        let continued = |s: &StreamState| s.continued.get(direction).copied().unwrap_or(true);
+        if action == 0 || self.with_stream(|s| continued(s)) {
+            return Ok(false);
+        }
+        self.wait_for(|s| continued(s) || (direction == REQUEST && s.local_reply.is_some()))?;
+        Ok(true)
     }
 
     fn request_body_chunk(&mut self, id: i32, chunk: &[u8], end: bool) -> Result<i32> {
