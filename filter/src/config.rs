@@ -97,10 +97,19 @@ pub enum ClientIpMode {
     XForwardedFor,
 }
 
-/// Edge header names; unset ones keep the defaults.
+/// Headers an edge in front of Envoy (CDN, load balancer, an auth filter) sets. Envoy's
+/// plugin configuration is per listener (filter chain): set `trusted: true` only on a listener
+/// whose every request arrives through the edge that sets (and overwrites) these headers, and
+/// `trusted: false` everywhere else, where the named headers are stripped from requests so
+/// neither Signalbox nor origin reads a client's copy. Once Envoy has applied
+/// `x-forwarded-for` the filter no longer sees the direct peer, so this cannot be checked per
+/// request: it is configuration.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeHeadersV1 {
+    /// Whether requests on this listener arrive through the edge that sets these headers.
+    /// Required when any name is set.
+    pub trusted: Option<bool>,
     /// Country header.
     pub country: Option<String>,
     /// ASN header.
@@ -122,6 +131,9 @@ pub struct OriginHeadersV1 {
     /// `x-signalbox-reasons`.
     #[serde(default)]
     pub reasons: bool,
+    /// `x-signalbox-client-ip`: the client IP the filter resolved (`client_ip`), as text.
+    #[serde(default)]
+    pub client_ip: bool,
 }
 
 /// What a worker runs with.
@@ -129,8 +141,10 @@ pub struct OriginHeadersV1 {
 pub struct Settings {
     /// The compiled bundle.
     pub policy: Policy,
-    /// Edge header names.
+    /// Edge header names read on this listener (all empty unless `edge_headers.trusted`).
     pub edge: EdgeHeaderNames,
+    /// Edge header names stripped from requests (configured but not trusted here).
+    pub untrusted_edge_headers: Vec<String>,
     /// Client IP resolution.
     pub client_ip: ClientIpV1,
     /// Opt-in origin headers.
@@ -183,6 +197,14 @@ pub fn parse(
     };
     let policy =
         load_bundle(&bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    if policy.requires_score_cache() {
+        return Err(ConfigError(
+            "bundle: cache.on_unavailable is fail_closed, but this filter has no score cache \
+             configured: every request the bundle wants context for would be raised to the \
+             fail-closed action. Set cache.on_unavailable: fail_open in the bundle"
+                .to_owned(),
+        ));
+    }
     if config.rate_limit_slots == 0 || config.rate_limit_slots > 1 << 20 {
         return Err(ConfigError(
             "rate_limit_slots: must be 1..=1048576".to_owned(),
@@ -210,18 +232,42 @@ pub fn parse(
         ),
         None => None,
     };
-    // An edge header is read only when configured: at the edge a client can send any header,
-    // so a name nobody in front of Envoy sets is no signal (an empty name matches nothing).
+    // An edge header is read only when configured and trusted on this listener: at the edge a
+    // client can send any header (an empty name matches nothing).
     let e = config.edge_headers;
-    let lower = |v: Option<String>| v.map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let lower = |v: Option<String>| v.map(|s| s.trim().to_ascii_lowercase()).unwrap_or_default();
+    let named = EdgeHeaderNames {
+        country: lower(e.country),
+        asn: lower(e.asn),
+        tls_fingerprint: lower(e.tls_fingerprint),
+        user: lower(e.user),
+    };
+    if named.names().any(|n| n.starts_with(':')) {
+        return Err(ConfigError(
+            "edge_headers: a pseudo-header (`:name`) cannot be an edge header".to_owned(),
+        ));
+    }
+    let any_named = named.names().next().is_some();
+    let (edge, untrusted_edge_headers) = match (e.trusted, any_named) {
+        (_, false) => (EdgeHeaderNames::default(), Vec::new()),
+        (Some(true), true) => (named, Vec::new()),
+        (Some(false), true) => {
+            let names = named.names().map(str::to_owned).collect();
+            (EdgeHeaderNames::default(), names)
+        }
+        (None, true) => {
+            return Err(ConfigError(
+                "edge_headers.trusted: required when edge header names are set: true on a \
+                 listener whose every request arrives through the edge that sets them, false \
+                 elsewhere (the named headers are then stripped from requests)"
+                    .to_owned(),
+            ));
+        }
+    };
     Ok(Settings {
         policy,
-        edge: EdgeHeaderNames {
-            country: lower(e.country),
-            asn: lower(e.asn),
-            tls_fingerprint: lower(e.tls_fingerprint),
-            user: lower(e.user),
-        },
+        edge,
+        untrusted_edge_headers,
         client_ip: config.client_ip,
         origin_headers: config.origin_headers,
         debug_verdict_header: config.debug_verdict_header,
@@ -286,6 +332,62 @@ mod tests {
         assert_eq!(s.policy.revision(), 7);
         assert_eq!(s.edge.country, "cf-ipcountry");
         assert_eq!(s.edge.asn, "", "edge headers not configured are not read");
+    }
+
+    #[test]
+    fn a_fail_closed_bundle_without_a_score_cache_is_refused() {
+        let mut b = bundle();
+        b["cache"] = serde_json::json!({"on_unavailable": "fail_closed"});
+        let cfg = serde_json::json!({"bundle": b, "allow_unsigned": true}).to_string();
+        let err = parse(cfg.as_bytes(), NOW, |_| None).unwrap_err();
+        assert!(
+            err.0.contains("cache.on_unavailable is fail_closed")
+                && err.0.contains("no score cache"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn edge_headers_need_to_say_whether_the_listener_is_behind_the_edge() {
+        let with = |edge: serde_json::Value| {
+            let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true, "edge_headers": edge});
+            parse(cfg.to_string().as_bytes(), NOW, |_| None)
+        };
+        let err = with(serde_json::json!({"country": "cf-ipcountry"})).unwrap_err();
+        assert!(err.0.starts_with("edge_headers.trusted: required"), "{err}");
+        let trusted =
+            with(serde_json::json!({"trusted": true, "country": "CF-IPCountry"})).unwrap();
+        assert_eq!(trusted.edge.country, "cf-ipcountry");
+        assert!(trusted.untrusted_edge_headers.is_empty());
+        let untrusted = with(serde_json::json!({"trusted": false, "user": "x-user"})).unwrap();
+        assert_eq!(untrusted.edge, EdgeHeaderNames::default());
+        assert_eq!(untrusted.untrusted_edge_headers, ["x-user"]);
+        assert!(with(serde_json::json!({"trusted": true, "user": ":path"})).is_err());
+        let none = with(serde_json::json!({})).unwrap();
+        assert_eq!(none.edge, EdgeHeaderNames::default());
+    }
+
+    #[test]
+    fn a_misordered_secret_is_never_shown() {
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
+        // `<base64 secret>:<kid>` instead of `<kid>:<base64 secret>`.
+        let secret = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        let swapped = format!("{secret}:k1");
+        let err = parse(cfg.as_bytes(), NOW, |v| {
+            (v == "SIGNALBOX_SECRET").then(|| swapped.clone())
+        })
+        .unwrap_err();
+        assert!(err.0.contains("SIGNALBOX_SECRET"), "{err}");
+        assert!(!err.0.contains("QUFB"), "the secret leaked into: {err}");
+        // The same for the previous secret, with a valid current one.
+        let current = format!("k2:{secret}");
+        let err = parse(cfg.as_bytes(), NOW, |v| match v {
+            "SIGNALBOX_SECRET" => Some(current.clone()),
+            "SIGNALBOX_SECRET_PREVIOUS" => Some(swapped.clone()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(!err.0.contains("QUFB"), "the secret leaked into: {err}");
     }
 
     #[test]

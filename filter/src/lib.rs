@@ -19,6 +19,7 @@
 
 pub mod buckets;
 pub mod config;
+pub mod rollback;
 pub mod translate;
 
 use std::cell::Cell;
@@ -65,6 +66,8 @@ struct Metrics {
     challenges_failed: u32,
     bundles_rejected: u32,
     rate_cas_gave_up: u32,
+    client_ip_missing: u32,
+    bundle_expired: u32,
     eval_micros: u32,
     rate_limit_micros: u32,
     request_micros: u32,
@@ -83,6 +86,8 @@ impl Metrics {
             challenges_failed: m(MetricType::Counter, "signalbox.challenges.failed"),
             bundles_rejected: m(MetricType::Counter, "signalbox.bundles.rejected"),
             rate_cas_gave_up: m(MetricType::Counter, "signalbox.rate_limit.cas_gave_up"),
+            client_ip_missing: m(MetricType::Counter, "signalbox.client_ip.missing"),
+            bundle_expired: m(MetricType::Counter, "signalbox.bundle.expired"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
             rate_limit_micros: m(MetricType::Histogram, "signalbox.rate_limit_micros"),
             request_micros: m(MetricType::Histogram, "signalbox.request_micros"),
@@ -125,6 +130,10 @@ struct Worker {
     nonce_counter: Cell<u64>,
     /// Requests seen, for sampling the timing histograms.
     requests: Cell<u64>,
+    /// Logged once: a request had no usable client address.
+    warned_no_address: Cell<bool>,
+    /// Logged once: the bundle expired while serving.
+    warned_expired: Cell<bool>,
 }
 
 /// One request in this many records the timing histograms (each record is host calls).
@@ -140,6 +149,27 @@ fn now_nanos() -> u128 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// Records `revision` as the highest served for `lineage` in shared data, or refuses it when a
+/// higher one was served (see [`rollback`]). Gives up quietly when shared data fails (the
+/// check is then skipped, never the bundle).
+fn record_revision(lineage: &str, revision: u64) -> Result<(), rollback::Rollback> {
+    let key = rollback::key(lineage);
+    for _ in 0..8 {
+        let Ok((stored, cas)) = hostcalls::get_shared_data(&key) else {
+            return Ok(());
+        };
+        match rollback::check(stored.as_deref(), revision)? {
+            None => return Ok(()),
+            Some(bytes) => match hostcalls::set_shared_data(&key, Some(&bytes), cas) {
+                Ok(()) => return Ok(()),
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return Ok(()),
+            },
+        }
+    }
+    Ok(())
 }
 
 /// The root context: loads the configuration per worker.
@@ -163,8 +193,21 @@ impl RootContext for SignalboxRoot {
         .flatten()
         .unwrap_or_default();
         let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
-        match config::parse(&config, now, |var| std::env::var(var).ok()) {
+        let parsed = config::parse(&config, now, |var| std::env::var(var).ok()).and_then(|s| {
+            let lineage = hostcalls::get_property(vec!["plugin_name"])
+                .ok()
+                .flatten()
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .unwrap_or_default();
+            record_revision(&lineage, s.policy.revision())
+                .map_err(|r| config::ConfigError(r.to_string()))?;
+            Ok(s)
+        });
+        match parsed {
             Ok(settings) => {
+                for warning in settings.policy.warnings() {
+                    log(LogLevel::Warn, &format!("signalbox: bundle: {warning}"));
+                }
                 if settings.keys.is_none() {
                     log(
                         LogLevel::Warn,
@@ -184,6 +227,8 @@ impl RootContext for SignalboxRoot {
                     log_window: Cell::new((0, 0)),
                     nonce_counter: Cell::new(0),
                     requests: Cell::new(0),
+                    warned_no_address: Cell::new(false),
+                    warned_expired: Cell::new(false),
                 }));
                 true
             }
@@ -198,14 +243,19 @@ impl RootContext for SignalboxRoot {
         }
     }
 
+    /// Always a context: the SDK (proxy-wasm 0.2.5) traps the VM when this returns `None`,
+    /// and a trapped VM fails every later request. A root context without a configuration
+    /// (its `on_configure` refused one) answers 503 instead.
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.clone()?;
-        Some(Box::new(SignalboxHttp {
-            worker,
-            local_reply: false,
-            verdict_header: None,
-            verify: None,
-        }))
+        Some(match self.worker.clone() {
+            Some(worker) => Box::new(SignalboxHttp {
+                worker,
+                local_reply: false,
+                verdict_header: None,
+                verify: None,
+            }),
+            None => Box::new(Unconfigured),
+        })
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -213,10 +263,28 @@ impl RootContext for SignalboxRoot {
     }
 }
 
+/// The stream of a root context that has no configuration: fails closed.
+struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _ = hostcalls::send_http_response(
+            503,
+            vec![("cache-control", "no-store")],
+            Some(b"signalbox: not configured\n"),
+        );
+        Action::Pause
+    }
+}
+
 /// A pending verify request: waiting for its body.
 struct PendingVerify {
     binding: Binding,
     now: u64,
+    /// The request came over HTTPS (chooses the clearance cookie).
+    https: bool,
 }
 
 /// One HTTP stream.
@@ -334,9 +402,13 @@ impl SignalboxHttp {
             requests: 10,
             per_seconds: 60,
         };
+        // Requests without a client address share one verify budget.
         let key = format!(
             "verify|{}",
-            self.worker.settings.policy.ip_subject_key(facts.client_ip)
+            facts.client_ip.map_or_else(
+                || "-".to_owned(),
+                |ip| self.worker.settings.policy.ip_subject_key(ip)
+            )
         );
         if let Some(retry) = self.take_token(&key, verify_budget, now.saturating_mul(1000)) {
             return self.send(translate::throttle_reply(ClientKind::Api, "-", retry));
@@ -349,6 +421,7 @@ impl SignalboxHttp {
         self.verify = Some(PendingVerify {
             binding: translate::binding_of(facts),
             now,
+            https: translate::is_https(headers),
         });
         // Envoy turns a paused request-headers callback into StopAllIteration: the body would
         // never reach this filter. Let the headers go on; the body is held below (Pause from
@@ -373,10 +446,11 @@ impl SignalboxHttp {
             Ok(solved) => {
                 Metrics::count(w.metrics.challenges_solved);
                 let ttl = w.settings.policy.challenge().clearance_ttl_seconds;
-                let token = issue_clearance(keys, &pending.binding, pending.now, ttl);
+                let token =
+                    issue_clearance(keys, &pending.binding, pending.now, ttl, solved.difficulty);
                 self.send(translate::verified_reply(
                     &solved.return_path,
-                    clearance_set_cookie(&token, ttl),
+                    clearance_set_cookie(&token, ttl, pending.https),
                 ))
             }
             Err(refusal) => {
@@ -450,8 +524,34 @@ impl HttpContext for SignalboxHttp {
             .ok()
             .flatten()
             .and_then(|v| translate::parse_source_address(&v));
-        let ip = translate::client_ip(&settings.client_ip, &headers, source)
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        // No usable address (a listener on a Unix socket, a client-IP mode that finds
+        // nothing): never a made-up one that all such clients would share. The core then
+        // matches no IP list and adds `ip.missing`; IP budgets are skipped.
+        let ip = translate::client_ip(&settings.client_ip, &headers, source);
+        if ip.is_none() {
+            Metrics::count(w.metrics.client_ip_missing);
+            if !w.warned_no_address.replace(true) {
+                log(
+                    LogLevel::Warn,
+                    "signalbox: a request without a usable client address (check client_ip and the listener); counted in signalbox.client_ip.missing",
+                );
+            }
+        }
+        if settings
+            .policy
+            .expires_at()
+            .is_some_and(|expires_at| now >= expires_at)
+            && !w.warned_expired.replace(true)
+        {
+            Metrics::count(w.metrics.bundle_expired);
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "signalbox: bundle revision {} expired while serving; it keeps serving until a newer one is configured",
+                    settings.policy.revision()
+                ),
+            );
+        }
         let request_id = translate::header(&headers, "x-request-id")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "-".to_owned());
@@ -534,7 +634,9 @@ impl HttpContext for SignalboxHttp {
 
         match verdict.decision {
             Decision::Pass => {
-                for (name, value) in translate::origin_headers(settings, &verdict, &request_id) {
+                for (name, value) in
+                    translate::origin_headers(settings, &verdict, &request_id, facts.client_ip)
+                {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
                 }
@@ -577,11 +679,6 @@ impl HttpContext for SignalboxHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.verify.is_some() {
-            // Origin answered the verify path before the body arrived: hold its answer; the
-            // verify reply replaces it.
-            return Action::Pause;
-        }
         if !self.local_reply {
             // No scoring oracle: origin (or anything upstream) must not echo our headers.
             let headers =
@@ -598,6 +695,14 @@ impl HttpContext for SignalboxHttp {
                     Some(v),
                 );
             }
+        }
+        if self.verify.take().is_some() {
+            // Origin answered the verify path before the request body ended. Envoy delivers no
+            // more of the body once the response has begun, so the verify cannot finish: it
+            // counts as failed and origin's answer goes on, stripped like any other (holding
+            // it would leave the client waiting for nothing). Browsers send the small form in
+            // one piece with the headers, so people never meet this.
+            Metrics::count(self.worker.metrics.challenges_failed);
         }
         Action::Continue
     }

@@ -103,7 +103,7 @@ fn browser() -> Facts {
             ("sec-ch-ua-platform", "\"macOS\""),
             ("cookie", "session=abc; cart=1"),
         ],
-        "81.62.10.4".parse().unwrap(),
+        "81.62.10.4".parse().ok(),
         &EdgeHeaderNames::default(),
     )
 }
@@ -118,7 +118,7 @@ fn bot() -> Facts {
             ("accept", "*/*"),
             ("accept-encoding", "gzip, deflate"),
         ],
-        "167.99.134.20".parse().unwrap(),
+        "167.99.134.20".parse().ok(),
         &EdgeHeaderNames::default(),
     )
 }

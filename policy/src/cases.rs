@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::RemoteContext;
+use crate::facts::{EdgeHeaderNames, RemoteContext};
 use crate::requests::RequestLine;
 use crate::verdict::{Decision, Level, RemoteStatus, Verdict};
 
@@ -32,6 +32,10 @@ pub struct Case {
     /// Unix seconds at evaluation (default [`DEFAULT_CASE_NOW`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<u64>,
+    /// Edge headers this case trusts (as if the request arrived through an edge that sets
+    /// them); absent: none, as at a listener without a trusted edge in front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_headers: Option<CaseEdgeHeaders>,
     /// The request.
     pub request: RequestLine,
     /// The score cache's answer; absent means it was not asked or did not answer.
@@ -42,6 +46,38 @@ pub struct Case {
     /// Expectations only a proxy runner can check (status, headers, cache calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<serde_json::Value>,
+}
+
+/// The edge header names a case trusts; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseEdgeHeaders {
+    /// Country header (e.g. `cf-ipcountry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// AS number header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<String>,
+    /// TLS fingerprint header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// User key header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl Case {
+    /// The edge header names to read the request with: only those the case trusts.
+    pub fn edge_header_names(&self) -> EdgeHeaderNames {
+        let e = self.edge_headers.clone().unwrap_or_default();
+        let lower = |v: Option<String>| v.map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+        EdgeHeaderNames {
+            country: lower(e.country),
+            asn: lower(e.asn),
+            tls_fingerprint: lower(e.tls_fingerprint),
+            user: lower(e.user),
+        }
+    }
 }
 
 /// A bundle reference in a case.

@@ -4,8 +4,9 @@
 //! The score is a capped sum: `score = clamp(Σ risk points − Σ trust points, 0, 100)`. Each
 //! signal's points are its bundle weight, so the reasons add up to the number (before the cap)
 //! and a security engineer can tune a bundle with integers. Risk points are never negative, so
-//! an added risk signal can never lower the score; only trust signals (a valid clearance, a
-//! verified crawler) subtract.
+//! an added risk signal can never lower the score; only trust signals (a verified crawler)
+//! subtract. A valid clearance is not a trust signal: it changes no score and no decision but
+//! one, a challenge that asks no more work than the clearance was earned with becomes a pass.
 
 use std::net::IpAddr;
 
@@ -51,7 +52,8 @@ pub struct Assessment {
     ua_class: UaClass,
     sensitive: bool,
     route: Option<usize>,
-    clearance_valid: bool,
+    /// The difficulty of the valid clearance the request carries, if any.
+    clearance_difficulty: Option<u8>,
     /// Rules whose conditions other than `min_level` matched, in rule order.
     rule_candidates: Vec<usize>,
     lookup: Option<Lookup>,
@@ -139,7 +141,10 @@ impl Policy {
             trust: 0,
             reasons: Vec::with_capacity(8),
         };
-        let ip = facts.client_ip.to_canonical();
+        let ip = facts.client_ip.map(|ip| ip.to_canonical());
+        if ip.is_none() {
+            tally.risk(ReasonCode::Fixed("ip.missing"), s.ip_missing);
+        }
         let ua = facts
             .header("user-agent")
             .map(<[u8]>::trim_ascii)
@@ -176,7 +181,7 @@ impl Policy {
         for &(list, points) in &s.ip_lists {
             if let Some(l) = self.lists.get(list)
                 && points > 0
-                && l.set.contains(ip)
+                && ip.is_some_and(|ip| l.set.contains(ip))
             {
                 tally.risk(ReasonCode::Named(l.code.clone()), points);
             }
@@ -204,17 +209,15 @@ impl Policy {
             tally.risk(ReasonCode::Named(r.code.clone()), r.weight);
         }
 
-        // Clearance.
-        let clearance_valid = facts.clearance == Clearance::Valid;
-        match facts.clearance {
-            Clearance::Valid => {
-                tally.trust(ReasonCode::Fixed("clearance.valid"), s.clearance_trust)
-            }
+        // Clearance: a failed one is a risk signal; a valid one only matters in `decide`.
+        let clearance_difficulty = match facts.clearance {
+            Clearance::Valid { difficulty } => Some(difficulty),
             Clearance::Invalid => {
-                tally.risk(ReasonCode::Fixed("clearance.invalid"), s.clearance_invalid)
+                tally.risk(ReasonCode::Fixed("clearance.invalid"), s.clearance_invalid);
+                None
             }
-            Clearance::Absent | Clearance::Presented(_) => {}
-        }
+            Clearance::Absent | Clearance::Presented(_) => None,
+        };
 
         let ua_class = match kind {
             UaKind::Missing => UaClass::Missing,
@@ -249,7 +252,7 @@ impl Policy {
             ua_class,
             sensitive,
             route: route_index,
-            clearance_valid,
+            clearance_difficulty,
             rule_candidates,
             lookup,
         }
@@ -270,7 +273,7 @@ impl Policy {
             mut reasons,
             sensitive,
             route,
-            clearance_valid,
+            clearance_difficulty,
             rule_candidates,
             lookup,
             ..
@@ -354,10 +357,18 @@ impl Policy {
             decision = floor;
             decided_by = DecidedBy::FailClosed;
         }
-        // A valid clearance is proof the client already solved a challenge.
-        if decision == Decision::Challenge && clearance_valid {
+        // A valid clearance proves the client solved a challenge of its difficulty: it
+        // satisfies a challenge that asks no more, and nothing else (never a block, a
+        // throttle or a ban).
+        if decision == Decision::Challenge
+            && clearance_difficulty.is_some_and(|d| d >= self.challenge_difficulty(level))
+        {
             decision = Decision::Pass;
             decided_by = DecidedBy::Clearance;
+            reasons.push(Reason {
+                code: ReasonCode::Fixed("clearance.valid"),
+                points: 0,
+            });
         }
 
         let (decision, shadow_decision) = match self.mode {
@@ -376,6 +387,15 @@ impl Policy {
             revision: self.revision,
             route,
         }
+    }
+
+    /// Leading zero bits a challenge at `level` asks for.
+    pub fn challenge_difficulty(&self, level: Level) -> u8 {
+        self.challenge
+            .difficulty_bits
+            .get(level as usize)
+            .copied()
+            .unwrap_or(32)
     }
 
     /// Both phases without remote context (no score cache), for tools and tests.
@@ -414,7 +434,7 @@ impl Policy {
         tally: &mut Tally,
         category: CrawlerCategory,
         ranges: Option<usize>,
-        ip: IpAddr,
+        ip: Option<IpAddr>,
         now: u64,
     ) -> bool {
         let Some(list) = ranges.and_then(|i| self.lists.get(i)) else {
@@ -426,7 +446,7 @@ impl Policy {
             tally.risk(ReasonCode::Fixed(category_code(category)), points);
             return false;
         };
-        if list.set.contains(ip) {
+        if ip.is_some_and(|ip| list.set.contains(ip)) {
             tally.trust(
                 ReasonCode::Fixed("crawler.verified"),
                 self.crawler_verified_trust,
@@ -504,8 +524,12 @@ impl Policy {
             && (c.methods.is_empty() || method_in(&f.facts.method, &c.methods))
             && (c.countries.is_empty() || f.facts.country.is_some_and(|x| c.countries.contains(&x)))
             && (c.asns.is_empty() || f.facts.asn.is_some_and(|a| c.asns.contains(&a)))
-            && c.ip_list
-                .is_none_or(|i| self.lists.get(i).is_some_and(|l| l.set.contains(f.ip)))
+            && c.ip_list.is_none_or(|i| {
+                self.lists
+                    .get(i)
+                    .zip(f.ip)
+                    .is_some_and(|(l, ip)| l.set.contains(ip))
+            })
             && (c.ua_class.is_empty()
                 || c.ua_class.contains(&f.ua_class)
                 || (f.ua_class == UaClass::VerifiedCrawler
@@ -515,9 +539,18 @@ impl Policy {
                     .is_some_and(|cat| c.crawler_category.contains(&cat)))
     }
 
-    fn lookup_for(&self, facts: &Facts, ip: IpAddr, local: u8, sensitive: bool) -> Option<Lookup> {
+    fn lookup_for(
+        &self,
+        facts: &Facts,
+        ip: Option<IpAddr>,
+        local: u8,
+        sensitive: bool,
+    ) -> Option<Lookup> {
         let has_user = facts.user.is_some();
-        let present = |k: &SubjectKind| *k == SubjectKind::Ip || has_user;
+        let present = |k: &SubjectKind| match k {
+            SubjectKind::Ip => ip.is_some(),
+            SubjectKind::User => has_user,
+        };
         let reason = if self.cache.always_lookup.iter().any(present) {
             LookupReason::Always
         } else if sensitive {
@@ -531,7 +564,9 @@ impl Policy {
             self.cache.lookup.contains(&kind)
                 || (reason == LookupReason::Always && self.cache.always_lookup.contains(&kind))
         };
-        let ip_key = wants(SubjectKind::Ip).then(|| self.ip_subject_key(ip));
+        let ip_key = ip
+            .filter(|_| wants(SubjectKind::Ip))
+            .map(|ip| self.ip_subject_key(ip));
         let user_key = if wants(SubjectKind::User) {
             facts.user.clone()
         } else {
@@ -548,7 +583,7 @@ impl Policy {
 struct RuleFacts<'a> {
     facts: &'a Facts,
     path: &'a str,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
     ua_class: UaClass,
     crawler_category: Option<CrawlerCategory>,
 }

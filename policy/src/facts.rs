@@ -4,8 +4,10 @@
 use std::net::IpAddr;
 
 /// Names of the headers an edge in front of us (CDN, load balancer) sets with what it knows.
-/// Adapters make these configurable; these are the defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default names none: a header is read only where the operator configured its name for
+/// requests that really arrive through the edge that sets it (anywhere else a client can send
+/// any header). An empty name matches no header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeHeaderNames {
     /// ISO 3166-1 alpha-2 country (Cloudflare's `cf-ipcountry` by default).
     pub country: String,
@@ -17,8 +19,11 @@ pub struct EdgeHeaderNames {
     pub user: String,
 }
 
-impl Default for EdgeHeaderNames {
-    fn default() -> Self {
+impl EdgeHeaderNames {
+    /// The names the scenario cases and examples use for a trusted edge: Cloudflare's
+    /// `cf-ipcountry`, and `x-signalbox-edge-asn`, `x-signalbox-edge-ja4`,
+    /// `x-signalbox-edge-user`.
+    pub fn conventional() -> Self {
         Self {
             country: "cf-ipcountry".to_owned(),
             asn: "x-signalbox-edge-asn".to_owned(),
@@ -26,10 +31,23 @@ impl Default for EdgeHeaderNames {
             user: "x-signalbox-edge-user".to_owned(),
         }
     }
+
+    /// The configured names (empty ones left out).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [&self.country, &self.asn, &self.tls_fingerprint, &self.user]
+            .into_iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    }
 }
 
-/// The clearance cookie's name (the `__Host-` prefix pins it to this host, `Secure`, `Path=/`).
+/// The clearance cookie's name over HTTPS (the `__Host-` prefix pins it to this host,
+/// `Secure`, `Path=/`).
 pub const CLEARANCE_COOKIE: &str = "__Host-signalbox-clearance";
+
+/// The clearance cookie's name over plain HTTP, where browsers drop `Secure` cookies.
+/// Adapters read it only from plain-HTTP requests.
+pub const PLAIN_HTTP_CLEARANCE_COOKIE: &str = "signalbox-clearance";
 
 /// The clearance cookie as the adapter found it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,8 +57,12 @@ pub enum Clearance {
     Absent,
     /// A cookie the adapter has not verified (no keys configured yet): neutral.
     Presented(Vec<u8>),
-    /// Verified and unexpired: a trust signal.
-    Valid,
+    /// Verified and unexpired: the client solved a challenge of `difficulty` bits. It
+    /// satisfies a challenge that asks no more, and changes nothing else.
+    Valid {
+        /// Leading zero bits of the solved challenge.
+        difficulty: u8,
+    },
     /// Present but failed verification (forged, expired, other binding).
     Invalid,
 }
@@ -56,8 +78,11 @@ pub struct Facts {
     pub authority: String,
     /// Headers in order; names lower case, values raw bytes; a name may repeat.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// The resolved client IP (the adapter decides which hops it trusts).
-    pub client_ip: IpAddr,
+    /// The resolved client IP (the adapter decides which hops it trusts); `None` when the
+    /// host gave no usable address. Without one no IP list matches, IP-keyed rate budgets
+    /// and score-cache lookups are skipped, `ip.missing` adds its weight, and the clearance
+    /// binds to "no address".
+    pub client_ip: Option<IpAddr>,
     /// Country from the edge header, upper case.
     pub country: Option<[u8; 2]>,
     /// AS number from the edge header.
@@ -80,7 +105,7 @@ impl Facts {
         method: &str,
         path: &str,
         headers: impl IntoIterator<Item = (N, V)>,
-        client_ip: IpAddr,
+        client_ip: Option<IpAddr>,
         edge: &EdgeHeaderNames,
     ) -> Self
     where
@@ -96,7 +121,7 @@ impl Facts {
             path: path.to_owned(),
             authority: String::new(),
             headers,
-            client_ip: client_ip.to_canonical(),
+            client_ip: client_ip.map(|ip| ip.to_canonical()),
             country: None,
             asn: None,
             tls_fingerprint: None,
@@ -120,15 +145,29 @@ impl Facts {
             .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        facts.clearance = match facts.cookie(CLEARANCE_COOKIE) {
+        facts.read_clearance(true);
+        facts
+    }
+
+    /// Reads the clearance cookie for the request's transport: [`CLEARANCE_COOKIE`] over
+    /// HTTPS, [`PLAIN_HTTP_CLEARANCE_COOKIE`] over plain HTTP.
+    pub fn read_clearance(&mut self, https: bool) {
+        let name = if https {
+            CLEARANCE_COOKIE
+        } else {
+            PLAIN_HTTP_CLEARANCE_COOKIE
+        };
+        self.clearance = match self.cookie(name) {
             Some(value) => Clearance::Presented(value.to_vec()),
             None => Clearance::Absent,
         };
-        facts
     }
 
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
+        if name.is_empty() {
+            return None;
+        }
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -283,14 +322,18 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn facts(headers: &[(&str, &[u8])]) -> Facts {
+    fn facts_with(headers: &[(&str, &[u8])], edge: &EdgeHeaderNames) -> Facts {
         Facts::from_parts(
             "GET",
             "/",
             headers.iter().map(|(n, v)| (*n, v.to_vec())),
-            "203.0.113.7".parse().unwrap(),
-            &EdgeHeaderNames::default(),
+            "203.0.113.7".parse().ok(),
+            edge,
         )
+    }
+
+    fn facts(headers: &[(&str, &[u8])]) -> Facts {
+        facts_with(headers, &EdgeHeaderNames::conventional())
     }
 
     #[test]
@@ -302,6 +345,13 @@ mod tests {
         assert_eq!(f.cookie("b"), Some(&b"2"[..]));
         assert_eq!(f.clearance, Clearance::Presented(b"tok.en".to_vec()));
         assert_eq!(f.cookie("missing"), None);
+        let mut plain = facts(&[(
+            "cookie",
+            b"signalbox-clearance=p; __Host-signalbox-clearance=s",
+        )]);
+        assert_eq!(plain.clearance, Clearance::Presented(b"s".to_vec()));
+        plain.read_clearance(false);
+        assert_eq!(plain.clearance, Clearance::Presented(b"p".to_vec()));
         assert_eq!(facts(&[("cookie", b"x")]).cookie("x"), None);
     }
 
@@ -322,15 +372,34 @@ mod tests {
     }
 
     #[test]
+    fn the_default_trusts_no_edge_header() {
+        let f = facts_with(
+            &[
+                ("cf-ipcountry", b"CH"),
+                ("x-signalbox-edge-asn", b"3303"),
+                ("x-signalbox-edge-ja4", b"t13d"),
+                ("x-signalbox-edge-user", b"vip"),
+                ("", b"x"),
+            ],
+            &EdgeHeaderNames::default(),
+        );
+        assert_eq!(
+            (f.country, f.asn, &f.tls_fingerprint, &f.user),
+            (None, None, &None, &None)
+        );
+        assert_eq!(EdgeHeaderNames::default().names().count(), 0);
+    }
+
+    #[test]
     fn mapped_ipv6_client_is_ipv4() {
         let f = Facts::from_parts(
             "GET",
             "/",
             Vec::<(&str, Vec<u8>)>::new(),
-            "::ffff:81.62.10.4".parse().unwrap(),
+            "::ffff:81.62.10.4".parse().ok(),
             &EdgeHeaderNames::default(),
         );
-        assert_eq!(f.client_ip, "81.62.10.4".parse::<IpAddr>().unwrap());
+        assert_eq!(f.client_ip, "81.62.10.4".parse::<IpAddr>().ok());
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! let policy = Policy::from_json_slice(bundle).unwrap();
 //! let facts = Facts::from_parts(
 //!     "GET", "/", [("user-agent", "curl/8.5.0")],
-//!     "203.0.113.7".parse().unwrap(), &EdgeHeaderNames::default(),
+//!     "203.0.113.7".parse().ok(), &EdgeHeaderNames::default(),
 //! );
 //! let assessment = policy.assess(&facts, 1_764_000_000);
 //! assert!(assessment.lookup().is_none()); // 90 is above the default lookup band 30..=70
@@ -56,7 +56,7 @@ pub mod wire;
 pub use engine::{Assessment, Lookup, LookupReason};
 pub use facts::{
     CLEARANCE_COOKIE, Clearance, EdgeHeaderNames, Facts, ManualAction, ManualDecision,
-    RemoteContext, SubjectContext, normalize_path, path_has_prefix,
+    PLAIN_HTTP_CLEARANCE_COOKIE, RemoteContext, SubjectContext, normalize_path, path_has_prefix,
 };
 pub use iprange::{BadPrefix, IpRangeSet};
 pub use policy::{

@@ -78,7 +78,7 @@ body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:15vh auto;paddin
 <h1>Checking your browser</h1>
 <p>This takes a moment and happens once. You will be sent on automatically.</p>
 <p class="muted">Work done: <span id="sb-progress">0</span></p>
-<noscript><p>Please enable JavaScript to continue.</p></noscript>
+<noscript><p><strong>JavaScript is turned off.</strong> This check runs a short calculation in your browser: turn JavaScript on for this site and reload the page. Nothing is installed and no data leaves the page.</p></noscript>
 <form id="sb-form" method="POST" action="{action}">
 <input type="hidden" name="challenge" value="{challenge}">
 <input type="hidden" name="counter" id="sb-counter" value="">
@@ -106,7 +106,10 @@ pub fn html_headers(csp_nonce: &str) -> Vec<(&'static str, String)> {
             ),
         ),
         ("x-content-type-options", "nosniff".to_owned()),
-        ("referrer-policy", "no-referrer".to_owned()),
+        // `same-origin`: the form POST to the verify path carries the page's real origin.
+        // Under `no-referrer` browsers send `Origin: null`, which the verify path refuses
+        // (sandboxed frames and pages on other sites send it too).
+        ("referrer-policy", "same-origin".to_owned()),
     ]
 }
 
@@ -143,7 +146,15 @@ mod tests {
         for external in ["src=", "href=", "http://", "https://", "@import"] {
             assert!(!html.contains(external), "{external}");
         }
-        let csp = &html_headers("n0nce")[2].1;
+        let headers = html_headers("n0nce");
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| *k == "referrer-policy" && v == "same-origin"),
+            "the verify POST must carry the real Origin"
+        );
+        assert!(html.contains("<noscript>") && html.contains("turn JavaScript on"));
+        let csp = &headers[2].1;
         assert!(csp.contains("script-src 'nonce-n0nce'") && csp.contains("default-src 'none'"));
         assert!(
             html_headers("x")

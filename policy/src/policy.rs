@@ -228,6 +228,7 @@ pub struct Policy {
     pub(crate) cache: CacheSettings,
     pub(crate) challenge: ChallengeSettings,
     pub(crate) ipv6_prefix: u8,
+    pub(crate) warnings: Vec<FieldError>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,8 +250,8 @@ pub(crate) struct Signals {
     pub(crate) tls_fingerprint: u8,
     pub(crate) tls_fingerprints: Vec<Vec<u8>>,
     pub(crate) remote_score_percent: u8,
-    pub(crate) clearance_trust: u8,
     pub(crate) clearance_invalid: u8,
+    pub(crate) ip_missing: u8,
 }
 
 impl Policy {
@@ -293,6 +294,19 @@ impl Policy {
     /// SHA-256 of the JSON bytes the policy was loaded from, if loaded from bytes.
     pub fn digest(&self) -> Option<[u8; 32]> {
         self.digest
+    }
+
+    /// Fields that loaded but mean nothing any more, with what to change (`policy lint` prints
+    /// them; adapters log them).
+    pub fn warnings(&self) -> &[FieldError] {
+        &self.warnings
+    }
+
+    /// Whether the bundle needs a score cache: with `cache.on_unavailable: fail_closed` and
+    /// no cache, every request the bundle wants context for would be raised to the
+    /// fail-closed action. Adapters without a configured cache refuse such a bundle.
+    pub fn requires_score_cache(&self) -> bool {
+        self.cache.fail_closed_action.is_some()
     }
 
     /// The minimum engine version the bundle asked for.
@@ -569,6 +583,16 @@ impl TryFrom<BundleV1> for Policy {
         let automation_tokens = std::mem::take(&mut signals.ua_automation.tokens);
         errors.tokens("signals.ua_headless.tokens", &headless_tokens);
         errors.tokens("signals.ua_automation.tokens", &automation_tokens);
+        let mut warnings = Vec::new();
+        if signals.clearance.trust != 0 {
+            warnings.push(FieldError {
+                path: "signals.clearance.trust".to_owned(),
+                message: "ignored: a valid clearance no longer lowers the score; it only \
+                          satisfies a challenge that asks no more work than it was earned \
+                          with. Remove the field."
+                    .to_owned(),
+            });
+        }
         let signals = compile_signals(&mut errors, signals, &mut |e, p, n| list_index(e, p, n));
 
         // Crawlers.
@@ -803,6 +827,7 @@ impl TryFrom<BundleV1> for Policy {
             cache,
             challenge,
             ipv6_prefix,
+            warnings,
         })
     }
 }
@@ -881,6 +906,7 @@ fn compile_signals(
         tls_fingerprint,
         remote_score,
         clearance,
+        ip_missing,
     } = s;
     let mut min_major = Vec::new();
     for (family, major) in &ua_outdated.min_major {
@@ -958,9 +984,9 @@ fn compile_signals(
             .map(|f| f.as_bytes().to_vec())
             .collect(),
         remote_score_percent: errors.points("signals.remote_score.weight", remote_score.weight),
-        clearance_trust: errors.points("signals.clearance.trust", clearance.trust),
         clearance_invalid: errors
             .points("signals.clearance.invalid_weight", clearance.invalid_weight),
+        ip_missing: errors.points("signals.ip_missing.weight", ip_missing.weight),
     }
 }
 

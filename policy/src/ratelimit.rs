@@ -150,15 +150,17 @@ pub struct RateKey {
 impl Policy {
     /// The buckets this request is counted in, with budgets at the verdict's level. IPv6
     /// clients are counted per subject prefix (default /64); requests without a user key skip
-    /// user budgets; route budgets apply only on their route.
+    /// user budgets, requests without a client address skip IP and route budgets (they are
+    /// per client: one shared bucket would let one client throttle everyone without an
+    /// address); route budgets apply only on their route.
     pub fn rate_keys(&self, facts: &Facts, verdict: &Verdict) -> Vec<RateKey> {
-        let ip: IpAddr = facts.client_ip;
+        let ip: Option<IpAddr> = facts.client_ip;
         self.rate_budgets
             .iter()
             .filter(|b| b.route.is_none() || b.route == verdict.route)
             .filter_map(|b| {
                 let subject = match b.key {
-                    RateKeyV1::Ip | RateKeyV1::Route => self.ip_subject_key(ip),
+                    RateKeyV1::Ip | RateKeyV1::Route => self.ip_subject_key(ip?),
                     RateKeyV1::User => facts.user.clone()?,
                 };
                 let kind = match b.key {

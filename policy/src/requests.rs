@@ -48,8 +48,9 @@ pub struct RequestLine {
     /// Headers in order.
     #[serde(default)]
     pub headers: Vec<(String, HeaderValue)>,
-    /// Resolved client IP.
-    pub client_ip: IpAddr,
+    /// Resolved client IP; absent when the host gave none (see [`Facts::client_ip`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
     /// Optional user key (as a trusted authentication layer would set it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,

@@ -3,7 +3,11 @@
 //!
 //! **Binding.** A token is bound to the client's IP prefix (/24 for IPv4, /48 for IPv6, so a
 //! phone moving between addresses of one network keeps its clearance), a hash of its
-//! User-Agent and the host: `SHA-256(prefix 0x00 user-agent 0x00 host)`, first 16 bytes.
+//! User-Agent and the host: `SHA-256(prefix 0x00 user-agent 0x00 host)`, first 16 bytes. The
+//! host is the authority without its port, lower case: browsers scope cookies to the host, not
+//! the port, so every listener and process serving one host agrees. A request without a client
+//! address binds to the marker `-` instead of a prefix: such a clearance is good only for other
+//! requests without an address (never for one that has an address, and the reverse).
 //!
 //! **Tokens.** `base64url(payload) "." base64url(HMAC-SHA256(secret, domain || payload))`. The
 //! payload starts with a version byte and the key id, so verification picks the secret by id:
@@ -18,8 +22,10 @@
 //! A solved challenge can be replayed until it expires (minutes); that only earns another
 //! clearance for the same binding.
 //!
-//! **Clearance.** After a solved challenge: a token over key id, binding, issued-at and expiry,
-//! set as the cookie [`crate::CLEARANCE_COOKIE`] (see [`clearance_set_cookie`]).
+//! **Clearance.** After a solved challenge: a token over key id, binding, issued-at, expiry and
+//! the difficulty the challenge asked, set as the cookie [`crate::CLEARANCE_COOKIE`] (see
+//! [`clearance_set_cookie`]). A clearance means "solved a challenge of this difficulty", never
+//! more: the engine lets it satisfy a challenge that asks no more work, and nothing else.
 
 use std::net::IpAddr;
 
@@ -29,7 +35,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 
-use crate::facts::CLEARANCE_COOKIE;
+use crate::facts::{CLEARANCE_COOKIE, PLAIN_HTTP_CLEARANCE_COOKIE};
 
 /// Edges may disagree on the time by this much.
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
@@ -40,7 +46,8 @@ pub const MAX_RETURN_PATH: usize = 2048;
 
 const VERSION: u8 = 1;
 const DOMAIN_CHALLENGE: &[u8] = b"signalbox challenge v1\0";
-const DOMAIN_CLEARANCE: &[u8] = b"signalbox clearance v1\0";
+// v2 carries the difficulty it was earned at; a v1 clearance (none did) no longer verifies.
+const DOMAIN_CLEARANCE: &[u8] = b"signalbox clearance v2\0";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -67,22 +74,28 @@ pub struct HmacKeys {
     previous: Option<HmacKey>,
 }
 
-/// A secret that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A secret that cannot be used. Neither the message nor `Debug` shows the key id: when an
+/// operator swaps the two halves of `kid:secret`, the "key id" is the secret.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// Shorter than [`MIN_SECRET_BYTES`].
-    #[error("secret {kid:?} is shorter than {MIN_SECRET_BYTES} bytes")]
-    TooShort {
-        /// Key id.
-        kid: String,
-    },
-    /// Key ids must be 1..=32 bytes of `[A-Za-z0-9._-]`, and current and previous differ.
-    #[error("bad key id {kid:?}")]
-    BadKid {
-        /// Key id.
-        kid: String,
-    },
+    #[error("the secret is shorter than {MIN_SECRET_BYTES} bytes")]
+    TooShort,
+    /// Key ids must be 1..=32 bytes of `[A-Za-z0-9._-]`.
+    #[error(
+        "the key id must be 1 to 32 characters of A-Z a-z 0-9 . _ - (the form is <kid>:<base64 secret>)"
+    )]
+    BadKid,
+    /// The current and the previous secret have the same key id.
+    #[error("the current and the previous secret have the same key id")]
+    SameKid,
+}
+
+impl std::fmt::Debug for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl HmacKeys {
@@ -94,14 +107,10 @@ impl HmacKeys {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !kid_ok {
-                return Err(KeyError::BadKid {
-                    kid: kid.to_owned(),
-                });
+                return Err(KeyError::BadKid);
             }
             if secret.len() < MIN_SECRET_BYTES {
-                return Err(KeyError::TooShort {
-                    kid: kid.to_owned(),
-                });
+                return Err(KeyError::TooShort);
             }
             Ok(HmacKey {
                 kid: kid.to_owned(),
@@ -111,7 +120,7 @@ impl HmacKeys {
         let current = make(current)?;
         let previous = previous.map(make).transpose()?;
         if previous.as_ref().is_some_and(|p| p.kid == current.kid) {
-            return Err(KeyError::BadKid { kid: current.kid });
+            return Err(KeyError::SameKid);
         }
         Ok(Self { current, previous })
     }
@@ -133,23 +142,42 @@ impl HmacKeys {
 pub struct Binding(pub [u8; 16]);
 
 impl Binding {
-    /// The binding of a request.
-    pub fn of(ip: IpAddr, user_agent: &[u8], host: &str) -> Self {
-        let prefix = match ip.to_canonical() {
-            IpAddr::V4(a) => Ipv4Net::new(a, 24).map(|n| n.trunc().to_string()),
-            IpAddr::V6(a) => Ipv6Net::new(a, 48).map(|n| n.trunc().to_string()),
-        }
-        .unwrap_or_default();
+    /// The binding of a request: its client address (none when the adapter could not resolve
+    /// one), User-Agent and authority (`host[:port]`; the port is ignored).
+    pub fn of(ip: Option<IpAddr>, user_agent: &[u8], authority: &str) -> Self {
+        let prefix = match ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(a)) => Ipv4Net::new(a, 24)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_default(),
+            Some(IpAddr::V6(a)) => Ipv6Net::new(a, 48)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_default(),
+            None => "-".to_owned(),
+        };
         let mut h = Sha256::new();
         h.update(prefix.as_bytes());
         h.update([0]);
         h.update(user_agent);
         h.update([0]);
-        h.update(host.to_ascii_lowercase().as_bytes());
+        h.update(host_of(authority).to_ascii_lowercase().as_bytes());
         let digest: [u8; 32] = h.finalize().into();
         let mut out = [0u8; 16];
         out.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
         Binding(out)
+    }
+}
+
+/// The host of an authority: `shop.example:8443` → `shop.example`, `[::1]:80` → `[::1]`.
+pub fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => authority.get(..=end).unwrap_or(authority),
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
     }
 }
 
@@ -292,27 +320,44 @@ impl HmacKeys {
     }
 }
 
-/// Issues a clearance token valid for `ttl_seconds` from `now`.
-pub fn issue_clearance(keys: &HmacKeys, binding: &Binding, now: u64, ttl_seconds: u32) -> String {
+/// Issues a clearance token valid for `ttl_seconds` from `now`, for a solved challenge of
+/// `difficulty` bits.
+pub fn issue_clearance(
+    keys: &HmacKeys,
+    binding: &Binding,
+    now: u64,
+    ttl_seconds: u32,
+    difficulty: u8,
+) -> String {
     let mut p = header(&keys.current);
     p.extend_from_slice(&binding.0);
     p.extend_from_slice(&now.to_be_bytes());
     p.extend_from_slice(&now.saturating_add(u64::from(ttl_seconds)).to_be_bytes());
+    p.push(difficulty);
     seal(&keys.current, DOMAIN_CLEARANCE, &p)
 }
 
-/// Verifies a clearance token for this binding at `now` (± [`CLOCK_SKEW_SECONDS`]); returns
-/// its expiry.
+/// A verified clearance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedClearance {
+    /// Unix seconds it expires at.
+    pub expires_at: u64,
+    /// The difficulty of the challenge solved to earn it.
+    pub difficulty: u8,
+}
+
+/// Verifies a clearance token for this binding at `now` (± [`CLOCK_SKEW_SECONDS`]).
 pub fn verify_clearance(
     keys: &HmacKeys,
     token: &[u8],
     binding: &Binding,
     now: u64,
-) -> Result<u64, TokenError> {
+) -> Result<VerifiedClearance, TokenError> {
     let rest = open(keys, DOMAIN_CLEARANCE, token)?;
     let mut r = Reader(&rest);
     let bound: [u8; 16] = r.array()?;
     let (issued_at, expires_at) = (r.u64()?, r.u64()?);
+    let difficulty = r.u8()?;
     if !r.0.is_empty() {
         return Err(TokenError::Malformed);
     }
@@ -324,15 +369,27 @@ pub fn verify_clearance(
     {
         return Err(TokenError::Expired);
     }
-    Ok(expires_at)
+    Ok(VerifiedClearance {
+        expires_at,
+        difficulty,
+    })
 }
 
-/// The `set-cookie` value for a clearance token: `__Host-` prefix (this host only, `Secure`,
-/// `Path=/`, no `Domain`), `HttpOnly`, `SameSite=Lax`, `Max-Age` = the clearance lifetime.
-pub fn clearance_set_cookie(token: &str, ttl_seconds: u32) -> String {
-    format!(
-        "{CLEARANCE_COOKIE}={token}; Max-Age={ttl_seconds}; Path=/; Secure; HttpOnly; SameSite=Lax"
-    )
+/// The `set-cookie` value for a clearance token. Over HTTPS: the `__Host-` prefix (this host
+/// only, `Secure`, `Path=/`, no `Domain`), `HttpOnly`, `SameSite=Lax`, `Max-Age` = the
+/// clearance lifetime. Over plain HTTP browsers drop `Secure` cookies, so the cookie is
+/// [`crate::PLAIN_HTTP_CLEARANCE_COOKIE`] without `Secure` (adapters accept that name only on
+/// plain-HTTP requests).
+pub fn clearance_set_cookie(token: &str, ttl_seconds: u32, https: bool) -> String {
+    if https {
+        format!(
+            "{CLEARANCE_COOKIE}={token}; Max-Age={ttl_seconds}; Path=/; Secure; HttpOnly; SameSite=Lax"
+        )
+    } else {
+        format!(
+            "{PLAIN_HTTP_CLEARANCE_COOKIE}={token}; Max-Age={ttl_seconds}; Path=/; HttpOnly; SameSite=Lax"
+        )
+    }
 }
 
 /// What a challenge asks.
@@ -465,7 +522,7 @@ mod tests {
 
     fn binding() -> Binding {
         Binding::of(
-            "81.62.10.4".parse().unwrap(),
+            Some("81.62.10.4".parse().unwrap()),
             b"Mozilla/5.0 Chrome/131",
             "shop.example",
         )
@@ -485,30 +542,34 @@ mod tests {
     #[test]
     fn binding_covers_the_network_not_the_host() {
         let ua = b"UA";
-        let a = Binding::of("81.62.10.4".parse().unwrap(), ua, "shop.example");
+        let a = Binding::of(Some("81.62.10.4".parse().unwrap()), ua, "shop.example");
         assert_eq!(
             a,
-            Binding::of("81.62.10.200".parse().unwrap(), ua, "SHOP.example")
+            Binding::of(Some("81.62.10.200".parse().unwrap()), ua, "SHOP.example")
         );
         assert_ne!(
             a,
-            Binding::of("81.62.11.4".parse().unwrap(), ua, "shop.example")
+            Binding::of(Some("81.62.11.4".parse().unwrap()), ua, "shop.example")
         );
         assert_ne!(
             a,
-            Binding::of("81.62.10.4".parse().unwrap(), b"UA2", "shop.example")
+            Binding::of(Some("81.62.10.4".parse().unwrap()), b"UA2", "shop.example")
         );
         assert_ne!(
             a,
-            Binding::of("81.62.10.4".parse().unwrap(), ua, "other.example")
+            Binding::of(Some("81.62.10.4".parse().unwrap()), ua, "other.example")
         );
-        let v6 = Binding::of("2001:db8:1:2::1".parse().unwrap(), ua, "h");
+        let v6 = Binding::of(Some("2001:db8:1:2::1".parse().unwrap()), ua, "h");
         assert_eq!(
             v6,
-            Binding::of("2001:db8:1:ffff::9".parse().unwrap(), ua, "h")
+            Binding::of(Some("2001:db8:1:ffff::9".parse().unwrap()), ua, "h")
         );
         assert_eq!(
-            Binding::of("::ffff:81.62.10.4".parse().unwrap(), ua, "shop.example"),
+            Binding::of(
+                Some("::ffff:81.62.10.4".parse().unwrap()),
+                ua,
+                "shop.example"
+            ),
             a
         );
     }
@@ -555,7 +616,7 @@ mod tests {
             }
         );
         let other = Binding::of(
-            "81.62.11.4".parse().unwrap(),
+            Some("81.62.11.4".parse().unwrap()),
             b"Mozilla/5.0 Chrome/131",
             "shop.example",
         );
@@ -579,14 +640,14 @@ mod tests {
             Err(TokenError::InsufficientWork)
         );
         // A clearance token is not a challenge token, and the reverse.
-        let clearance = issue_clearance(&keys(), &binding(), NOW, 3600);
+        let clearance = issue_clearance(&keys(), &binding(), NOW, 3600, 8);
         assert!(verify_solution(&keys(), clearance.as_bytes(), 0, &binding(), NOW).is_err());
         assert!(verify_clearance(&keys(), token.as_bytes(), &binding(), NOW).is_err());
     }
 
     #[test]
     fn cookie_attributes() {
-        let c = clearance_set_cookie("tok", 3600);
+        let c = clearance_set_cookie("tok", 3600, true);
         assert!(c.starts_with("__Host-signalbox-clearance=tok;"));
         for attr in [
             "Max-Age=3600",
@@ -598,22 +659,74 @@ mod tests {
             assert!(c.contains(attr), "{attr}");
         }
         assert!(!c.contains("Domain"));
+        let plain = clearance_set_cookie("tok", 3600, false);
+        assert!(plain.starts_with("signalbox-clearance=tok;"), "{plain}");
+        assert!(
+            !plain.contains("Secure") && plain.contains("HttpOnly"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn binding_ignores_the_port_and_keeps_ipv6_hosts() {
+        assert_eq!(host_of("shop.example:8443"), "shop.example");
+        assert_eq!(host_of("shop.example"), "shop.example");
+        assert_eq!(host_of("[::1]:80"), "[::1]");
+        assert_eq!(host_of("[::1]"), "[::1]");
+        assert_eq!(host_of("a:b"), "a:b");
+        let ip = Some("81.62.10.4".parse().unwrap());
+        assert_eq!(
+            Binding::of(ip, b"UA", "shop.example:10443"),
+            Binding::of(ip, b"UA", "SHOP.example")
+        );
+    }
+
+    #[test]
+    fn no_address_binds_apart_from_every_address() {
+        let none = Binding::of(None, b"UA", "shop.example");
+        assert_eq!(none, Binding::of(None, b"UA", "shop.example"));
+        for ip in ["0.0.0.0", "0.0.0.1", "::", "81.62.10.4"] {
+            assert_ne!(
+                none,
+                Binding::of(Some(ip.parse().unwrap()), b"UA", "shop.example"),
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn clearance_records_its_difficulty() {
+        let token = issue_clearance(&keys(), &binding(), NOW, 3600, 18);
+        let verified = verify_clearance(&keys(), token.as_bytes(), &binding(), NOW).unwrap();
+        assert_eq!(
+            verified,
+            VerifiedClearance {
+                expires_at: NOW + 3600,
+                difficulty: 18
+            }
+        );
     }
 
     #[test]
     fn secrets_are_checked_and_never_printed() {
-        assert!(matches!(
-            HmacKeys::new(("k", &[1; 8]), None),
-            Err(KeyError::TooShort { .. })
-        ));
-        assert!(matches!(
-            HmacKeys::new(("bad kid", &[1; 32]), None),
-            Err(KeyError::BadKid { .. })
-        ));
-        assert!(matches!(
-            HmacKeys::new(("k", &[1; 32]), Some(("k", &[2; 32]))),
-            Err(KeyError::BadKid { .. })
-        ));
+        assert_eq!(
+            HmacKeys::new(("k", &[1; 8]), None).unwrap_err(),
+            KeyError::TooShort
+        );
+        assert_eq!(
+            HmacKeys::new(("bad kid", &[1; 32]), None).unwrap_err(),
+            KeyError::BadKid
+        );
+        assert_eq!(
+            HmacKeys::new(("k", &[1; 32]), Some(("k", &[2; 32]))).unwrap_err(),
+            KeyError::SameKid
+        );
+        // An operator who swaps `kid:secret` gets an error that never shows the secret.
+        let secret = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        let err = HmacKeys::new((secret, b"k1"), None).unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("QUFB"), "{shown}");
+        }
         let printed = format!("{:?}", HmacKeys::new(("k", &[0x41; 32]), None).unwrap());
         assert!(
             !printed.contains("65") && printed.contains("redacted"),
@@ -634,14 +747,14 @@ mod tests {
             secret in proptest::collection::vec(any::<u8>(), 32..48),
             signer in 0usize..3,
         ) {
-            let b = Binding::of(std::net::Ipv4Addr::from(ip).into(), &ua, "h");
-            let other = Binding::of(std::net::Ipv4Addr::from(other_ip).into(), &ua, "h");
+            let b = Binding::of(Some(std::net::Ipv4Addr::from(ip).into()), &ua, "h");
+            let other = Binding::of(Some(std::net::Ipv4Addr::from(other_ip).into()), &ua, "h");
             let stranger = HmacKeys::new(("k0", &secret), None).unwrap();
             let current = HmacKeys::new(("k2", &[2; 32]), None).unwrap();
             let previous = HmacKeys::new(("k1", &[1; 32]), None).unwrap();
             let verifier = keys(); // current k2, previous k1
             let issuer = [&current, &previous, &stranger][signer];
-            let token = issue_clearance(issuer, &b, issued, ttl);
+            let token = issue_clearance(issuer, &b, issued, ttl, 16);
             let now = issued.saturating_add_signed(offset);
             let result = verify_clearance(&verifier, token.as_bytes(), &b, now);
             let in_time = now + CLOCK_SKEW_SECONDS >= issued && now <= issued + u64::from(ttl) + CLOCK_SKEW_SECONDS;
@@ -652,7 +765,7 @@ mod tests {
             // A token signed with a secret of the right id but another value never verifies.
             let impostor = HmacKeys::new(("k2", &secret), None).unwrap();
             if secret != vec![2u8; 32] {
-                let forged = issue_clearance(&impostor, &b, issued, ttl);
+                let forged = issue_clearance(&impostor, &b, issued, ttl, 16);
                 prop_assert_eq!(verify_clearance(&verifier, forged.as_bytes(), &b, now), Err(TokenError::BadMac));
             }
             // Any flipped byte breaks it.
@@ -667,8 +780,8 @@ mod tests {
         fn solved_challenge_verifies_only_for_its_binding(
             ip in any::<u32>(), other_ip in any::<u32>(), nonce in any::<[u8; 16]>(), difficulty in 1u8..=8,
         ) {
-            let b = Binding::of(std::net::Ipv4Addr::from(ip).into(), b"ua", "h");
-            let other = Binding::of(std::net::Ipv4Addr::from(other_ip).into(), b"ua", "h");
+            let b = Binding::of(Some(std::net::Ipv4Addr::from(ip).into()), b"ua", "h");
+            let other = Binding::of(Some(std::net::Ipv4Addr::from(other_ip).into()), b"ua", "h");
             let token = issue_challenge(&keys(), &ChallengeParams { binding: b, nonce, now: NOW, ttl_seconds: 60, difficulty, return_path: "/" }).unwrap();
             let counter = solve(&token, 1 << 16).unwrap();
             prop_assert!(verify_solution(&keys(), token.as_bytes(), counter, &b, NOW).is_ok());

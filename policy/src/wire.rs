@@ -225,7 +225,9 @@ pub struct TlsFingerprintsV1 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClearanceSignalV1 {
-    /// Trust points a valid clearance takes off the score (0..=100).
+    /// Ignored (loads with a warning unless 0). A valid clearance used to take these points
+    /// off the score; now it only satisfies a challenge that asks no more work than it was
+    /// earned with, and never lowers a score, a block, a throttle or a manual ban.
     pub trust: u32,
     /// Risk points for a clearance that fails verification (0..=100).
     pub invalid_weight: u32,
@@ -234,7 +236,7 @@ pub struct ClearanceSignalV1 {
 impl Default for ClearanceSignalV1 {
     fn default() -> Self {
         Self {
-            trust: 40,
+            trust: 0,
             invalid_weight: 10,
         }
     }
@@ -272,8 +274,11 @@ pub struct SignalsV1 {
     pub tls_fingerprint: TlsFingerprintsV1,
     /// Percent of the cache's 0..=100 score that counts as points, per subject.
     pub remote_score: WeightV1,
-    /// Clearance cookie trust.
+    /// The clearance cookie.
     pub clearance: ClearanceSignalV1,
+    /// The adapter could resolve no client address (a misconfigured listener or client-IP
+    /// mode): no IP list can match, so this weight stands in for them.
+    pub ip_missing: WeightV1,
 }
 
 /// A named IP prefix list with its provenance.

@@ -64,7 +64,7 @@ fn weighted_bundle(w: &[u32]) -> BundleV1 {
     };
     s.remote_score.weight = next();
     s.clearance = ClearanceSignalV1 {
-        trust: 40,
+        trust: 0,
         invalid_weight: next(),
     };
     b.lists = BTreeMap::from([
@@ -127,7 +127,7 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         proptest::option::of(Just("bad")),
         prop_oneof![
             Just(Clearance::Absent),
-            Just(Clearance::Valid),
+            (1u8..=32).prop_map(|difficulty| Clearance::Valid { difficulty }),
             Just(Clearance::Invalid)
         ],
     )
@@ -156,8 +156,8 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
                 "POST",
                 path,
                 headers,
-                ip.parse().unwrap(),
-                &EdgeHeaderNames::default(),
+                ip.parse().ok(),
+                &EdgeHeaderNames::conventional(),
             );
             f.clearance = clearance;
             f
@@ -173,6 +173,46 @@ fn score(bundle: &BundleV1, facts: &Facts, remote: Option<&RemoteContext>) -> Ve
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// A clearance means "solved a challenge", never more: with and without a valid one the
+    /// score and the decision are identical, except that a challenge becomes a pass when the
+    /// clearance was earned at no less than the difficulty this challenge asks.
+    #[test]
+    fn a_clearance_only_satisfies_a_challenge(
+        weights in proptest::collection::vec(0u32..=100, 1..20),
+        facts in facts_strategy(),
+        difficulty in 1u8..=32,
+        remote_score in proptest::option::of(0u32..=100),
+        manual in proptest::option::of(prop_oneof![
+            Just(ManualAction::Ban), Just(ManualAction::Captcha),
+            Just(ManualAction::Throttle), Just(ManualAction::Allow)
+        ]),
+        use_golden in any::<bool>(),
+    ) {
+        let policy = if use_golden { golden() } else { Policy::try_from(weighted_bundle(&weights)).unwrap() };
+        let remote = remote_score.map(|score| RemoteContext {
+            ip: Some(SubjectContext {
+                score,
+                decision: manual.map(|action| ManualDecision { action, expires_at: NOW + 60 }),
+            }),
+            user: None,
+        });
+        let mut without = facts.clone();
+        without.clearance = Clearance::Absent;
+        let mut with = facts;
+        with.clearance = Clearance::Valid { difficulty };
+        let a = policy.evaluate(&without, remote.as_ref(), NOW);
+        let b = policy.evaluate(&with, remote.as_ref(), NOW);
+        prop_assert_eq!(a.score, b.score);
+        prop_assert_eq!(a.level, b.level);
+        let satisfied = a.intended_decision() == Decision::Challenge
+            && difficulty >= policy.challenge_difficulty(a.level);
+        if satisfied {
+            prop_assert_eq!(b.intended_decision(), Decision::Pass);
+        } else {
+            prop_assert_eq!(a.intended_decision(), b.intended_decision());
+        }
+    }
+
     /// The score is within 0..=100 and, before the cap, equals the sum of the reported points.
     #[test]
     fn score_is_bounded_and_explained(
@@ -185,7 +225,8 @@ proptest! {
         prop_assert!(v.score <= 100);
         let sum: i32 = v.reasons.iter().map(|r| i32::from(r.points)).sum();
         prop_assert_eq!(i32::from(v.score), sum.clamp(0, 100));
-        prop_assert!(v.reasons.iter().all(|r| r.points != 0));
+        // Every reason carries points, except the note that a clearance satisfied a challenge.
+        prop_assert!(v.reasons.iter().all(|r| r.points != 0 || r.code.as_str() == "clearance.valid"));
     }
 
     /// Raising any risk weight never lowers the score of the same request.
@@ -214,7 +255,7 @@ proptest! {
     ) {
         let bundle = weighted_bundle(&weights);
         let mut listed = bundle.clone();
-        listed.lists.get_mut("tor").unwrap().cidrs.push(facts.client_ip.to_string());
+        listed.lists.get_mut("tor").unwrap().cidrs.push(facts.client_ip.unwrap().to_string());
         prop_assert!(score(&listed, &facts, None).score >= score(&bundle, &facts, None).score);
         let (lo, hi) = (remote_a.min(remote_b), remote_a.max(remote_b));
         let ctx = |s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None };
@@ -323,7 +364,7 @@ fn cam(clearance: Clearance) -> Facts {
             ("accept-encoding", b"gzip"),
             ("accept-language", b""),
         ],
-        "167.99.134.20".parse().unwrap(),
+        "167.99.134.20".parse().ok(),
         &EdgeHeaderNames::default(),
     );
     f.clearance = clearance;
@@ -335,14 +376,21 @@ fn valid_clearance_satisfies_a_challenge_and_invalid_adds_risk() {
     let p = golden();
     let none = p.evaluate(&cam(Clearance::Absent), None, NOW);
     assert_eq!(none.decision, Decision::Challenge);
-    let valid = p.evaluate(&cam(Clearance::Valid), None, NOW);
+    let valid = p.evaluate(&cam(Clearance::Valid { difficulty: 12 }), None, NOW);
     assert_eq!(valid.decision, Decision::Pass);
+    assert_eq!(
+        valid.score, none.score,
+        "a clearance never lowers the score"
+    );
     assert!(
         valid
             .reasons
             .iter()
-            .any(|r| r.code.as_str() == "clearance.valid" && r.points == -40)
+            .any(|r| r.code.as_str() == "clearance.valid" && r.points == 0)
     );
+    // Earned at a lower difficulty than this challenge asks: asked again.
+    let easier = p.evaluate(&cam(Clearance::Valid { difficulty: 11 }), None, NOW);
+    assert_eq!(easier.decision, Decision::Challenge);
     let invalid = p.evaluate(&cam(Clearance::Invalid), None, NOW);
     assert_eq!(invalid.score, none.score + 10);
     assert_eq!(
@@ -374,7 +422,7 @@ fn assess_asks_for_lookups_only_when_useful() {
             ("accept-encoding", "gzip"),
             ("sec-fetch-mode", "navigate"),
         ],
-        "81.62.10.4".parse().unwrap(),
+        "81.62.10.4".parse().ok(),
         &EdgeHeaderNames::default(),
     );
     assert!(p.assess(&low, NOW).lookup().is_none());
@@ -383,7 +431,7 @@ fn assess_asks_for_lookups_only_when_useful() {
         "GET",
         "/",
         [("user-agent", "curl/8")],
-        "2001:db8:1:2:3:4:5:6".parse().unwrap(),
+        "2001:db8:1:2:3:4:5:6".parse().ok(),
         &EdgeHeaderNames::default(),
     );
     gray.user = Some("u-7".into());
@@ -402,7 +450,7 @@ fn crawler_ranges_go_stale() {
             "GET",
             "/",
             [("user-agent", "Googlebot/2.1")],
-            ip.parse().unwrap(),
+            ip.parse().ok(),
             &EdgeHeaderNames::default(),
         )
     };
@@ -457,7 +505,7 @@ fn no_panic_on_extreme_inputs() {
             "\u{0}",
             &path,
             headers.clone(),
-            ip.parse().unwrap(),
+            ip.parse().ok(),
             &EdgeHeaderNames::default(),
         );
         let remote = RemoteContext {
@@ -527,7 +575,7 @@ fn rate_keys_follow_subjects_routes_and_levels() {
             "POST",
             path,
             [("user-agent", ua)],
-            ip.parse().unwrap(),
+            ip.parse().ok(),
             &EdgeHeaderNames::default(),
         )
     };
@@ -566,7 +614,7 @@ fn a_host_marked_sensitive_route_raises_the_action_and_asks_the_cache() {
         "GET",
         "/account",
         [("user-agent", "curl/8")],
-        "198.51.100.9".parse().unwrap(),
+        "198.51.100.9".parse().ok(),
         &EdgeHeaderNames::default(),
     );
     let plain = p.evaluate(&curl, None, NOW);

@@ -127,7 +127,7 @@ fn input_layout() {
         input.client_ip,
         "2001:db8::1".parse::<std::net::IpAddr>().unwrap()
     );
-    assert_eq!(input.clearance, Some(Clearance::Valid));
+    assert_eq!(input.clearance, Some(Clearance::Valid { difficulty: 16 }));
     let ip = input.remote.ip.unwrap();
     assert_eq!(ip.score, 150);
     assert_eq!(
@@ -149,7 +149,7 @@ fn input_layout() {
             ("x-empty".to_owned(), Vec::new())
         ]
     );
-    assert_eq!(input.facts().clearance, Clearance::Valid);
+    assert_eq!(input.facts().clearance, Clearance::Valid { difficulty: 16 });
 
     // Short inputs decode too: zeros, an IPv4 client, no headers.
     let empty = Input::decode(&[]);

@@ -93,6 +93,12 @@ pub fn render(opts: &Options, ports: &Ports) -> Result<()> {
             &ports.lab.to_string(),
         ])
         .args(["--origin-port", &ports.origin.to_string()])
+        // Another build of the filter (e.g. an older commit's, to show a hole open).
+        .args(
+            std::env::var_os("SIGNALBOX_FILTER_WASM")
+                .map(|w| vec![std::ffi::OsString::from("--wasm"), w])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::null())
         .status()
         .context("running scripts/envoy-config")?;

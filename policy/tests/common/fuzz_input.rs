@@ -95,8 +95,10 @@ pub fn fixed_request() -> Facts {
         "POST",
         "//api/../Login/%73tep?next=/",
         headers,
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xa11, 7, 0, 0, 0, 1)),
-        &EdgeHeaderNames::default(),
+        Some(IpAddr::V6(Ipv6Addr::new(
+            0x2001, 0xdb8, 0xa11, 7, 0, 0, 0, 1,
+        ))),
+        &EdgeHeaderNames::conventional(),
     )
 }
 
@@ -288,7 +290,10 @@ pub fn evaluate(policies: &[Policy], data: &[u8]) {
     assert!(assessment.local_score() <= 100);
     if let Some(lookup) = assessment.lookup() {
         if let Some(ip) = &lookup.ip {
-            assert_eq!(*ip, policy.ip_subject_key(facts.client_ip));
+            assert_eq!(
+                Some(ip.clone()),
+                facts.client_ip.map(|a| policy.ip_subject_key(a))
+            );
         }
         if let Some(user) = &lookup.user {
             assert_eq!(Some(user), facts.user.as_ref());
@@ -374,7 +379,7 @@ impl Input {
             IpAddr::V4(Ipv4Addr::from(r.take::<4>()))
         };
         let clearance = match (flags >> 2) & 3 {
-            1 => Some(Clearance::Valid),
+            1 => Some(Clearance::Valid { difficulty: 16 }),
             2 => Some(Clearance::Invalid),
             _ => None,
         };
@@ -407,8 +412,8 @@ impl Input {
             &self.method,
             &self.path,
             self.headers.iter().map(|(n, v)| (n.as_str(), v.clone())),
-            self.client_ip,
-            &EdgeHeaderNames::default(),
+            Some(self.client_ip),
+            &EdgeHeaderNames::conventional(),
         );
         if let Some(clearance) = &self.clearance {
             facts.clearance = clearance.clone();

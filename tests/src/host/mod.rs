@@ -418,6 +418,21 @@ impl Filter {
     /// Instantiates the module and runs its start-up: `_initialize`, root context,
     /// `on_vm_start`, `on_configure`. Fails if the plugin refuses its configuration.
     pub fn start(engine: &Engine, module: &Module, opts: &VmOptions) -> Result<Filter> {
+        let (filter, configured) = Self::start_even_if_refused(engine, module, opts)?;
+        if !configured {
+            bail!("proxy_on_configure returned false: {:?}", filter.logs());
+        }
+        Ok(filter)
+    }
+
+    /// Like [`Filter::start`], but keeps the VM when `on_configure` returns false (and says
+    /// so): later streams are created on that root context. Envoy does not route streams to a
+    /// plugin whose configuration it refused; this checks that a filter survives it anyway.
+    pub fn start_even_if_refused(
+        engine: &Engine,
+        module: &Module,
+        opts: &VmOptions,
+    ) -> Result<(Filter, bool)> {
         let state = HostState {
             env: opts.env.clone(),
             plugin_config: opts.plugin_config.clone(),
@@ -487,10 +502,8 @@ impl Filter {
             bail!("proxy_on_vm_start returned false");
         }
         let cfg_len = i32::try_from(filter.store.data().plugin_config.len())?;
-        if filter.call_on(1, "proxy_on_configure", &[1, cfg_len])? == 0 {
-            bail!("proxy_on_configure returned false: {:?}", filter.logs());
-        }
-        Ok(filter)
+        let configured = filter.call_on(1, "proxy_on_configure", &[1, cfg_len])? != 0;
+        Ok((filter, configured))
     }
 
     /// A configuration update, as Envoy applies one to a running worker: the VM stays (its

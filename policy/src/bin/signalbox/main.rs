@@ -278,7 +278,6 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
     }
     let default_policy = default_bundle.map(files::load_policy).transpose()?;
     let mut loaded: HashMap<PathBuf, Policy> = HashMap::new();
-    let edge = EdgeHeaderNames::default();
     let (mut passed, mut failed) = (0usize, 0usize);
     for path in &paths {
         let case: Case = files::read_yaml_or_json(path)?;
@@ -301,7 +300,8 @@ fn test(default_bundle: Option<&Path>, dir: &Path) -> Result<ExitCode> {
             },
         };
         let now = case.now.unwrap_or(DEFAULT_CASE_NOW);
-        let verdict = policy.evaluate(&case.request.to_facts(&edge), case.remote.as_ref(), now);
+        let facts = case.request.to_facts(&case.edge_header_names());
+        let verdict = policy.evaluate(&facts, case.remote.as_ref(), now);
         let mismatches = case.expect.mismatches(&verdict);
         if mismatches.is_empty() {
             passed += 1;
@@ -474,7 +474,9 @@ fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> R
                     request.id,
                     request.method,
                     request.path,
-                    request.client_ip,
+                    request
+                        .client_ip
+                        .map_or_else(|| "no address".to_owned(), |ip| ip.to_string()),
                     before.score,
                     after.score
                 ));
