@@ -50,7 +50,9 @@ pub fn parse_source_address(value: &[u8]) -> Option<IpAddr> {
         return Some(ip);
     }
     if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
+        // `[fe80::1%1]:0`: Envoy keeps the IPv6 zone; the policy has no use for it.
+        let inside = rest.split(']').next()?;
+        return inside.split('%').next()?.parse().ok();
     }
     text.rsplit_once(':')?.0.parse().ok()
 }
@@ -662,6 +664,15 @@ mod tests {
         assert_eq!(
             parse_source_address(b"2001:db8::1"),
             "2001:db8::1".parse().ok()
+        );
+        assert_eq!(
+            parse_source_address(b"[fe80::1%1]:0"),
+            "fe80::1".parse().ok(),
+            "Envoy reports a zoned address from x-forwarded-for so"
+        );
+        assert_eq!(
+            parse_source_address(b"[fe80::1%lo]:0"),
+            "fe80::1".parse().ok()
         );
         assert_eq!(parse_source_address(b"\xff"), None);
         assert_eq!(parse_source_address(b"nonsense:1"), None);

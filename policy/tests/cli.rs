@@ -124,6 +124,28 @@ fn lint_reports_every_error_with_its_path() {
 }
 
 #[test]
+fn a_bundle_with_clearance_trust_still_loads_and_says_what_to_change() {
+    let dir = std::env::temp_dir().join(format!("signalbox-trust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("old.yaml");
+    std::fs::write(
+        &old,
+        "format_version: 1\nrevision: 2\nmin_engine_version: 0.1.0\n\
+         signals:\n  clearance: { trust: 40, invalid_weight: 10 }\n",
+    )
+    .unwrap();
+    let out = signalbox(&["policy", "lint", old.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: signals.clearance.trust: ignored")
+            && text.contains("Remove the field"),
+        "{text}"
+    );
+    assert!(text.contains("ok (revision 2)"), "{text}");
+}
+
+#[test]
 fn build_writes_canonical_json_with_digest() {
     let out_path =
         std::env::temp_dir().join(format!("signalbox-build-{}.json", std::process::id()));

@@ -223,6 +223,9 @@ fn lint(file: &Path) -> Result<ExitCode> {
     let json = files::bundle_json(file)?;
     match Policy::from_json_slice(&json) {
         Ok(policy) => {
+            for warning in policy.warnings() {
+                println!("{}: warning: {warning}", file.display());
+            }
             println!("{}: ok (revision {})", file.display(), policy.revision());
             Ok(ExitCode::SUCCESS)
         }
