@@ -372,7 +372,8 @@ mod tests {
         let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
         // `<base64 secret>:<kid>` instead of `<kid>:<base64 secret>`.
         let secret = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
-        let swapped = format!("{secret}:k1");
+        // The key id `2026` is valid base64: the halves parse, the wrong way round.
+        let swapped = format!("{secret}:2026");
         let err = parse(cfg.as_bytes(), NOW, |v| {
             (v == "SIGNALBOX_SECRET").then(|| swapped.clone())
         })

@@ -158,8 +158,9 @@ fn rollback_is_refused_across_updates_and_workers() {
 #[test]
 fn a_missing_client_address_is_no_address() {
     let (engine, module) = compiled();
+    // (`signals.ip_missing` is left at its default, 0, so an older filter loads this bundle
+    // too; the reason `ip.missing` is checked by the case `no-client-address`.)
     let bundle = json!({
-        "signals": {"ip_missing": {"weight": 25}},
         "lists": {"bogons": {"cidrs": ["0.0.0.0/8"]}},
         "rate_budgets": [{"name": "per-ip", "key": "ip", "requests": 1, "per_seconds": 60, "burst": 1}]
     });
@@ -174,6 +175,7 @@ fn a_missing_client_address_is_no_address() {
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let r = filter.request(&request("")).unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.headers);
         let v = verdict(&r.headers);
         let codes: Vec<&str> = v["reasons"]
             .as_array()
@@ -181,7 +183,6 @@ fn a_missing_client_address_is_no_address() {
             .iter()
             .map(|r| r["code"].as_str().unwrap())
             .collect();
-        assert!(codes.contains(&"ip.missing"), "{v}");
         assert!(
             !codes.contains(&"ip.bogons"),
             "no address must not match 0.0.0.0/8: {v}"
@@ -223,7 +224,9 @@ fn a_bundle_that_fails_closed_needs_a_score_cache() {
 #[test]
 fn a_misordered_secret_is_never_logged() {
     let (engine, module) = compiled();
-    let swapped = format!("{SECRET_B64}:k1");
+    // `<secret>:<kid>`; the key id `2026` is valid base64, so the halves parse the wrong way
+    // round and the secret lands where the key id goes.
+    let swapped = format!("{SECRET_B64}:2026");
     let result = Filter::start_even_if_refused(
         engine,
         module,
@@ -386,7 +389,7 @@ fn post_in_two_parts(port: u16, head: &str, first: &[u8], rest: &[u8]) -> String
 #[test]
 fn origin_answering_the_verify_path_early_is_stripped() {
     let envoy = Envoy::start(&Options {
-        bundle: root().join("tests/scenarios/bundles/golden.yaml"),
+        bundle: minimal_bundle("verify-early", ""),
         out: root().join("target/e2e/verify-early"),
         plugin_extra: "{}".to_owned(),
         concurrency: 1,
@@ -414,6 +417,19 @@ fn origin_answering_the_verify_path_early_is_stripped() {
     }
 }
 
+/// A small bundle file (YAML) under `target/e2e/NAME`, with `extra` appended.
+fn minimal_bundle(name: &str, extra: &str) -> PathBuf {
+    let dir = root().join("target/e2e").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bundle.yaml");
+    std::fs::write(
+        &path,
+        format!("format_version: 1\nrevision: 1\nmin_engine_version: 0.1.0\n{extra}"),
+    )
+    .unwrap();
+    path
+}
+
 /// Real Envoy refuses, at start, a bundle that fails closed with no score cache configured.
 #[test]
 fn envoy_refuses_a_fail_closed_bundle_without_a_cache() {
@@ -428,7 +444,10 @@ fn envoy_refuses_a_fail_closed_bundle_without_a_cache() {
     };
     render(
         &Options {
-            bundle: root().join("policy/examples/strict.yaml"),
+            bundle: minimal_bundle(
+                "fail-closed-bundle",
+                "cache: { on_unavailable: fail_closed, fail_closed_action: challenge }\n",
+            ),
             out: out.clone(),
             plugin_extra: "{}".into(),
             concurrency: 1,
