@@ -413,30 +413,40 @@ impl SignalboxHttp {
         if let Some(retry) = self.take_token(&key, verify_budget, now.saturating_mul(1000)) {
             return self.send(translate::throttle_reply(ClientKind::Api, "-", retry));
         }
+        let pending = PendingVerify {
+            binding: translate::binding_of(facts),
+            now,
+            https: translate::is_https(headers),
+        };
+        // The challenge page posts its solution in the query (`?challenge=…&counter=…`, empty
+        // body): answered here, from the headers, so the request never reaches origin and no
+        // body can arrive after origin has answered.
+        if let Some(form) = translate::verify_form_in_query(&facts.path) {
+            return self.finish_verify(pending, form);
+        }
         if end_of_stream {
             return self.send(translate::verify_refused_reply(Some(
                 translate::VerifyRefusal::BadForm,
             )));
         }
-        self.verify = Some(PendingVerify {
-            binding: translate::binding_of(facts),
-            now,
-            https: translate::is_https(headers),
-        });
-        // Envoy turns a paused request-headers callback into StopAllIteration: the body would
-        // never reach this filter. Let the headers go on; the body is held below (Pause from
-        // the body callback buffers it) and the local reply resets the upstream request
-        // before any of the body reaches origin.
+        self.verify = Some(pending);
+        // The solution in a form body (API clients). Envoy turns a paused request-headers
+        // callback into StopAllIteration: the body would never reach this filter. Let the
+        // headers go on; the body is held below (Pause from the body callback buffers it) and
+        // the local reply resets the upstream request before any of the body reaches origin.
         Action::Continue
     }
 
-    fn finish_verify(&mut self, pending: PendingVerify, body: &[u8]) -> Action {
+    fn finish_verify(
+        &mut self,
+        pending: PendingVerify,
+        form: Result<(Vec<u8>, u64), translate::VerifyRefusal>,
+    ) -> Action {
         let w = Rc::clone(&self.worker);
         let Some(keys) = &w.settings.keys else {
             return self.send(translate::verify_refused_reply(None));
         };
-        let outcome =
-            translate::parse_verify_form(body)
+        let outcome = form
                 .map_err(Some)
                 .and_then(|(token, counter)| {
                     verify_solution(keys, &token, counter, &pending.binding, pending.now)
@@ -673,7 +683,7 @@ impl HttpContext for SignalboxHttp {
             .flatten()
             .unwrap_or_default();
         match self.verify.take() {
-            Some(pending) => self.finish_verify(pending, &body),
+            Some(pending) => self.finish_verify(pending, translate::parse_verify_form(&body)),
             None => Action::Continue,
         }
     }

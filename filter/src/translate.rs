@@ -394,6 +394,20 @@ pub fn check_verify_headers(headers: &Headers) -> Result<(), VerifyRefusal> {
     Ok(())
 }
 
+/// The solution in the request's query (`/.signalbox/verify?challenge=…&counter=…`), as the
+/// challenge page posts it; `None` when the query has neither field (the form body then
+/// carries them).
+pub fn verify_form_in_query(path: &str) -> Option<Result<(Vec<u8>, u64), VerifyRefusal>> {
+    let query = path.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    let named = |name: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    (named("challenge") || named("counter")).then(|| parse_verify_form(query.as_bytes()))
+}
+
 /// Parses `challenge=…&counter=…` (URL-encoded form).
 pub fn parse_verify_form(body: &[u8]) -> Result<(Vec<u8>, u64), VerifyRefusal> {
     if body.len() > MAX_VERIFY_BODY {
@@ -887,6 +901,16 @@ mod tests {
             Ok((b"a.b".to_vec(), 1))
         );
         assert_eq!(parse_verify_form(b"counter=x"), Err(VerifyRefusal::BadForm));
+        assert_eq!(
+            verify_form_in_query("/.signalbox/verify?challenge=a%2Eb&counter=7"),
+            Some(Ok((b"a.b".to_vec(), 7)))
+        );
+        assert_eq!(
+            verify_form_in_query("/.signalbox/verify?counter=x"),
+            Some(Err(VerifyRefusal::BadForm))
+        );
+        assert_eq!(verify_form_in_query("/.signalbox/verify"), None);
+        assert_eq!(verify_form_in_query("/.signalbox/verify?utm=1"), None);
         assert_eq!(
             parse_verify_form(&[b'a'; 5000]),
             Err(VerifyRefusal::TooLarge)

@@ -45,7 +45,7 @@ impl ChallengePage<'_> {
             "input": "<challenge>:<counter in decimal>",
             "difficulty": self.difficulty,
             "verify_path": self.verify_path,
-            "verify_body": "application/x-www-form-urlencoded: challenge=<challenge>&counter=<counter>",
+            "verify": "POST <verify_path>?challenge=<challenge>&counter=<counter> with an empty body (or the same fields as an application/x-www-form-urlencoded body)",
             "expires_in": self.ttl_seconds,
         })
         .to_string()
@@ -60,7 +60,6 @@ impl ChallengePage<'_> {
                 .replace('<', "\\u003c");
         let nonce = escape_html(self.csp_nonce);
         let action = escape_html(self.verify_path);
-        let challenge = escape_html(self.challenge);
         format!(
             r#"<!doctype html>
 <html lang="en">
@@ -79,10 +78,7 @@ body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:15vh auto;paddin
 <p>This takes a moment and happens once. You will be sent on automatically.</p>
 <p class="muted">Work done: <span id="sb-progress">0</span></p>
 <noscript><p><strong>JavaScript is turned off.</strong> This check runs a short calculation in your browser: turn JavaScript on for this site and reload the page. Nothing is installed and no data leaves the page.</p></noscript>
-<form id="sb-form" method="POST" action="{action}">
-<input type="hidden" name="challenge" value="{challenge}">
-<input type="hidden" name="counter" id="sb-counter" value="">
-</form>
+<form id="sb-form" method="POST" action="{action}"></form>
 <script type="application/json" id="sb-challenge" nonce="{nonce}">{config}</script>
 <script nonce="{nonce}">
 {SOLVER_JS}</script>

@@ -39,8 +39,11 @@ fn js_solver_finds_a_counter_the_server_accepts() {
         const elements = {{
           "sb-challenge": {{ textContent: {config:?} }},
           "sb-progress": {{ textContent: "" }},
-          "sb-counter": {{ value: "" }},
-          "sb-form": {{ submit() {{ console.log("COUNTER=" + elements["sb-counter"].value); }} }},
+          "sb-form": {{
+            action: "",
+            getAttribute(name) {{ return name === "action" ? "/.signalbox/verify" : null; }},
+            submit() {{ console.log("ACTION=" + this.action); }},
+          }},
         }};
         globalThis.document = {{ getElementById: (id) => elements[id] }};
         {SOLVER_JS}
@@ -57,12 +60,12 @@ fn js_solver_finds_a_counter_the_server_accepts() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let counter: u64 = stdout
-        .trim()
-        .strip_prefix("COUNTER=")
-        .unwrap()
-        .parse()
-        .unwrap();
+    // The page posts to `/.signalbox/verify?challenge=<token>&counter=<n>` (empty body).
+    let action = stdout.trim().strip_prefix("ACTION=").unwrap();
+    let query = action.strip_prefix("/.signalbox/verify?").unwrap();
+    let (challenge, counter) = query.split_once('&').unwrap();
+    assert_eq!(challenge.strip_prefix("challenge=").unwrap(), token);
+    let counter: u64 = counter.strip_prefix("counter=").unwrap().parse().unwrap();
     assert!(work_bits(token.as_bytes(), counter) >= 12);
     let solved = verify_solution(&keys, token.as_bytes(), counter, &binding, now + 5).unwrap();
     assert_eq!(solved.return_path, "/signup");

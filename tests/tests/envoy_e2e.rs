@@ -342,6 +342,11 @@ fn host_behaviour_in_envoy() {
             .status,
         403
     );
+    // As the challenge page posts it: the solution in the query, an empty body.
+    let in_query = format!("/.signalbox/verify?{body}");
+    let r = send(lab, "POST", &in_query, &post, b"").unwrap();
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location").as_deref(), Some("/signup?step=1"));
     let r = send(lab, "POST", "/.signalbox/verify", &post, body.as_bytes()).unwrap();
     assert_eq!(r.status, 303, "{r:?}");
     assert_eq!(r.header("location").as_deref(), Some("/signup?step=1"));
