@@ -43,7 +43,7 @@ impl EvalLoop {
     /// names as `signalbox eval` does.
     pub fn new(bundle_json: &[u8], requests_jsonl: &[u8], now: u64) -> Result<Self, EvalLoopError> {
         let policy = Policy::from_json_slice(bundle_json)?;
-        let edge = EdgeHeaderNames::default();
+        let edge = EdgeHeaderNames::conventional();
         let mut facts = Vec::new();
         for (index, line) in requests_jsonl.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {

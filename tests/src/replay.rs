@@ -10,7 +10,7 @@ use crate::host::{Filter, Request};
 
 /// The edge header names `signalbox eval` reads; replay configures the filter the same way so
 /// the two can be diffed.
-pub const EVAL_EDGE_HEADERS: &str = r#"{"country":"cf-ipcountry","asn":"x-signalbox-edge-asn","tls_fingerprint":"x-signalbox-edge-ja4","user":"x-signalbox-edge-user"}"#;
+pub const EVAL_EDGE_HEADERS: &str = r#"{"trusted":true,"country":"cf-ipcountry","asn":"x-signalbox-edge-asn","tls_fingerprint":"x-signalbox-edge-ja4","user":"x-signalbox-edge-user"}"#;
 
 /// Turns a plugin configuration into one replay can read verdicts from: the debug verdict
 /// header on, the edge headers of `signalbox eval`, and optionally another (unsigned) bundle.

@@ -30,7 +30,9 @@ enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Evaluate requests (JSONL) against a bundle; one verdict line per request on stdout,
-    /// a summary on stderr.
+    /// a summary on stderr. A request log is taken as it arrived through your edge: the
+    /// conventional edge headers are read (`cf-ipcountry`, `x-signalbox-edge-asn`,
+    /// `x-signalbox-edge-ja4`, `x-signalbox-edge-user`); `policy diff` reads them too.
     Eval {
         /// Bundle file (YAML or JSON).
         #[arg(long)]
@@ -353,7 +355,7 @@ fn eval(
             remote_by_id.insert(r.id, r.context);
         }
     }
-    let edge = EdgeHeaderNames::default();
+    let edge = EdgeHeaderNames::conventional();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut decisions: BTreeMap<&str, usize> = BTreeMap::new();
@@ -458,7 +460,7 @@ fn read_requests(path: &Path) -> Result<Vec<RequestLine>> {
 fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> Result<ExitCode> {
     let (old_policy, new_policy) = (files::load_policy(old)?, files::load_policy(new)?);
     let requests = read_requests(requests)?;
-    let edge = EdgeHeaderNames::default();
+    let edge = EdgeHeaderNames::conventional();
     // (old, new) decision -> (count, examples)
     let mut flips: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
     let mut flipped = 0usize;
