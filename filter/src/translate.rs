@@ -888,6 +888,13 @@ mod tests {
             ("origin", b"https://evil.example"),
         ]);
         assert_eq!(check_verify_headers(&cross), Err(VerifyRefusal::CrossSite));
+        // `Origin: null`: a sandboxed frame or a `no-referrer` page, on any site.
+        let null = h(&[
+            (":method", b"POST"),
+            (":authority", b"shop.example"),
+            ("origin", b"null"),
+        ]);
+        assert_eq!(check_verify_headers(&null), Err(VerifyRefusal::CrossSite));
         let site = h(&[(":method", b"POST"), ("sec-fetch-site", b"cross-site")]);
         assert_eq!(check_verify_headers(&site), Err(VerifyRefusal::CrossSite));
         let big = h(&[(":method", b"POST"), ("content-length", b"100000")]);
