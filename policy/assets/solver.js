@@ -53,6 +53,8 @@
     return 256;
   }
 
+  // Shown only when this script runs (without JavaScript the page shows its <noscript> note).
+  document.getElementById("sb-working").hidden = false;
   var config = JSON.parse(document.getElementById("sb-challenge").textContent);
   var prefix = config.challenge + ":";
   var counter = 0;

@@ -75,9 +75,11 @@ body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:15vh auto;paddin
 </head>
 <body>
 <h1>Checking your browser</h1>
+<div id="sb-working" hidden>
 <p>This takes a moment and happens once. You will be sent on automatically.</p>
 <p class="muted">Work done: <span id="sb-progress">0</span></p>
-<noscript><p><strong>JavaScript is turned off.</strong> This check runs a short calculation in your browser: turn JavaScript on for this site and reload the page. Nothing is installed and no data leaves the page.</p></noscript>
+</div>
+<noscript><p><strong>JavaScript is turned off.</strong> This check runs a short calculation in your browser: turn JavaScript on for this site and reload the page. Nothing is installed.</p></noscript>
 <form id="sb-form" method="POST" action="{action}"></form>
 <script type="application/json" id="sb-challenge" nonce="{nonce}">{config}</script>
 <script nonce="{nonce}">

@@ -39,6 +39,7 @@ fn js_solver_finds_a_counter_the_server_accepts() {
         const elements = {{
           "sb-challenge": {{ textContent: {config:?} }},
           "sb-progress": {{ textContent: "" }},
+          "sb-working": {{ hidden: true }},
           "sb-form": {{
             action: "",
             getAttribute(name) {{ return name === "action" ? "/.signalbox/verify" : null; }},

@@ -143,6 +143,7 @@ describe('chromium', () => {
           assert.match(noscript[1], /JavaScript/, 'the <noscript> message mentions JavaScript');
           const visible = await page.evaluate(() => document.body.innerText);
           assert.match(visible, /JavaScript/, `the message is shown; visible text: ${visible}`);
+          assert.doesNotMatch(visible, /sent on automatically|Work done/, `no promise of progress without JavaScript: ${visible}`);
           await new Promise((r) => setTimeout(r, 500));
           assert.equal(pathOf(page.url()), '/signup', 'nothing is submitted without JavaScript');
           await page.screenshot({ path: screenshotPath(`chromium-${t.name}-challenge-noscript`) });
