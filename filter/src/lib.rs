@@ -446,12 +446,9 @@ impl SignalboxHttp {
         let Some(keys) = &w.settings.keys else {
             return self.send(translate::verify_refused_reply(None));
         };
-        let outcome = form
-                .map_err(Some)
-                .and_then(|(token, counter)| {
-                    verify_solution(keys, &token, counter, &pending.binding, pending.now)
-                        .map_err(|_| None)
-                });
+        let outcome = form.map_err(Some).and_then(|(token, counter)| {
+            verify_solution(keys, &token, counter, &pending.binding, pending.now).map_err(|_| None)
+        });
         match outcome {
             Ok(solved) => {
                 Metrics::count(w.metrics.challenges_solved);

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
   TRANSPORTS, VERIFY_PATH, attackerOrigin, challengedNavigation, clearanceCookies, explain,
-  launchChromium, median, request, screenshotPath, shopOrigin, solvedChallenge, transport, within,
+  inFreshContext, launchChromium, median, pathOf, request, screenshotPath, shopOrigin,
+  solvedChallenge, transport, within,
 } from './lib.mjs';
 
 describe('chromium', () => {
@@ -20,19 +21,7 @@ describe('chromium', () => {
   });
 
   /** A fresh browser context (no cookies) with one page; closed after `fn`. */
-  async function fresh(fn) {
-    const context = await B.browser.createBrowserContext();
-    try {
-      const page = await context.newPage();
-      page.setDefaultTimeout(20_000);
-      page.setDefaultNavigationTimeout(20_000);
-      return await fn(context, page);
-    } finally {
-      await context.close().catch(() => {});
-    }
-  }
-
-  const pathOf = (u) => { const x = new URL(u); return x.pathname + x.search; };
+  const fresh = (fn) => inFreshContext(B.browser, fn);
 
   function assertClearanceCookie(cookies, t) {
     const names = cookies.map((c) => c.name).join(', ') || 'none';

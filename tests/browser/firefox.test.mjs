@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  TRANSPORTS, VERIFY_PATH, challengedNavigation, clearanceCookies, explain, launchFirefox,
-  screenshotPath, shopOrigin,
+  TRANSPORTS, VERIFY_PATH, challengedNavigation, clearanceCookies, explain, inFreshContext,
+  launchFirefox, pathOf, screenshotPath, shopOrigin,
 } from './lib.mjs';
 
 describe('firefox', () => {
@@ -31,19 +31,7 @@ describe('firefox', () => {
     return F.browser;
   }
 
-  async function fresh(fn) {
-    const context = await browser().createBrowserContext();
-    try {
-      const page = await context.newPage();
-      page.setDefaultTimeout(20_000);
-      page.setDefaultNavigationTimeout(20_000);
-      return await fn(context, page);
-    } finally {
-      await context.close().catch(() => {});
-    }
-  }
-
-  const pathOf = (u) => { const x = new URL(u); return x.pathname + x.search; };
+  const fresh = (fn) => inFreshContext(browser(), fn);
 
   for (const t of TRANSPORTS) {
     describe(`firefox over ${t.name}`, () => {

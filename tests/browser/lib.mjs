@@ -39,6 +39,22 @@ export const attackerOrigin = () => `http://evil.test:${cfg.attackerPort}`;
 
 export const screenshotPath = (name) => path.join(cfg.screenshots, `${name}.png`);
 
+/** A URL's path and query. */
+export const pathOf = (u) => { const x = new URL(u); return x.pathname + x.search; };
+
+/** Runs `fn(context, page)` in a fresh browser context (no cookies), closed afterwards. */
+export async function inFreshContext(browser, fn) {
+  const context = await browser.createBrowserContext();
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    page.setDefaultNavigationTimeout(20_000);
+    return await fn(context, page);
+  } finally {
+    await context.close().catch(() => {});
+  }
+}
+
 /** Bounded wait with a clear message. */
 export async function within(ms, what, promise) {
   let timer;
