@@ -16,34 +16,51 @@
   ];
   var W = new Int32Array(64);
 
-  // SHA-256 of an ASCII string; returns the eight 32-bit words of the digest.
-  function sha256(text) {
-    var n = text.length, blocks = ((n + 8) >> 6) + 1, m = new Int32Array(blocks * 16), i;
-    for (i = 0; i < n; i++) m[i >> 2] |= (text.charCodeAt(i) & 0xff) << (24 - 8 * (i & 3));
-    m[n >> 2] |= 0x80 << (24 - 8 * (n & 3));
-    m[blocks * 16 - 1] = n * 8;
-    var h0 = 0x6a09e667, h1 = 0xbb67ae85, h2 = 0x3c6ef372, h3 = 0xa54ff53a,
-        h4 = 0x510e527f, h5 = 0x9b05688c, h6 = 0x1f83d9ab, h7 = 0x5be0cd19;
-    for (var b = 0; b < blocks; b++) {
-      for (i = 0; i < 16; i++) W[i] = m[b * 16 + i];
-      for (i = 16; i < 64; i++) {
-        var x = W[i - 15], y = W[i - 2];
-        var s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-        var s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-        W[i] = (W[i - 16] + s0 + W[i - 7] + s1) | 0;
-      }
-      var a = h0, bb = h1, c = h2, d = h3, e = h4, f = h5, g = h6, h = h7;
-      for (i = 0; i < 64; i++) {
-        var S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-        var t1 = (h + S1 + ((e & f) ^ (~e & g)) + K[i] + W[i]) | 0;
-        var S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-        var t2 = (S0 + ((a & bb) ^ (a & c) ^ (bb & c))) | 0;
-        h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = bb; bb = a; a = (t1 + t2) | 0;
-      }
-      h0 = (h0 + a) | 0; h1 = (h1 + bb) | 0; h2 = (h2 + c) | 0; h3 = (h3 + d) | 0;
-      h4 = (h4 + e) | 0; h5 = (h5 + f) | 0; h6 = (h6 + g) | 0; h7 = (h7 + h) | 0;
+  // One SHA-256 compression of the 16 words m[off..off+16] into the state h (8 words).
+  function compress(h, m, off) {
+    var i;
+    for (i = 0; i < 16; i++) W[i] = m[off + i];
+    for (i = 16; i < 64; i++) {
+      var x = W[i - 15], y = W[i - 2];
+      var s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+      var s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+      W[i] = (W[i - 16] + s0 + W[i - 7] + s1) | 0;
     }
-    return [h0, h1, h2, h3, h4, h5, h6, h7];
+    var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (i = 0; i < 64; i++) {
+      var S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+      var t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K[i] + W[i]) | 0;
+      var S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+      var t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
+    h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + hh) | 0;
+  }
+
+  var IV = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+
+  // A hasher for SHA-256(prefix + suffix) over ASCII strings: the whole 64-byte blocks of the
+  // prefix are compressed once (the midstate); each call only hashes what follows them.
+  function prefixHasher(prefix) {
+    var whole = prefix.length >> 6, i;
+    var mid = IV.slice(), block = new Int32Array(16);
+    for (var b = 0; b < whole; b++) {
+      block.fill(0);
+      for (i = 0; i < 64; i++) block[i >> 2] |= (prefix.charCodeAt(b * 64 + i) & 0xff) << (24 - 8 * (i & 3));
+      compress(mid, block, 0);
+    }
+    var rest = prefix.slice(whole * 64), h = new Int32Array(8), m = new Int32Array(64);
+    return function (suffix) {
+      var tail = rest + suffix, n = tail.length, blocks = ((n + 8) >> 6) + 1, words = blocks * 16;
+      m.fill(0, 0, words);
+      for (i = 0; i < n; i++) m[i >> 2] |= (tail.charCodeAt(i) & 0xff) << (24 - 8 * (i & 3));
+      m[n >> 2] |= 0x80 << (24 - 8 * (n & 3));
+      m[words - 1] = (whole * 64 + n) * 8;
+      for (i = 0; i < 8; i++) h[i] = mid[i];
+      for (var off = 0; off < words; off += 16) compress(h, m, off);
+      return h;
+    };
   }
 
   function leadingZeroBits(words) {
@@ -56,20 +73,24 @@
   // Shown only when this script runs (without JavaScript the page shows its <noscript> note).
   document.getElementById("sb-working").hidden = false;
   var config = JSON.parse(document.getElementById("sb-challenge").textContent);
-  var prefix = config.challenge + ":";
+  var hash = prefixHasher(config.challenge + ":");
   var counter = 0;
+  // Work in slices of about 50 ms, then yield so the page stays responsive and shows progress.
   function batch() {
-    for (var end = counter + 5000; counter < end; counter++) {
-      if (leadingZeroBits(sha256(prefix + counter)) >= config.difficulty) {
-        // The solution travels in the query of an empty POST: the edge answers from the
-        // headers alone (a body could arrive after origin had answered the request).
-        var form = document.getElementById("sb-form");
-        form.action = form.getAttribute("action") + "?challenge=" +
-          encodeURIComponent(config.challenge) + "&counter=" + counter;
-        form.submit();
-        return;
+    var until = Date.now() + 50;
+    do {
+      for (var end = counter + 2000; counter < end; counter++) {
+        if (leadingZeroBits(hash(String(counter))) >= config.difficulty) {
+          // The solution travels in the query of an empty POST: the edge answers from the
+          // headers alone (a body could arrive after origin had answered the request).
+          var form = document.getElementById("sb-form");
+          form.action = form.getAttribute("action") + "?challenge=" +
+            encodeURIComponent(config.challenge) + "&counter=" + counter;
+          form.submit();
+          return;
+        }
       }
-    }
+    } while (Date.now() < until);
     document.getElementById("sb-progress").textContent = String(counter);
     setTimeout(batch, 0);
   }

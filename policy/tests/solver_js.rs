@@ -16,8 +16,23 @@ use signalbox_policy::trust::{
     Binding, ChallengeParams, HmacKeys, issue_challenge, verify_solution, work_bits,
 };
 
+/// Return paths of several lengths move the end of `<challenge>:` across SHA-256 block
+/// boundaries (the solver hashes the whole blocks of that prefix once).
 #[test]
 fn js_solver_finds_a_counter_the_server_accepts() {
+    let long = format!("/search?q={}", "a".repeat(300));
+    for return_path in [
+        "/",
+        "/signup",
+        "/signup?plan=pro&ref=x",
+        "/a/b/c/d/e/f/g/h",
+        &long,
+    ] {
+        solve_in_node(return_path);
+    }
+}
+
+fn solve_in_node(return_path: &str) {
     let keys = HmacKeys::new(("k1", &[5; 32]), None).unwrap();
     let binding = Binding::of("81.62.10.4".parse().ok(), b"Mozilla/5.0", "shop.example");
     let now = 1_795_392_000;
@@ -29,7 +44,7 @@ fn js_solver_finds_a_counter_the_server_accepts() {
             now,
             ttl_seconds: 300,
             difficulty: 12,
-            return_path: "/signup",
+            return_path,
         },
     )
     .unwrap();
@@ -69,5 +84,5 @@ fn js_solver_finds_a_counter_the_server_accepts() {
     let counter: u64 = counter.strip_prefix("counter=").unwrap().parse().unwrap();
     assert!(work_bits(token.as_bytes(), counter) >= 12);
     let solved = verify_solution(&keys, token.as_bytes(), counter, &binding, now + 5).unwrap();
-    assert_eq!(solved.return_path, "/signup");
+    assert_eq!(solved.return_path, return_path);
 }
