@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
-use signalbox_policy::trust::{Binding, HmacKeys, verify_clearance};
+use signalbox_policy::trust::{Binding, HmacKeys, TokenError, VerifiedClearance, verify_clearance};
 use signalbox_policy::{Clearance, Decision, Facts, Verdict};
 
 use crate::config::{ClientIpMode, ClientIpV1, Settings};
@@ -145,21 +145,32 @@ pub fn facts(settings: &Settings, headers: Headers, ip: Option<IpAddr>, now: u64
     let https = is_https(&headers);
     let mut facts = Facts::from_parts(&method, &path, headers, ip, &settings.edge);
     if !https {
+        facts.plain_http = true;
         facts.read_clearance(false);
     }
     facts.clearance = match (&facts.clearance, &settings.keys) {
         (Clearance::Presented(token), Some(keys)) => {
             let binding = binding_of(&facts);
-            match verify_clearance(keys, token, &binding, now) {
-                Ok(verified) => Clearance::Valid {
-                    difficulty: verified.difficulty,
-                },
-                Err(_) => Clearance::Invalid,
-            }
+            clearance_of(verify_clearance(keys, token, &binding, now))
         }
         (other, _) => other.clone(),
     };
     facts
+}
+
+/// What a presented clearance means. Only a forged or mangled one is a risk signal; a stale
+/// one — expired, earned on another network, User-Agent or host, or under a retired secret —
+/// is what a person's own old cookie looks like after a move, a browser update or a rotation,
+/// so it counts as no cookie (the challenge then replaces it) and never pushes a challenge
+/// into a block.
+pub fn clearance_of(verified: Result<VerifiedClearance, TokenError>) -> Clearance {
+    match verified {
+        Ok(v) => Clearance::Valid {
+            difficulty: v.difficulty,
+        },
+        Err(TokenError::BadMac | TokenError::Malformed) => Clearance::Invalid,
+        Err(_) => Clearance::Absent,
+    }
 }
 
 /// The client binding of a request.
@@ -651,6 +662,27 @@ mod tests {
         );
         let f = facts(&trusted, headers, "81.62.10.4".parse().ok(), 0);
         assert_eq!((f.user.as_deref(), f.country), (Some("vip"), Some(*b"KP")));
+    }
+
+    #[test]
+    fn only_a_forged_clearance_is_a_risk_signal() {
+        assert_eq!(
+            clearance_of(Ok(VerifiedClearance {
+                expires_at: 9,
+                difficulty: 16
+            })),
+            Clearance::Valid { difficulty: 16 }
+        );
+        for forged in [TokenError::BadMac, TokenError::Malformed] {
+            assert_eq!(clearance_of(Err(forged)), Clearance::Invalid);
+        }
+        for stale in [
+            TokenError::Expired,
+            TokenError::WrongBinding,
+            TokenError::UnknownKey,
+        ] {
+            assert_eq!(clearance_of(Err(stale)), Clearance::Absent);
+        }
     }
 
     #[test]

@@ -502,6 +502,7 @@ impl Policy {
             );
         }
         if b.family.sends_sec_fetch(b.major)
+            && !facts.plain_http
             && facts.header("sec-fetch-mode").is_none()
             && facts.header("sec-fetch-site").is_none()
         {

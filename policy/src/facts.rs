@@ -96,6 +96,10 @@ pub struct Facts {
     /// The host marks this route sensitive (e.g. Envoy route names listed in the plugin
     /// configuration), in addition to the bundle's `routes`.
     pub route_sensitive: bool,
+    /// The client reached the edge over plain HTTP. Browsers send `sec-fetch-*` (and client
+    /// hints) only to secure origins, so their absence is no signal then. Default `false`
+    /// (HTTPS), the common case at an edge.
+    pub plain_http: bool,
 }
 
 impl Facts {
@@ -128,20 +132,23 @@ impl Facts {
             user: None,
             clearance: Clearance::Absent,
             route_sensitive: false,
+            plain_http: false,
         };
         facts.authority = facts
             .header(":authority")
             .or_else(|| facts.header("host"))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        facts.country = facts.header(&edge.country).and_then(parse_country);
-        facts.asn = facts.header(&edge.asn).and_then(parse_asn);
+        // An edge header repeated: the last value, the one the nearest hop added (an edge that
+        // appends instead of overwriting leaves a client's copy first).
+        facts.country = facts.last_header(&edge.country).and_then(parse_country);
+        facts.asn = facts.last_header(&edge.asn).and_then(parse_asn);
         facts.tls_fingerprint = facts
-            .header(&edge.tls_fingerprint)
+            .last_header(&edge.tls_fingerprint)
             .map(|v| v.trim_ascii().to_vec())
             .filter(|v| !v.is_empty());
         facts.user = facts
-            .header(&edge.user)
+            .last_header(&edge.user)
             .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
@@ -170,6 +177,18 @@ impl Facts {
         }
         self.headers
             .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The last value of a header (name in lower case).
+    pub fn last_header(&self, name: &str) -> Option<&[u8]> {
+        if name.is_empty() {
+            return None;
+        }
+        self.headers
+            .iter()
+            .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
@@ -369,6 +388,8 @@ mod tests {
         assert_eq!(f.user.as_deref(), Some("u-42"));
         let bad = facts(&[("cf-ipcountry", b"XXX"), ("x-signalbox-edge-asn", &[0xff])]);
         assert_eq!((bad.country, bad.asn), (None, None));
+        let twice = facts(&[("cf-ipcountry", b"KP"), ("cf-ipcountry", b"CH")]);
+        assert_eq!(twice.country, Some(*b"CH"), "the nearest hop's value");
     }
 
     #[test]

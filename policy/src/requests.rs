@@ -54,6 +54,19 @@ pub struct RequestLine {
     /// Optional user key (as a trusted authentication layer would set it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// How the client reached the edge: `https` (default) or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<Scheme>,
+}
+
+/// The client's transport to the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS.
+    Https,
 }
 
 impl RequestLine {
@@ -70,6 +83,10 @@ impl RequestLine {
         );
         if self.user.is_some() {
             facts.user.clone_from(&self.user);
+        }
+        if self.scheme == Some(Scheme::Http) {
+            facts.plain_http = true;
+            facts.read_clearance(false);
         }
         facts
     }

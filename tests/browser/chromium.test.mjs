@@ -98,6 +98,18 @@ describe('chromium', () => {
         });
       });
 
+      test('a plain navigation (no forced challenge) passes; missing sec-fetch-* counts only over HTTPS', async () => {
+        await fresh(async (_context, page) => {
+          const res = await page.goto(`${shop()}/`, { waitUntil: 'domcontentloaded' });
+          assert.equal(res.status(), 200);
+          const reflect = JSON.parse(await page.$eval('#reflect', (el) => el.textContent));
+          assert.equal(reflect.decision, 'pass', `reasons: ${reflect.reasons}`);
+          // Browsers send sec-fetch-* only to secure origins; a plain-HTTP page is not one.
+          assert.equal(reflect.secFetchSite === null, t.scheme === 'http', `sec-fetch-site: ${reflect.secFetchSite}`);
+          assert.doesNotMatch(reflect.reasons ?? '', /headers\.no_sec_fetch/, `score ${reflect.score}, reasons: ${reflect.reasons}`);
+        });
+      });
+
       test('fetch() from a page before clearance gets the JSON challenge, not HTML', async () => {
         await fresh(async (_context, page) => {
           const home = await page.goto(`${shop()}/`, { waitUntil: 'domcontentloaded' });

@@ -31,6 +31,8 @@ function reflect(req) {
     host: h.host ?? null,
     decision: h['x-signalbox-decision'] ?? null,
     level: h['x-signalbox-level'] ?? null,
+    score: h['x-signalbox-score'] ?? null,
+    reasons: h['x-signalbox-reasons'] ?? null,
     cookie: h.cookie ?? null,
     protocol: h['x-suite-protocol'] ?? null,
     envoy: h['x-suite-envoy'] ?? null,

@@ -69,10 +69,13 @@ pub fn request_from_line(line: &Value) -> Result<(String, Request)> {
             rest.push((name, value));
         }
     }
+    // The line's scheme (`https` unless it says `http`), as Envoy would give it.
+    let scheme = line["scheme"].as_str().unwrap_or("https");
     let mut headers = vec![
         (":method".to_owned(), method.as_bytes().to_vec()),
         (":path".to_owned(), path.as_bytes().to_vec()),
         (":authority".to_owned(), authority),
+        (":scheme".to_owned(), scheme.as_bytes().to_vec()),
         ("x-request-id".to_owned(), id.clone().into_bytes()),
     ];
     headers.extend(rest);

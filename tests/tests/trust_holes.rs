@@ -155,6 +155,58 @@ fn rollback_is_refused_across_updates_and_workers() {
     assert!(Filter::start(engine, module, &options(&config(4, json!({})), &fresh, &[])).is_ok());
 }
 
+/// A bundle that expires while it serves keeps serving (dropping the policy mid-traffic would
+/// pass or block everything), says so once and counts it.
+#[test]
+fn a_bundle_that_expires_while_serving_keeps_serving() {
+    let (engine, module) = compiled();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap() + 2)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut filter = Filter::start(
+        engine,
+        module,
+        &options(
+            &config(3, json!({"expires_at": expires_at})),
+            &SharedData::default(),
+            &[],
+        ),
+    )
+    .unwrap();
+    assert_eq!(revision_served(&mut filter), "3");
+    // Wait until the bundle has expired (the host's clock is the wall clock).
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= unix + 3
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        assert_eq!(revision_served(&mut filter), "3", "still serving");
+    }
+    let expired_logs = filter
+        .logs()
+        .iter()
+        .filter(|(_, l)| l.contains("bundle revision 3 expired while serving"))
+        .count();
+    assert_eq!(expired_logs, 1, "said once: {:?}", filter.logs());
+    assert!(
+        filter
+            .metrics()
+            .iter()
+            .any(|(_, name, value)| name == "signalbox.bundle.expired" && *value == 1),
+        "{:?}",
+        filter.metrics()
+    );
+}
+
 #[test]
 fn a_missing_client_address_is_no_address() {
     let (engine, module) = compiled();

@@ -251,6 +251,9 @@ fn build(file: &Path, output: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    for warning in policy.warnings() {
+        eprintln!("{}: warning: {warning}", file.display());
+    }
     std::fs::write(output, &json).with_context(|| format!("writing {}", output.display()))?;
     let digest = policy.digest_hex();
     println!(
