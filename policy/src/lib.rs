@@ -43,6 +43,7 @@ pub mod cases;
 mod engine;
 mod facts;
 mod iprange;
+pub mod labels;
 pub mod page;
 mod policy;
 pub mod ratelimit;

@@ -146,6 +146,35 @@ fn a_bundle_with_clearance_trust_still_loads_and_says_what_to_change() {
 }
 
 #[test]
+fn eval_with_labels_prints_decisions_per_label() {
+    let dir = std::env::temp_dir().join(format!("signalbox-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let labels = dir.join("labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"id\":\"giovanni\",\"label\":\"human\"}\n{\"id\":\"curl-home\",\"label\":\"automation\"}\n",
+    )
+    .unwrap();
+    let out = signalbox(&[
+        "eval",
+        "--bundle",
+        "policy/examples/default.yaml",
+        "--requests",
+        "policy/examples/requests.jsonl",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--now",
+        "1795392000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let human = err.lines().find(|l| l.starts_with("human ")).unwrap();
+    assert!(human.ends_with("0.00%"), "Giovanni passes: {err}");
+    assert!(err.contains("humans passed 100.00%"), "{err}");
+    assert!(err.contains("requests without a label"), "{err}");
+}
+
+#[test]
 fn build_writes_canonical_json_with_digest() {
     let out_path =
         std::env::temp_dir().join(format!("signalbox-build-{}.json", std::process::id()));

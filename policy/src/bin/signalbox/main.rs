@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use signalbox_policy::bench::EvalLoop;
 use signalbox_policy::cases::{Case, DEFAULT_CASE_NOW};
+use signalbox_policy::labels::LabelReport;
 use signalbox_policy::requests::{RequestLine, VerdictLine};
 use signalbox_policy::{EdgeHeaderNames, Policy, RemoteContext};
 
@@ -47,6 +48,11 @@ enum Command {
         /// Evaluation time, unix seconds (default: now).
         #[arg(long)]
         now: Option<u64>,
+        /// Labels per request id (`{"id":"r1","label":"human"}` per line; `human`, or any bot
+        /// class such as `crawler` or `automation`): prints decisions per label, the share
+        /// not passed, and precision/recall of not passing bots, on stderr.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Time the shared evaluation loop natively (the native half of `signalbox-harness
     /// bench`); prints one JSON line: ns per request (median of the samples) and the checksum.
@@ -197,7 +203,14 @@ fn main() -> ExitCode {
             requests,
             remote,
             now,
-        } => eval(&bundle, &requests, remote.as_deref(), now),
+            labels,
+        } => eval(
+            &bundle,
+            &requests,
+            remote.as_deref(),
+            labels.as_deref(),
+            now,
+        ),
         Command::BenchEval {
             bundle,
             requests,
@@ -342,10 +355,19 @@ struct RemoteLine {
     context: RemoteContext,
 }
 
+/// A line of `eval --labels`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelLine {
+    id: String,
+    label: String,
+}
+
 fn eval(
     bundle: &Path,
     requests: &Path,
     remote: Option<&Path>,
+    labels: Option<&Path>,
     now: Option<u64>,
 ) -> Result<ExitCode> {
     let policy = files::load_policy(bundle)?;
@@ -358,6 +380,15 @@ fn eval(
             remote_by_id.insert(r.id, r.context);
         }
     }
+    let mut label_by_id = HashMap::new();
+    if let Some(path) = labels {
+        for (n, line) in files::lines(path)?.into_iter().enumerate() {
+            let l: LabelLine = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", path.display(), n + 1))?;
+            label_by_id.insert(l.id, l.label);
+        }
+    }
+    let mut report = LabelReport::default();
     let edge = EdgeHeaderNames::conventional();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -379,6 +410,12 @@ fn eval(
         let verdict = policy.evaluate(&facts, remote_by_id.get(&request.id), now);
         nanos.push(started.elapsed().as_nanos());
         *decisions.entry(verdict.decision.as_str()).or_default() += 1;
+        if labels.is_some() {
+            report.add(
+                label_by_id.get(&request.id).map(String::as_str),
+                verdict.intended_decision(),
+            );
+        }
         *levels.entry(verdict.level.as_str()).or_default() += 1;
         serde_json::to_writer(&mut out, &VerdictLine::new(&request.id, &verdict))?;
         out.write_all(b"\n")?;
@@ -399,6 +436,9 @@ fn eval(
         pct(50) as f64 / 1000.0,
         pct(99) as f64 / 1000.0
     );
+    if labels.is_some() {
+        eprint!("{}", report.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
