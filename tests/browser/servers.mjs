@@ -9,11 +9,29 @@
 //             to shop's verify endpoint (CSRF), plainly, with referrer-policy: no-referrer, and
 //             from a sandboxed iframe.
 //
-// Usage: node servers.mjs ORIGIN_PORT ATTACKER_PORT   (both bind 127.0.0.1 only)
+// Usage: node servers.mjs ORIGIN_PORT ATTACKER_PORT [CAPTURE_FILE]   (both bind 127.0.0.1 only)
+//
+// With CAPTURE_FILE, every top-level navigation that reaches origin is appended to it as one
+// JSON line: the header names in the order they arrived (and the values of the few that tell
+// the browser and transport), so tests/corpus/compare-captures.mjs can hold the corpus's
+// header model to what real browsers send.
 
+import { appendFileSync } from 'node:fs';
 import http from 'node:http';
 
-const [originPort, attackerPort] = process.argv.slice(2).map(Number);
+const [originPort, attackerPort] = process.argv.slice(2, 4).map(Number);
+const captureFile = process.argv[4];
+
+function capture(req) {
+  if (!captureFile || req.method !== 'GET' || req.headers['sec-fetch-mode'] === 'cors') return;
+  if (!(req.headers.accept ?? '').includes('text/html')) return;
+  const names = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2) names.push(req.rawHeaders[i].toLowerCase());
+  const keep = ['user-agent', 'accept', 'accept-encoding', 'accept-language', 'sec-ch-ua', 'sec-ch-ua-mobile',
+    'sec-ch-ua-platform', 'sec-fetch-site', 'sec-fetch-mode', 'sec-fetch-dest', 'sec-fetch-user', 'priority', 'x-forwarded-proto'];
+  const values = Object.fromEntries(keep.filter((k) => k in req.headers).map((k) => [k, req.headers[k]]));
+  appendFileSync(captureFile, `${JSON.stringify({ path: req.url, protocol: req.headers['x-suite-protocol'] ?? null, names, values })}\n`);
+}
 if (!originPort || !attackerPort) {
   console.error('usage: node servers.mjs ORIGIN_PORT ATTACKER_PORT');
   process.exit(2);
@@ -48,6 +66,7 @@ const origin = http.createServer((req, res) => {
   req.on('error', () => {});
   // Answer on the headers: a verify POST's body is held by the filter and never arrives.
   const info = reflect(req);
+  capture(req);
   console.log(`[origin] ${info.envoy ?? '-'} ${info.protocol ?? '-'} ${req.method} ${req.url} decision=${info.decision}`);
   res.setHeader('x-signalbox-leak', 'origin-says-hi');
   res.setHeader('x-suite-origin', '1');

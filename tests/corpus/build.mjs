@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { browserHeaders } from './headers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -61,75 +62,6 @@ const hostingIp = () => addressIn(pick(hosting));
 
 const PAGES = ['/', '/', '/', '/products/1842', '/products/77', '/category/shoes', '/search?q=boots', '/cart',
   '/signup', '/login'];
-
-// What a browser family sends on a top-level navigation.
-function browserFamily(ua) {
-  let m;
-  if ((m = ua.match(/(?:CriOS|FxiOS|EdgiOS)\/(\d+)/))) return { engine: 'webkit', major: Number(m[1]), ios: true };
-  if ((m = ua.match(/Edg(?:A)?\/(\d+)/))) return { engine: 'chromium', brand: 'Microsoft Edge', major: Number(m[1]) };
-  if ((m = ua.match(/OPR\/(\d+)/))) return { engine: 'chromium', brand: 'Opera', major: Number(ua.match(/Chrome\/(\d+)/)?.[1] ?? m[1]) };
-  if ((m = ua.match(/SamsungBrowser\/(\d+)/))) return { engine: 'chromium', brand: 'Samsung Internet', major: Number(ua.match(/Chrome\/(\d+)/)?.[1] ?? 0) };
-  if ((m = ua.match(/Chrome\/(\d+)/))) return { engine: 'chromium', brand: 'Google Chrome', major: Number(m[1]) };
-  if ((m = ua.match(/Firefox\/(\d+)/))) return { engine: 'gecko', major: Number(m[1]) };
-  if ((m = ua.match(/Version\/(\d+)(?:\.(\d+))?.*Safari\//))) return { engine: 'webkit', major: Number(m[1]), minor: Number(m[2] ?? 0) };
-  return { engine: 'other', major: 0 };
-}
-
-function platformOf(ua) {
-  if (/Android/.test(ua)) return 'Android';
-  if (/iPhone|iPad|iPod/.test(ua)) return 'iOS';
-  if (/CrOS/.test(ua)) return 'Chrome OS';
-  if (/Windows/.test(ua)) return 'Windows';
-  if (/Mac OS X|Macintosh/.test(ua)) return 'macOS';
-  if (/Linux/.test(ua)) return 'Linux';
-  return 'Unknown';
-}
-
-function acceptLanguage(lang, engine) {
-  const primary = lang && /^[a-z]{2}(-[A-Z]{2})?$/.test(lang) ? lang : 'en-US';
-  const base = primary.split('-')[0];
-  if (engine === 'gecko') {
-    if (base === 'en') return primary === base ? 'en;q=0.5' : `${primary},en;q=0.5`;
-    return primary === base ? `${base},en-US;q=0.7,en;q=0.3` : `${primary},${base};q=0.8,en-US;q=0.5,en;q=0.3`;
-  }
-  if (base === 'en') return primary === base ? 'en' : `${primary},en;q=0.9`;
-  return primary === base ? `${base},en;q=0.9` : `${primary},${base};q=0.9,en;q=0.8`;
-}
-
-function browserHeaders(entry, https, page) {
-  const ua = entry.userAgent;
-  const f = browserFamily(ua);
-  const site = page === '/' ? 'none' : 'same-origin';
-  const h = [['host', 'shop.example']];
-  const fetchMeta = () => [['sec-fetch-site', site], ['sec-fetch-mode', 'navigate'], ['sec-fetch-user', '?1'], ['sec-fetch-dest', 'document']];
-  if (f.engine === 'chromium') {
-    if (https && f.major >= 89) {
-      h.push(['sec-ch-ua', `"${f.brand}";v="${f.major}", "Chromium";v="${f.major}", "Not_A Brand";v="24"`]);
-      h.push(['sec-ch-ua-mobile', /Mobile/.test(ua) ? '?1' : '?0']);
-      h.push(['sec-ch-ua-platform', `"${platformOf(ua)}"`]);
-    }
-    h.push(['upgrade-insecure-requests', '1'], ['user-agent', ua]);
-    h.push(['accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7']);
-    if (https && f.major >= 80) h.push(...fetchMeta());
-    h.push(['accept-encoding', f.major >= 123 ? 'gzip, deflate, br, zstd' : 'gzip, deflate, br']);
-    h.push(['accept-language', acceptLanguage(entry.language, 'chromium')]);
-  } else if (f.engine === 'gecko') {
-    h.push(['user-agent', ua], ['accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8']);
-    h.push(['accept-language', acceptLanguage(entry.language, 'gecko')]);
-    h.push(['accept-encoding', f.major >= 126 ? 'gzip, deflate, br, zstd' : 'gzip, deflate, br']);
-    h.push(['upgrade-insecure-requests', '1']);
-    if (https && f.major >= 90) h.push(['sec-fetch-dest', 'document'], ['sec-fetch-mode', 'navigate'], ['sec-fetch-site', site], ['sec-fetch-user', '?1']);
-  } else {
-    // WebKit (Safari, and every iOS browser). Safari sends sec-fetch-* from 16.4.
-    if (https && (f.major > 16 || (f.major === 16 && (f.minor ?? 0) >= 4) || f.ios)) {
-      h.push(['sec-fetch-dest', 'document'], ['sec-fetch-mode', 'navigate'], ['sec-fetch-site', site]);
-    }
-    h.push(['user-agent', ua], ['accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8']);
-    h.push(['accept-language', acceptLanguage(entry.language, 'webkit')]);
-    h.push(['accept-encoding', 'gzip, deflate, br']);
-  }
-  return h;
-}
 
 // Link previews and uptime monitors are reported apart: a bundle may choose to let them pass.
 const PREVIEW = /slack|whatsapp|facebookexternalhit|facebookcatalog|twitterbot|telegrambot|discordbot|linkedinbot|pinterest|skypeuripreview|redditbot|embedly|iframely|vkshare|uptimerobot|pingdom|statuscake|site24x7|uptime|monitor|newrelicpinger|datadog|better ?stack|freshping|hetrixtools/i;
