@@ -151,25 +151,39 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// A read-modify-write of one shared-data key: reads it, lets `step` say what to write back
+/// (`None`: nothing) and what to answer, and writes with the CAS it read, reading again when
+/// another worker wrote first. `None` when shared data failed or every attempt lost the race.
+fn update_shared_data<T>(
+    key: &str,
+    mut step: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Option<T> {
+    for _ in 0..buckets::CAS_ATTEMPTS {
+        let (stored, cas) = hostcalls::get_shared_data(key).ok()?;
+        let (write, answer) = step(stored.as_deref());
+        let Some(bytes) = write else {
+            return Some(answer);
+        };
+        match hostcalls::set_shared_data(key, Some(&bytes), cas) {
+            Ok(()) => return Some(answer),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// Records `revision` as the highest served for `lineage` in shared data, or refuses it when a
 /// higher one was served (see [`rollback`]). Gives up quietly when shared data fails (the
 /// check is then skipped, never the bundle).
 fn record_revision(lineage: &str, revision: u64) -> Result<(), rollback::Rollback> {
-    let key = rollback::key(lineage);
-    for _ in 0..8 {
-        let Ok((stored, cas)) = hostcalls::get_shared_data(&key) else {
-            return Ok(());
-        };
-        match rollback::check(stored.as_deref(), revision)? {
-            None => return Ok(()),
-            Some(bytes) => match hostcalls::set_shared_data(&key, Some(&bytes), cas) {
-                Ok(()) => return Ok(()),
-                Err(Status::CasMismatch) => continue,
-                Err(_) => return Ok(()),
-            },
+    update_shared_data(&rollback::key(lineage), |stored| {
+        match rollback::check(stored, revision) {
+            Ok(write) => (write.map(|b| b.to_vec()), Ok(())),
+            Err(refused) => (None, Err(refused)),
         }
-    }
-    Ok(())
+    })
+    .unwrap_or(Ok(()))
 }
 
 /// The root context: loads the configuration per worker.
@@ -354,19 +368,17 @@ impl SignalboxHttp {
     /// One token from a shared-data bucket (CAS loop); `Some(retry_after)` when refused.
     fn take_token(&self, key: &str, budget: Budget, now_ms: u64) -> Option<u32> {
         let (slot, fp) = buckets::slot_of(key, self.worker.settings.rate_limit_slots);
-        for _ in 0..buckets::CAS_ATTEMPTS {
-            let Ok((stored, cas)) = hostcalls::get_shared_data(&slot) else {
-                break;
-            };
-            let step = buckets::step_slot(stored.as_deref(), fp, now_ms, budget);
-            match hostcalls::set_shared_data(&slot, Some(&buckets::encode(fp, step.state)), cas) {
-                Ok(()) => return (!step.allowed).then_some(step.retry_after_seconds),
-                Err(Status::CasMismatch) => continue,
-                Err(_) => break,
-            }
-        }
-        Metrics::count(self.worker.metrics.rate_cas_gave_up);
-        None
+        let refused = update_shared_data(&slot, |stored| {
+            let step = buckets::step_slot(stored, fp, now_ms, budget);
+            (
+                Some(buckets::encode(fp, step.state)),
+                (!step.allowed).then_some(step.retry_after_seconds),
+            )
+        });
+        refused.unwrap_or_else(|| {
+            Metrics::count(self.worker.metrics.rate_cas_gave_up);
+            None
+        })
     }
 
     /// Logs a decision line unless this second's budget is spent; the line is only built
@@ -416,7 +428,7 @@ impl SignalboxHttp {
         let pending = PendingVerify {
             binding: translate::binding_of(facts),
             now,
-            https: translate::is_https(headers),
+            https: !facts.plain_http,
         };
         // The challenge page posts its solution in the query (`?challenge=…&counter=…`, empty
         // body): answered here, from the headers, so the request never reaches origin and no
@@ -707,8 +719,8 @@ impl HttpContext for SignalboxHttp {
             // Origin answered the verify path before the request body ended. Envoy delivers no
             // more of the body once the response has begun, so the verify cannot finish: it
             // counts as failed and origin's answer goes on, stripped like any other (holding
-            // it would leave the client waiting for nothing). Browsers send the small form in
-            // one piece with the headers, so people never meet this.
+            // it would leave the client waiting for nothing). The challenge page posts its
+            // solution in the query, answered from the headers, so people never meet this.
             Metrics::count(self.worker.metrics.challenges_failed);
         }
         Action::Continue

@@ -27,6 +27,13 @@ fn signalbox(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A fresh-enough directory for one test's files (per test name and process).
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("signalbox-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -62,8 +69,7 @@ fn gio_and_cam_hold_with_the_real_default_bundle() {
 
 #[test]
 fn failing_case_exits_non_zero_with_a_diff() {
-    let dir = std::env::temp_dir().join(format!("signalbox-badcase-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("badcase");
     let golden = root().join("tests/scenarios/bundles/golden.yaml");
     let case = serde_json::json!({
         "bundle": golden.to_str().unwrap(),
@@ -84,8 +90,7 @@ fn failing_case_exits_non_zero_with_a_diff() {
 
 #[test]
 fn lint_reports_every_error_with_its_path() {
-    let dir = std::env::temp_dir().join(format!("signalbox-lint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("lint");
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -125,8 +130,7 @@ fn lint_reports_every_error_with_its_path() {
 
 #[test]
 fn a_bundle_with_clearance_trust_still_loads_and_says_what_to_change() {
-    let dir = std::env::temp_dir().join(format!("signalbox-trust-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("trust");
     let old = dir.join("old.yaml");
     std::fs::write(
         &old,
@@ -147,8 +151,7 @@ fn a_bundle_with_clearance_trust_still_loads_and_says_what_to_change() {
 
 #[test]
 fn eval_with_labels_prints_decisions_per_label() {
-    let dir = std::env::temp_dir().join(format!("signalbox-labels-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("labels");
     let labels = dir.join("labels.jsonl");
     std::fs::write(
         &labels,
@@ -247,8 +250,7 @@ fn eval_prints_one_verdict_per_request_and_a_summary() {
 
 #[test]
 fn eval_uses_remote_context_by_request_id() {
-    let dir = std::env::temp_dir().join(format!("signalbox-remote-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("remote");
     let remote = dir.join("remote.jsonl");
     std::fs::write(
         &remote,
@@ -429,8 +431,7 @@ fn keygen_sign_verify_and_rotation() {
 
 #[test]
 fn diff_counts_flips_by_decision_pair() {
-    let dir = std::env::temp_dir().join(format!("signalbox-diff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("diff");
     let golden =
         std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
     let heavier = golden.replace("ip_lists: { hosting: 25", "ip_lists: { hosting: 45");

@@ -97,6 +97,16 @@ const CHROMIUM_ARGS = [
   '--host-resolver-rules=MAP shop.test 127.0.0.1, MAP evil.test 127.0.0.1',
 ];
 
+/** Records a launched browser's pid (stopped at exit) and returns how to close it for good. */
+function closer(browser, name, userDataDir) {
+  const forget = recordPid(browser, name);
+  return async () => {
+    await browser.close().catch(() => browser.process()?.kill('SIGKILL'));
+    forget();
+    rmSync(userDataDir, { recursive: true, force: true });
+  };
+}
+
 /**
  * Debian's Chromium, headless, trusting the suite's certificate by its SPKI hash (so HTTPS
  * pages are secure contexts, as with a real certificate).
@@ -119,13 +129,7 @@ export async function launchChromium() {
       args: [...CHROMIUM_ARGS, `--ignore-certificate-errors-spki-list=${cfg.spki}`, ...extra],
       protocolTimeout: 60_000,
     }));
-    const forget = recordPid(browser, 'chromium');
-    const close = async () => {
-      await browser.close().catch(() => browser.process()?.kill('SIGKILL'));
-      forget();
-      rmSync(userDataDir, { recursive: true, force: true });
-    };
-    return { browser, close };
+    return { browser, close: closer(browser, 'chromium', userDataDir) };
   };
   const probe = await launch([]);
   const headlessUA = await probe.browser.userAgent();
@@ -159,12 +163,7 @@ export async function launchFirefox() {
       'datareporting.policy.dataSubmissionEnabled': false,
     },
   }));
-  const forget = recordPid(browser, 'firefox');
-  const close = async () => {
-    await browser.close().catch(() => browser.process()?.kill('SIGKILL'));
-    forget();
-    rmSync(userDataDir, { recursive: true, force: true });
-  };
+  const close = closer(browser, 'firefox', userDataDir);
   const userAgent = await browser.userAgent();
   return { browser, close, userAgent, name: 'firefox' };
 }
