@@ -110,7 +110,32 @@ pub fn render(opts: &Options, ports: &Ports) -> Result<()> {
 
 impl Envoy {
     /// Renders and starts Envoy; waits for `/ready`. Fails with Envoy's log if it exits.
+    ///
+    /// The ports come from [`free_port`], which releases them before Envoy binds: another
+    /// process (a test's outbound connection, another Envoy) can take one in between. When
+    /// Envoy exits because an address or base id is taken, it is started again on fresh
+    /// ports (three tries); any other exit fails at once.
     pub fn start(opts: &Options) -> Result<Envoy> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Envoy::start_once(opts) {
+                Ok(envoy) => return Ok(envoy),
+                Err(StartError::Taken(log)) if tries < 3 => {
+                    eprintln!(
+                        "envoy: a port or base id was taken, retrying: {}",
+                        log.trim()
+                    );
+                }
+                Err(StartError::Taken(log)) => {
+                    bail!("envoy could not bind after {tries} tries: {log}")
+                }
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn start_once(opts: &Options) -> std::result::Result<Envoy, StartError> {
         let ports = Ports {
             admin: free_port()?,
             edge: free_port()?,
@@ -140,15 +165,27 @@ impl Envoy {
             log,
             dir: opts.out.clone(),
         };
-        envoy.wait_ready()?;
-        Ok(envoy)
+        match envoy.wait_ready() {
+            Ok(()) => Ok(envoy),
+            Err(e) => {
+                let log = envoy.log_text();
+                match log.lines().find(|l| is_bind_failure(l)) {
+                    Some(line) => Err(StartError::Taken(line.to_owned())),
+                    None => Err(StartError::Other(e)),
+                }
+            }
+        }
     }
 
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!("envoy exited ({status}):\n{}", self.log_text());
+                let log = self.log_text();
+                bail!(
+                    "envoy exited ({status}); its errors:\n{}\nits whole log:\n{log}",
+                    error_lines(&log)
+                );
             }
             if let Ok(r) =
                 crate::http::send(self.ports.admin, "GET", "/ready", &admin_headers(), b"")
@@ -170,6 +207,37 @@ impl Envoy {
     pub fn stats(&self) -> Result<String> {
         Ok(crate::http::send(self.ports.admin, "GET", "/stats", &admin_headers(), b"")?.text())
     }
+}
+
+/// Why one start failed: a port or base id another process holds, or anything else.
+enum StartError {
+    Taken(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError::Other(e.into())
+    }
+}
+
+/// A log line saying Envoy could not bind a listener/admin address or take its base id.
+fn is_bind_failure(line: &str) -> bool {
+    let line = line.to_ascii_lowercase();
+    (line.contains("critical") || line.contains("error"))
+        && (line.contains("address already in use")
+            || line.contains("cannot bind")
+            || line.contains("unable to bind")
+            || line.contains("base_id")
+            || line.contains("base id"))
+}
+
+/// Envoy's `[critical]` and `[error]` lines, which say why it exited (the whole log is long).
+fn error_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("][critical][") || l.contains("][error]["))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn admin_headers() -> Vec<(String, Vec<u8>)> {
