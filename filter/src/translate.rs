@@ -311,8 +311,10 @@ pub fn challenge_reply(
     }
 }
 
-/// The `x-signalbox-*` headers added to a request that passes. `client_ip` is the address the
-/// filter resolved (sent as `x-signalbox-client-ip` when configured and known).
+/// The `x-signalbox-*` headers added to a request that passes: decision, level, request id and
+/// the client (`x-signalbox-client: verified_bot;bot="googlebot";category=search_engine`, an
+/// RFC 8941 item) always; score, reasons and the client IP when configured. `client_ip` is the
+/// address the filter resolved (sent as `x-signalbox-client-ip` when configured and known).
 pub fn origin_headers(
     settings: &Settings,
     verdict: &Verdict,
@@ -329,6 +331,10 @@ pub fn origin_headers(
             verdict.level.as_str().to_owned(),
         ),
         ("x-signalbox-request-id".to_owned(), request_id.to_owned()),
+        (
+            "x-signalbox-client".to_owned(),
+            verdict.client.header_value(),
+        ),
     ];
     if let Some(shadow) = verdict.shadow_decision {
         out.push((

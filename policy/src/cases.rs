@@ -117,6 +117,12 @@ pub struct Expect {
     /// Remote-context status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteStatus>,
+    /// Client class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_class: Option<crate::wire::ClientClassV1>,
+    /// Catalogue bot name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<String>,
 }
 
 /// Inclusive score bounds.
@@ -204,6 +210,18 @@ impl Expect {
         }
         if let Some(remote) = self.remote.filter(|r| *r != v.remote) {
             out.push(format!("remote: expected {remote:?}, got {:?}", v.remote));
+        }
+        if let Some(class) = self.client_class.filter(|c| *c != v.client.class) {
+            out.push(format!(
+                "client_class: expected {}, got {}",
+                class.as_str(),
+                v.client.class.as_str()
+            ));
+        }
+        if let Some(bot) = self.bot.as_deref()
+            && v.client.bot.as_deref() != Some(bot)
+        {
+            out.push(format!("bot: expected {bot}, got {:?}", v.client.bot));
         }
         out
     }

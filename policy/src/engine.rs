@@ -15,10 +15,10 @@ use ipnet::Ipv6Net;
 use crate::facts::{
     Clearance, Facts, RemoteContext, SubjectContext, normalize_path, path_has_prefix,
 };
-use crate::policy::{Conditions, CrawlerCategory, Mode, Policy, SubjectKind, UaClass};
+use crate::policy::{ClientClass, Conditions, CrawlerCategory, Mode, Policy, SubjectKind};
 use crate::ua::{self, Browser};
 use crate::verdict::{
-    DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
+    Client, DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
 };
 
 /// Why the assessment asks the score cache.
@@ -49,7 +49,7 @@ pub struct Assessment {
     risk: u32,
     trust: u32,
     reasons: Vec<Reason>,
-    ua_class: UaClass,
+    client: Client,
     sensitive: bool,
     route: Option<usize>,
     /// The difficulty of the valid clearance the request carries, if any.
@@ -75,9 +75,9 @@ impl Assessment {
         self.lookup.as_ref()
     }
 
-    /// The User-Agent class.
-    pub fn ua_class(&self) -> UaClass {
-        self.ua_class
+    /// What the client is.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether the request is on a sensitive route.
@@ -125,6 +125,7 @@ enum UaKind {
     Crawler(usize),
     Headless,
     Automation,
+    Declared,
     Browser(Browser),
     Unknown,
 }
@@ -150,24 +151,38 @@ impl Policy {
             .map(<[u8]>::trim_ascii)
             .filter(|v| !v.is_empty());
 
-        // User-Agent.
-        let kind = self.classify_ua(ua);
-        let mut crawler_category = None;
-        let mut verified_crawler = false;
-        match &kind {
-            UaKind::Missing => tally.risk(ReasonCode::Fixed("ua.missing"), s.ua_missing),
-            UaKind::Headless => tally.risk(ReasonCode::Fixed("ua.headless"), s.ua_headless),
-            UaKind::Automation => tally.risk(ReasonCode::Fixed("ua.automation"), s.ua_automation),
-            UaKind::Crawler(i) => {
-                if let Some(crawler) = self.crawlers.get(*i) {
-                    crawler_category = Some(crawler.category);
-                    verified_crawler =
-                        self.score_crawler(&mut tally, crawler.category, crawler.ranges, ip, now);
+        // User-Agent: what the client is.
+        let client = match self.classify_ua(ua) {
+            UaKind::Missing => {
+                tally.risk(ReasonCode::Fixed("ua.missing"), s.ua_missing);
+                Client::of(ClientClass::Unknown)
+            }
+            UaKind::Headless => {
+                tally.risk(ReasonCode::Fixed("ua.headless"), s.ua_headless);
+                Client::of(ClientClass::Automation)
+            }
+            UaKind::Automation => {
+                tally.risk(ReasonCode::Fixed("ua.automation"), s.ua_automation);
+                Client::of(ClientClass::Automation)
+            }
+            UaKind::Crawler(i) => self.score_crawler(&mut tally, i, ip, now),
+            UaKind::Declared => {
+                self.score_category(&mut tally, CrawlerCategory::Other);
+                Client {
+                    class: ClientClass::DeclaredBot,
+                    bot: None,
+                    category: Some(CrawlerCategory::Other),
                 }
             }
-            UaKind::Browser(b) => self.score_browser(&mut tally, b, facts),
-            UaKind::Unknown => {}
-        }
+            UaKind::Browser(b) => {
+                self.score_browser(&mut tally, &b, facts);
+                Client::of(ClientClass::Browser)
+            }
+            UaKind::Unknown => {
+                tally.risk(ReasonCode::Fixed("ua.unknown"), s.ua_unknown);
+                Client::of(ClientClass::Unknown)
+            }
+        };
         if let Some(al) = facts.header("accept-language")
             && al.trim_ascii().is_empty()
         {
@@ -219,21 +234,11 @@ impl Policy {
             Clearance::Absent | Clearance::Presented(_) => None,
         };
 
-        let ua_class = match kind {
-            UaKind::Missing => UaClass::Missing,
-            UaKind::Crawler(_) if verified_crawler => UaClass::VerifiedCrawler,
-            UaKind::Crawler(_) => UaClass::Crawler,
-            UaKind::Headless => UaClass::Headless,
-            UaKind::Automation => UaClass::Automation,
-            UaKind::Browser(_) => UaClass::Browser,
-            UaKind::Unknown => UaClass::Unknown,
-        };
         let rule_facts = RuleFacts {
             facts,
             path: &path,
             ip,
-            ua_class,
-            crawler_category,
+            client: &client,
         };
         let rule_candidates = self
             .rules
@@ -249,7 +254,7 @@ impl Policy {
             risk: tally.risk,
             trust: tally.trust,
             reasons: tally.reasons,
-            ua_class,
+            client,
             sensitive,
             route: route_index,
             clearance_difficulty,
@@ -276,7 +281,7 @@ impl Policy {
             clearance_difficulty,
             rule_candidates,
             lookup,
-            ..
+            client,
         } = assessment;
 
         let remote_status = match (remote, &lookup) {
@@ -327,8 +332,11 @@ impl Policy {
             .unwrap_or(Decision::Block);
         let mut decided_by = DecidedBy::Score;
 
+        // Rules in order: a dry run is only reported; an `at_least` rule raises the decision
+        // to its action (the floor later rules keep) and goes on; any other sets it and stops.
         let mut rules = Vec::new();
         let mut rule_decided = false;
+        let mut floor = Decision::Pass;
         for rule in rule_candidates.iter().filter_map(|&i| self.rules.get(i)) {
             if rule.when.min_level.is_some_and(|min| level < min) {
                 continue;
@@ -338,12 +346,21 @@ impl Policy {
                 action: rule.action,
                 dry_run: rule.dry_run,
             });
-            if !rule.dry_run {
-                decision = rule.action;
-                decided_by = DecidedBy::Rule(rule.id.clone());
-                rule_decided = true;
-                break;
+            if rule.dry_run {
+                continue;
             }
+            if rule.at_least {
+                floor = floor.max(rule.action);
+                if rule.action > decision {
+                    decision = rule.action;
+                    decided_by = DecidedBy::Rule(rule.id.clone());
+                }
+                continue;
+            }
+            decision = rule.action.max(floor);
+            decided_by = DecidedBy::Rule(rule.id.clone());
+            rule_decided = true;
+            break;
         }
 
         if let Some((subject, action)) = manual {
@@ -384,6 +401,7 @@ impl Policy {
             rules,
             decided_by,
             remote: remote_status,
+            client,
             revision: self.revision,
             route,
         }
@@ -423,52 +441,75 @@ impl Policy {
             UaKind::Headless
         } else if scan.automation {
             UaKind::Automation
+        } else if scan.declared {
+            UaKind::Declared
         } else {
             scan.browser(ua).map_or(UaKind::Unknown, UaKind::Browser)
         }
     }
 
-    /// Scores a declared crawler; returns whether it is verified.
+    /// Whether the range list at `list` is recent enough to prove anything at `now`.
+    pub(crate) fn ranges_fresh(&self, list: usize, now: u64) -> bool {
+        let today = i64::try_from(now / 86_400).unwrap_or(i64::MAX / 2) + JULIAN_DAY_OF_UNIX_EPOCH;
+        self.lists.get(list).is_some_and(|l| {
+            l.as_of_day
+                .is_some_and(|day| today - i64::from(day) <= i64::from(self.crawler_max_age_days))
+        })
+    }
+
+    fn score_category(&self, tally: &mut Tally, category: CrawlerCategory) {
+        let points = self
+            .crawler_category_weights
+            .get(&category)
+            .copied()
+            .unwrap_or(0);
+        tally.risk(ReasonCode::Fixed(category_code(category)), points);
+    }
+
+    /// Scores a catalogue crawler and says what the client is: verified (its IP is in its
+    /// family's fresh published ranges), spoofed (fresh ranges, IP outside them) or declared
+    /// (no ranges, or ranges too old to prove anything either way: stale ranges never verify,
+    /// and the category's weight and rules apply).
     fn score_crawler(
         &self,
         tally: &mut Tally,
-        category: CrawlerCategory,
-        ranges: Option<usize>,
+        index: usize,
         ip: Option<IpAddr>,
         now: u64,
-    ) -> bool {
-        let Some(list) = ranges.and_then(|i| self.lists.get(i)) else {
-            let points = self
-                .crawler_category_weights
-                .get(&category)
-                .copied()
-                .unwrap_or(0);
-            tally.risk(ReasonCode::Fixed(category_code(category)), points);
-            return false;
+    ) -> Client {
+        let Some(crawler) = self.crawlers.get(index) else {
+            return Client::of(ClientClass::Unknown);
         };
-        if ip.is_some_and(|ip| list.set.contains(ip)) {
+        let named = |class| Client {
+            class,
+            bot: Some(crawler.name.clone()),
+            category: Some(crawler.category),
+        };
+        let Some(list) = crawler.ranges else {
+            self.score_category(tally, crawler.category);
+            return named(ClientClass::DeclaredBot);
+        };
+        if !self.ranges_fresh(list, now) {
+            tally.reasons.push(Reason {
+                code: ReasonCode::Fixed("crawler.ranges_stale"),
+                points: 0,
+            });
+            self.score_category(tally, crawler.category);
+            return named(ClientClass::DeclaredBot);
+        }
+        if ip.is_some_and(|ip| self.lists.get(list).is_some_and(|l| l.set.contains(ip))) {
             tally.trust(
                 ReasonCode::Fixed("crawler.verified"),
                 self.crawler_verified_trust,
             );
-            return true;
-        }
-        let today = i64::try_from(now / 86_400).unwrap_or(i64::MAX / 2) + JULIAN_DAY_OF_UNIX_EPOCH;
-        let fresh = list
-            .as_of_day
-            .is_some_and(|day| today - i64::from(day) <= i64::from(self.crawler_max_age_days));
-        if fresh {
+            named(ClientClass::VerifiedBot)
+        } else {
             tally.risk(
                 ReasonCode::Fixed("crawler.spoofed"),
                 self.crawler_spoofed_weight,
             );
-        } else {
-            tally.risk(
-                ReasonCode::Fixed("crawler.unverified"),
-                self.crawler_unverified_weight,
-            );
+            named(ClientClass::SpoofedBot)
         }
-        false
     }
 
     fn score_browser(&self, tally: &mut Tally, b: &Browser, facts: &Facts) {
@@ -501,14 +542,40 @@ impl Policy {
                 s.missing_accept_encoding,
             );
         }
-        if b.family.sends_sec_fetch(b.major)
-            && !facts.plain_http
-            && facts.header("sec-fetch-mode").is_none()
-            && facts.header("sec-fetch-site").is_none()
-        {
+        let https = !facts.plain_http;
+        let site = facts.header("sec-fetch-site").is_some();
+        let mode = facts.header("sec-fetch-mode").is_some();
+        let dest = facts.header("sec-fetch-dest");
+        if b.sends_sec_fetch() && https && !site && !mode && dest.is_none() {
             tally.risk(
                 ReasonCode::Fixed("headers.no_sec_fetch"),
                 s.missing_sec_fetch,
+            );
+        }
+        if (site || mode || dest.is_some()) && !(site && mode && dest.is_some()) {
+            tally.risk(
+                ReasonCode::Fixed("headers.partial_sec_fetch"),
+                s.partial_sec_fetch,
+            );
+        }
+        if b.sends_client_hints() && https && facts.header("sec-ch-ua").is_none() {
+            tally.risk(
+                ReasonCode::Fixed("headers.no_client_hints"),
+                s.missing_client_hints,
+            );
+        }
+        let accept = facts.header("accept");
+        if accept.is_none() {
+            tally.risk(ReasonCode::Fixed("headers.no_accept"), s.missing_accept);
+        }
+        let navigation = dest.is_some_and(|d| {
+            let d = d.trim_ascii();
+            d.eq_ignore_ascii_case(b"document") || d.eq_ignore_ascii_case(b"iframe")
+        });
+        if navigation && accept.is_some_and(|a| ua::find(a, b"text/html").is_none()) {
+            tally.risk(
+                ReasonCode::Fixed("headers.navigation_accept"),
+                s.navigation_accept,
             );
         }
     }
@@ -531,12 +598,10 @@ impl Policy {
                     .zip(f.ip)
                     .is_some_and(|(l, ip)| l.set.contains(ip))
             })
-            && (c.ua_class.is_empty()
-                || c.ua_class.contains(&f.ua_class)
-                || (f.ua_class == UaClass::VerifiedCrawler
-                    && c.ua_class.contains(&UaClass::Crawler)))
+            && (c.client_class.is_empty() || c.client_class.contains(&f.client.class))
             && (c.crawler_category.is_empty()
-                || f.crawler_category
+                || f.client
+                    .category
                     .is_some_and(|cat| c.crawler_category.contains(&cat)))
     }
 
@@ -585,8 +650,7 @@ struct RuleFacts<'a> {
     facts: &'a Facts,
     path: &'a str,
     ip: Option<IpAddr>,
-    ua_class: UaClass,
-    crawler_category: Option<CrawlerCategory>,
+    client: &'a Client,
 }
 
 fn method_in(method: &str, methods: &[String]) -> bool {

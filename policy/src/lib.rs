@@ -61,9 +61,9 @@ pub use facts::{
 };
 pub use iprange::{BadPrefix, IpRangeSet};
 pub use policy::{
-    BundleError, CacheSettings, ChallengeSettings, CrawlerCategory, ENGINE_VERSION, FieldError,
-    Mode, NamedList, Policy, RateBudget, SubjectKind, UaClass, parse_wire,
+    BundleError, CacheSettings, ChallengeSettings, ClientClass, CrawlerCategory, ENGINE_VERSION,
+    FieldError, Mode, NamedList, Policy, RateBudget, StaleRanges, SubjectKind, parse_wire,
 };
 pub use verdict::{
-    DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
+    Client, DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
 };

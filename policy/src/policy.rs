@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::iprange::IpRangeSet;
-use crate::ua::{BrowserFamily, UaScanner};
+use crate::ua::{BotPattern, BrowserFamily, UaScanner};
 use crate::verdict::{Decision, Level};
 use crate::wire::{self, BundleV1};
 
@@ -95,8 +95,21 @@ pub enum SubjectKind {
 
 /// Crawler categories.
 pub type CrawlerCategory = wire::CrawlerCategoryV1;
-/// UA classes, as rules name them.
-pub type UaClass = wire::UaClassV1;
+/// Client classes, as verdicts and rules name them.
+pub type ClientClass = wire::ClientClassV1;
+
+/// A range list that crawlers verify against and that is too old to prove anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleRanges {
+    /// The list's name.
+    pub list: String,
+    /// Its `as_of` date, if it has one.
+    pub as_of: Option<String>,
+    /// Days since `as_of` (`None` without one).
+    pub age_days: Option<i64>,
+    /// The catalogue crawlers that use it.
+    pub crawlers: Vec<String>,
+}
 
 /// A named prefix list.
 #[derive(Debug, Clone)]
@@ -113,6 +126,7 @@ pub struct NamedList {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Crawler {
+    pub(crate) name: Arc<str>,
     pub(crate) category: CrawlerCategory,
     pub(crate) ranges: Option<usize>,
 }
@@ -133,7 +147,7 @@ pub(crate) struct Conditions {
     pub(crate) countries: Vec<[u8; 2]>,
     pub(crate) asns: Vec<u32>,
     pub(crate) ip_list: Option<usize>,
-    pub(crate) ua_class: Vec<UaClass>,
+    pub(crate) client_class: Vec<ClientClass>,
     pub(crate) crawler_category: Vec<CrawlerCategory>,
     pub(crate) min_level: Option<Level>,
 }
@@ -144,6 +158,7 @@ pub(crate) struct Rule {
     pub(crate) when: Conditions,
     pub(crate) action: Decision,
     pub(crate) dry_run: bool,
+    pub(crate) at_least: bool,
 }
 
 /// A token-bucket budget (counted by the adapters with the trust primitives).
@@ -220,7 +235,6 @@ pub struct Policy {
     pub(crate) crawler_max_age_days: u32,
     pub(crate) crawler_verified_trust: u8,
     pub(crate) crawler_spoofed_weight: u8,
-    pub(crate) crawler_unverified_weight: u8,
     pub(crate) crawler_category_weights: BTreeMap<CrawlerCategory, u8>,
     pub(crate) routes: Vec<Route>,
     pub(crate) rules: Vec<Rule>,
@@ -243,6 +257,11 @@ pub(crate) struct Signals {
     pub(crate) empty_accept_language: u8,
     pub(crate) missing_accept_encoding: u8,
     pub(crate) missing_sec_fetch: u8,
+    pub(crate) partial_sec_fetch: u8,
+    pub(crate) missing_client_hints: u8,
+    pub(crate) missing_accept: u8,
+    pub(crate) navigation_accept: u8,
+    pub(crate) ua_unknown: u8,
     /// (list index, points)
     pub(crate) ip_lists: Vec<(usize, u8)>,
     pub(crate) country: HashMap<[u8; 2], u8>,
@@ -300,6 +319,35 @@ impl Policy {
     /// them; adapters log them).
     pub fn warnings(&self) -> &[FieldError] {
         &self.warnings
+    }
+
+    /// The crawler range lists that are too old at `now` (unix seconds) to verify or expose
+    /// anyone: crawlers that claim their families count as declared bots of their category
+    /// until the lists are refreshed. `policy lint` warns about them; adapters count them.
+    pub fn stale_ranges(&self, now: u64) -> Vec<StaleRanges> {
+        let today = i64::try_from(now / 86_400).unwrap_or(i64::MAX / 2) + 2_440_588;
+        let mut out: Vec<StaleRanges> = Vec::new();
+        for crawler in &self.crawlers {
+            let Some(index) = crawler.ranges else {
+                continue;
+            };
+            if self.ranges_fresh(index, now) {
+                continue;
+            }
+            let Some(list) = self.lists.get(index) else {
+                continue;
+            };
+            match out.iter_mut().find(|s| s.list == *list.name) {
+                Some(stale) => stale.crawlers.push(crawler.name.to_string()),
+                None => out.push(StaleRanges {
+                    list: list.name.to_string(),
+                    as_of: list.as_of_day.map(date_of_julian_day),
+                    age_days: list.as_of_day.map(|day| today - i64::from(day)),
+                    crawlers: vec![crawler.name.to_string()],
+                }),
+            }
+        }
+        out
     }
 
     /// Whether the bundle needs a score cache: with `cache.on_unavailable: fail_closed` and
@@ -439,6 +487,13 @@ pub(crate) fn needs_newer_engine(min_engine_version: &str) -> bool {
         (Some(wanted), Some(ours)) => wanted > ours,
         _ => true,
     }
+}
+
+/// Julian day number → `YYYY-MM-DD`.
+fn date_of_julian_day(day: i32) -> String {
+    time::Date::from_julian_day(day)
+        .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
+        .unwrap_or_default()
 }
 
 /// `YYYY-MM-DD` → Julian day number.
@@ -603,7 +658,19 @@ impl TryFrom<BundleV1> for Policy {
             unverified_weight,
             category_weights,
             catalogue,
+            declared,
         } = crawlers;
+        if unverified_weight != wire::CrawlersV1::default().unverified_weight {
+            warnings.push(FieldError {
+                path: "crawlers.unverified_weight".to_owned(),
+                message: "ignored: a crawler claimed from ranges older than \
+                          max_ranges_age_days is now a declared bot of its category (its \
+                          category weight and rules apply; it is never verified). Remove \
+                          the field."
+                    .to_owned(),
+            });
+        }
+        let declared_patterns = compile_declared(&mut errors, declared);
         let mut crawler_patterns = Vec::new();
         let mut compiled_crawlers = Vec::with_capacity(catalogue.len());
         for (i, c) in catalogue.iter().enumerate() {
@@ -622,12 +689,30 @@ impl TryFrom<BundleV1> for Policy {
                 .ranges
                 .as_deref()
                 .and_then(|name| list_index(&mut errors, format!("{path}.ranges"), name));
+            if let Some(list) = ranges.and_then(|r| compiled_lists.get(r))
+                && list.as_of_day.is_none()
+            {
+                warnings.push(FieldError {
+                    path: format!("{path}.ranges"),
+                    message: format!(
+                        "list {:?} has no as_of date, so it can never verify {}: give the \
+                         list the date of its data",
+                        list.name, c.name
+                    ),
+                });
+            }
             compiled_crawlers.push(Crawler {
+                name: Arc::from(c.name.as_str()),
                 category: c.category,
                 ranges,
             });
         }
-        let ua_scanner = UaScanner::new(&crawler_patterns, &headless_tokens, &automation_tokens);
+        let ua_scanner = UaScanner::new(
+            &crawler_patterns,
+            declared_patterns,
+            &headless_tokens,
+            &automation_tokens,
+        );
         let crawler_category_weights = category_weights
             .iter()
             .map(|(cat, w)| {
@@ -672,6 +757,7 @@ impl TryFrom<BundleV1> for Policy {
                 when,
                 action,
                 dry_run,
+                at_least,
             } = r;
             errors.non_empty_name(format!("{path}.id"), id);
             if !seen_ids.insert(id.as_str()) {
@@ -683,10 +769,28 @@ impl TryFrom<BundleV1> for Policy {
                 countries,
                 asns,
                 ip_list,
+                client_class,
                 ua_class,
                 crawler_category,
                 min_level,
             } = when;
+            let mut client_class = client_class.clone();
+            if !ua_class.is_empty() {
+                warnings.push(FieldError {
+                    path: format!("{path}.when.ua_class"),
+                    message: "renamed client_class (browser, verified_bot, declared_bot, \
+                              automation, spoofed_bot, unknown); read as the classes it maps \
+                              to: missing and unknown → unknown, headless → automation, \
+                              crawler → verified_bot, declared_bot and spoofed_bot, \
+                              verified_crawler → verified_bot"
+                        .to_owned(),
+                });
+                for class in ua_class.iter().flat_map(|c| client_classes_of(*c)) {
+                    if !client_class.contains(class) {
+                        client_class.push(*class);
+                    }
+                }
+            }
             if *when == wire::ConditionsV1::default() {
                 errors.push(format!("{path}.when"), "must set at least one condition");
             }
@@ -718,12 +822,13 @@ impl TryFrom<BundleV1> for Policy {
                     countries,
                     asns: asns.clone(),
                     ip_list,
-                    ua_class: ua_class.clone(),
+                    client_class,
                     crawler_category: crawler_category.clone(),
                     min_level: min_level.map(level),
                 },
                 action: decision(*action),
                 dry_run: *dry_run,
+                at_least: *at_least,
             });
         }
 
@@ -785,8 +890,7 @@ impl TryFrom<BundleV1> for Policy {
 
         let crawler_verified_trust = errors.points("crawlers.verified_trust", verified_trust);
         let crawler_spoofed_weight = errors.points("crawlers.spoofed_weight", spoofed_weight);
-        let crawler_unverified_weight =
-            errors.points("crawlers.unverified_weight", unverified_weight);
+        errors.points("crawlers.unverified_weight", unverified_weight);
 
         let ua_scanner = match ua_scanner {
             Ok(scanner) if errors.0.is_empty() => scanner,
@@ -819,7 +923,6 @@ impl TryFrom<BundleV1> for Policy {
             crawler_max_age_days: max_ranges_age_days,
             crawler_verified_trust,
             crawler_spoofed_weight,
-            crawler_unverified_weight,
             crawler_category_weights,
             routes: compiled_routes,
             rules: compiled_rules,
@@ -830,6 +933,78 @@ impl TryFrom<BundleV1> for Policy {
             warnings,
         })
     }
+}
+
+/// The client classes a deprecated `ua_class` value stands for.
+fn client_classes_of(ua_class: wire::UaClassV1) -> &'static [ClientClass] {
+    use wire::UaClassV1 as U;
+    match ua_class {
+        U::Missing | U::Unknown => &[ClientClass::Unknown],
+        U::Browser => &[ClientClass::Browser],
+        U::Automation | U::Headless => &[ClientClass::Automation],
+        U::Crawler => &[
+            ClientClass::VerifiedBot,
+            ClientClass::DeclaredBot,
+            ClientClass::SpoofedBot,
+        ],
+        U::VerifiedCrawler => &[ClientClass::VerifiedBot],
+    }
+}
+
+/// Checks and compiles the declared-bot patterns.
+fn compile_declared(errors: &mut Errors, declared: wire::DeclaredBotsV1) -> Vec<BotPattern> {
+    let wire::DeclaredBotsV1 {
+        source: _,
+        as_of,
+        patterns,
+        not_translated: _,
+    } = declared;
+    if let Some(d) = as_of.as_deref()
+        && julian_day(d).is_none()
+    {
+        errors.push("crawlers.declared.as_of", "must be a date YYYY-MM-DD");
+    }
+    let mut out = Vec::with_capacity(patterns.len());
+    for (i, p) in patterns.into_iter().enumerate() {
+        let path = format!("crawlers.declared.patterns[{i}]");
+        let wire::BotPatternV1 {
+            token,
+            at_start,
+            word_start,
+            word_end,
+            digit_after,
+            not_preceded_by,
+            not_followed_by,
+            from: _,
+        } = p;
+        if token.is_empty() {
+            errors.push(format!("{path}.token"), "must not be empty");
+            continue;
+        }
+        if !token.is_ascii() {
+            errors.push(format!("{path}.token"), "must be ASCII");
+        }
+        for (field, list) in [
+            ("not_preceded_by", &not_preceded_by),
+            ("not_followed_by", &not_followed_by),
+        ] {
+            for (j, t) in list.iter().enumerate() {
+                if t.is_empty() || !t.is_ascii() {
+                    errors.push(format!("{path}.{field}[{j}]"), "must be non-empty ASCII");
+                }
+            }
+        }
+        out.push(BotPattern {
+            token,
+            at_start,
+            word_start,
+            word_end,
+            digit_after,
+            not_preceded_by,
+            not_followed_by,
+        });
+    }
+    out
 }
 
 fn compile_thresholds(errors: &mut Errors, t: &wire::ThresholdsV1) -> [u8; 3] {
@@ -900,6 +1075,11 @@ fn compile_signals(
         headers_empty_accept_language,
         headers_missing_accept_encoding,
         headers_missing_sec_fetch,
+        headers_missing_client_hints,
+        headers_partial_sec_fetch,
+        headers_missing_accept,
+        headers_navigation_accept,
+        ua_unknown,
         ip_lists,
         country,
         asn,
@@ -974,6 +1154,23 @@ fn compile_signals(
             "signals.headers_missing_sec_fetch.weight",
             headers_missing_sec_fetch.weight,
         ),
+        partial_sec_fetch: errors.points(
+            "signals.headers_partial_sec_fetch.weight",
+            headers_partial_sec_fetch.weight,
+        ),
+        missing_client_hints: errors.points(
+            "signals.headers_missing_client_hints.weight",
+            headers_missing_client_hints.weight,
+        ),
+        missing_accept: errors.points(
+            "signals.headers_missing_accept.weight",
+            headers_missing_accept.weight,
+        ),
+        navigation_accept: errors.points(
+            "signals.headers_navigation_accept.weight",
+            headers_navigation_accept.weight,
+        ),
+        ua_unknown: errors.points("signals.ua_unknown.weight", ua_unknown.weight),
         ip_lists: ip_list_weights,
         country: countries,
         asn: asns,

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{EdgeHeaderNames, Facts};
-use crate::verdict::{Decision, Level, Reason, RemoteStatus, RuleMatch, Verdict};
+use crate::verdict::{Client, Decision, Level, Reason, RemoteStatus, RuleMatch, Verdict};
 
 /// A header value: text, or raw bytes as an array of numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +105,8 @@ pub struct VerdictLine<'a> {
     pub level: Level,
     /// Contributions.
     pub reasons: &'a [Reason],
+    /// What the client is.
+    pub client: &'a Client,
     /// Bundle revision, as text.
     pub revision: String,
     /// Matched rules, if any.
@@ -131,6 +133,7 @@ impl<'a> VerdictLine<'a> {
             score: v.score,
             level: v.level,
             reasons: &v.reasons,
+            client: &v.client,
             revision: v.revision.to_string(),
             rules: &v.rules,
             shadow_decision: v.shadow_decision,

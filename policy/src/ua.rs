@@ -103,6 +103,31 @@ pub struct Browser {
     pub platform: Option<Platform>,
     /// Says `Mobile`.
     pub mobile: bool,
+    /// The major of its `Chrome/` token, for Chromium browsers that carry one (iOS browsers
+    /// are WebKit and carry none).
+    pub chromium_major: Option<u32>,
+}
+
+impl Browser {
+    /// Whether this browser sends `sec-fetch-*` on secure requests. On iOS every browser is
+    /// WebKit, so only Safari's own version says (other iOS browsers version their app).
+    pub fn sends_sec_fetch(&self) -> bool {
+        if self.platform == Some(Platform::Ios) && self.family != BrowserFamily::Safari {
+            return false;
+        }
+        self.family.sends_sec_fetch(self.major)
+    }
+
+    /// Whether this browser sends `sec-ch-ua` client hints on secure requests: Chrome, Edge
+    /// and Opera from Chromium 89, except on iOS (WebKit). Samsung Internet is left out: its
+    /// client-hint support by version is not documented well enough to score its absence.
+    pub fn sends_client_hints(&self) -> bool {
+        matches!(
+            self.family,
+            BrowserFamily::Chrome | BrowserFamily::Edge | BrowserFamily::Opera
+        ) && self.platform != Some(Platform::Ios)
+            && self.chromium_major.is_some_and(|m| m >= 89)
+    }
 }
 
 /// Browser product tokens, in the order browsers stack them: the first found wins.
@@ -130,9 +155,54 @@ const PLATFORMS: [(&str, Platform); 7] = [
     ("Linux", Platform::Linux),
 ];
 
+/// A declared-bot pattern, compiled: a token and where it may stand (see
+/// `wire::BotPatternV1`). Tokens and context literals are matched ASCII case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotPattern {
+    /// The literal.
+    pub token: String,
+    /// Only at byte 0.
+    pub at_start: bool,
+    /// Only after a byte that is not an ASCII letter or digit (or at the start).
+    pub word_start: bool,
+    /// Only before a byte that is not an ASCII letter or digit (or at the end).
+    pub word_end: bool,
+    /// Only before an ASCII digit.
+    pub digit_after: bool,
+    /// Not right after any of these.
+    pub not_preceded_by: Vec<String>,
+    /// Not right before any of these.
+    pub not_followed_by: Vec<String>,
+}
+
+impl BotPattern {
+    /// Whether the token found at `start..end` of `ua` stands where the pattern allows.
+    fn holds(&self, ua: &[u8], start: usize, end: usize) -> bool {
+        let before = start.checked_sub(1).and_then(|i| ua.get(i));
+        let after = ua.get(end);
+        let head = ua.get(..start).unwrap_or_default();
+        let tail = ua.get(end..).unwrap_or_default();
+        (!self.at_start || start == 0)
+            && (!self.word_start || before.is_none_or(|b| !b.is_ascii_alphanumeric()))
+            && (!self.word_end || after.is_none_or(|b| !b.is_ascii_alphanumeric()))
+            && (!self.digit_after || after.is_some_and(u8::is_ascii_digit))
+            && !self.not_preceded_by.iter().any(|p| {
+                head.len() >= p.len()
+                    && head
+                        .get(head.len() - p.len()..)
+                        .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+            })
+            && !self.not_followed_by.iter().any(|p| {
+                tail.get(..p.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(p.as_bytes()))
+            })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Crawler(usize),
+    Declared(usize),
     Headless,
     Automation,
     Product(usize),
@@ -146,6 +216,8 @@ enum Token {
 pub struct UaScan {
     /// The declared crawler with the lowest catalogue index, if any.
     pub crawler: Option<usize>,
+    /// A declared-bot pattern matched where it may stand.
+    pub declared: bool,
     /// A headless-browser token matched.
     pub headless: bool,
     /// An automation token matched.
@@ -162,12 +234,15 @@ pub struct UaScan {
 pub struct UaScanner {
     matcher: AhoCorasick,
     tokens: Vec<Token>,
+    declared: Vec<BotPattern>,
 }
 
 impl UaScanner {
-    /// Builds a scanner. `crawlers` pairs each token with its crawler's catalogue index.
+    /// Builds a scanner. `crawlers` pairs each token with its crawler's catalogue index;
+    /// `declared` are declared-bot patterns outside the catalogue.
     pub fn new(
         crawlers: &[(String, usize)],
+        declared: Vec<BotPattern>,
         headless: &[String],
         automation: &[String],
     ) -> Result<Self, aho_corasick::BuildError> {
@@ -180,6 +255,9 @@ impl UaScanner {
         let (mut patterns, mut tokens) = (Vec::new(), Vec::new());
         for (p, crawler) in crawlers {
             add(&mut patterns, &mut tokens, p, Token::Crawler(*crawler));
+        }
+        for (i, p) in declared.iter().enumerate() {
+            add(&mut patterns, &mut tokens, &p.token, Token::Declared(i));
         }
         for p in headless {
             add(&mut patterns, &mut tokens, p, Token::Headless);
@@ -200,7 +278,11 @@ impl UaScanner {
             .match_kind(MatchKind::Standard)
             .kind(Some(AhoCorasickKind::DFA))
             .build(&patterns)?;
-        Ok(Self { matcher, tokens })
+        Ok(Self {
+            matcher,
+            tokens,
+            declared,
+        })
     }
 
     /// One pass over the User-Agent.
@@ -211,6 +293,16 @@ impl UaScanner {
                 Some(Token::Crawler(c)) => {
                     scan.crawler = Some(scan.crawler.map_or(*c, |prev| prev.min(*c)));
                 }
+                Some(Token::Declared(i))
+                    if !scan.declared
+                        && self
+                            .declared
+                            .get(*i)
+                            .is_some_and(|p| p.holds(ua, m.start(), m.end())) =>
+                {
+                    scan.declared = true;
+                }
+                Some(Token::Declared(_)) => {}
                 Some(Token::Headless) => scan.headless = true,
                 Some(Token::Automation) => scan.automation = true,
                 Some(Token::Product(i)) => {
@@ -236,25 +328,40 @@ impl UaScan {
         if !ua.starts_with(b"Mozilla/5.0") {
             return None;
         }
-        let (family, major) =
-            PRODUCTS
-                .iter()
-                .zip(self.product_end)
-                .find_map(|(&(_, family), end)| {
-                    if family == BrowserFamily::Safari && !self.safari {
-                        return None;
-                    }
-                    Some((family, leading_number(ua.get(end?..)?)?))
-                })?;
         let platform = self
             .platform
             .and_then(|i| PLATFORMS.get(i))
             .map(|&(_, p)| p);
+        let (family, major) = PRODUCTS
+            .iter()
+            .zip(self.product_end)
+            .find_map(|(&(_, family), end)| {
+                if family == BrowserFamily::Safari && !self.safari {
+                    return None;
+                }
+                Some((family, leading_number(ua.get(end?..)?)?))
+            })
+            .or_else(|| {
+                // An iOS app's web view (the Google app's `GSA/`, in-app browsers) names no
+                // browser product: it is the system WebKit, versioned with iOS.
+                if platform != Some(Platform::Ios) {
+                    return None;
+                }
+                find(ua, b"AppleWebKit/")?;
+                let os = find(ua, b" OS ")?;
+                Some((BrowserFamily::Safari, leading_number(ua.get(os + 4..)?)?))
+            })?;
+        let chromium_major = PRODUCTS
+            .iter()
+            .position(|&(token, _)| token == "Chrome/")
+            .and_then(|i| self.product_end.get(i).copied().flatten())
+            .and_then(|end| leading_number(ua.get(end..)?));
         Some(Browser {
             family,
             major,
             platform,
             mobile: self.mobile,
+            chromium_major,
         })
     }
 }
@@ -263,7 +370,10 @@ impl UaScan {
 /// keeps one per policy). Returns `None` for anything that is not a `Mozilla/5.0` browser
 /// string with a known product token.
 pub fn parse_browser(ua: &[u8]) -> Option<Browser> {
-    UaScanner::new(&[], &[], &[]).ok()?.scan(ua).browser(ua)
+    UaScanner::new(&[], Vec::new(), &[], &[])
+        .ok()?
+        .scan(ua)
+        .browser(ua)
 }
 
 /// Whether `sec-ch-ua`, `sec-ch-ua-mobile` and `sec-ch-ua-platform` contradict the UA.

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::{ClientClassV1, CrawlerCategoryV1};
+
 /// What happens to the request. Ordered by severity: `pass < throttle < challenge < block`
 /// (a throttle only slows a client down; a challenge asks it to prove work before anything
 /// more goes through), so "raise to at least" is a `max`.
@@ -119,6 +121,50 @@ pub enum DecidedBy {
     Clearance,
 }
 
+/// What the engine concludes the client is: its class, and for bots the catalogue name (when a
+/// catalogue family matched) and category.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Client {
+    /// The class.
+    pub class: ClientClassV1,
+    /// The catalogue family (`googlebot`), for bots the catalogue names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bot: Option<Arc<str>>,
+    /// The bot category, for verified, declared and spoofed bots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<CrawlerCategoryV1>,
+}
+
+impl Client {
+    /// A client of `class` that names no bot.
+    pub fn of(class: ClientClassV1) -> Self {
+        Self {
+            class,
+            bot: None,
+            category: None,
+        }
+    }
+
+    /// As an HTTP structured-field item: `verified_bot;bot=googlebot;category=search_engine`
+    /// (the class is a token; catalogue names are bundle names, sent as strings).
+    pub fn header_value(&self) -> String {
+        let mut out = self.class.as_str().to_owned();
+        if let Some(bot) = &self.bot {
+            out.push_str(";bot=\"");
+            out.extend(
+                bot.chars()
+                    .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\'),
+            );
+            out.push('"');
+        }
+        if let Some(category) = self.category {
+            out.push_str(";category=");
+            out.push_str(category.as_str());
+        }
+        out
+    }
+}
+
 /// Whether remote context played a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +199,8 @@ pub struct Verdict {
     pub decided_by: DecidedBy,
     /// Whether remote context was used.
     pub remote: RemoteStatus,
+    /// What the client is.
+    pub client: Client,
     /// The bundle revision that decided.
     pub revision: u64,
     /// Index of the matched route in the bundle's `routes` (rate budgets per route use it).

@@ -262,8 +262,22 @@ pub struct SignalsV1 {
     pub headers_empty_accept_language: WeightV1,
     /// A browser UA without `accept-encoding`.
     pub headers_missing_accept_encoding: WeightV1,
-    /// A browser recent enough to always send `sec-fetch-*`, without them.
+    /// A browser recent enough to always send `sec-fetch-*`, without them (over HTTPS).
     pub headers_missing_sec_fetch: WeightV1,
+    /// A Chromium browser (89 or later, not on iOS) without `sec-ch-ua` over HTTPS: Chromium
+    /// sends its low-entropy client hints on every secure request.
+    pub headers_missing_client_hints: WeightV1,
+    /// Some `sec-fetch-*` headers but not all of `sec-fetch-site`, `-mode` and `-dest`
+    /// (browsers send the three together, or none).
+    pub headers_partial_sec_fetch: WeightV1,
+    /// A browser UA without `accept` (browsers send one on every request).
+    pub headers_missing_accept: WeightV1,
+    /// A navigation (`sec-fetch-dest: document` or `iframe`) whose `accept` does not ask for
+    /// `text/html` (every browser does).
+    pub headers_navigation_accept: WeightV1,
+    /// A User-Agent that is neither a known browser nor matches any token (crawler, declared
+    /// bot, headless, automation): a client that names itself in a way no list knows.
+    pub ua_unknown: WeightV1,
     /// List name → points when the client IP is in that list (reason `ip.<name>`).
     pub ip_lists: BTreeMap<String, u32>,
     /// Country scores.
@@ -320,11 +334,28 @@ pub enum CrawlerCategoryV1 {
     Other,
 }
 
+impl CrawlerCategoryV1 {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrawlerCategoryV1::SearchEngine => "search_engine",
+            CrawlerCategoryV1::AiCrawler => "ai_crawler",
+            CrawlerCategoryV1::Monitor => "monitor",
+            CrawlerCategoryV1::Seo => "seo",
+            CrawlerCategoryV1::Preview => "preview",
+            CrawlerCategoryV1::Feed => "feed",
+            CrawlerCategoryV1::Archiver => "archiver",
+            CrawlerCategoryV1::Other => "other",
+        }
+    }
+}
+
 /// Crawler verification settings and the catalogue of declared crawlers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrawlersV1 {
-    /// Range lists older than this many days cannot prove a crawler spoofed.
+    /// Range lists older than this many days prove nothing: a crawler claimed from them is
+    /// neither verified nor spoofed, only declared (its category's weight and rules apply).
     pub max_ranges_age_days: u32,
     /// Trust points for a crawler whose IP is in its published ranges (0..=100).
     pub verified_trust: u32,
@@ -336,6 +367,77 @@ pub struct CrawlersV1 {
     pub category_weights: BTreeMap<CrawlerCategoryV1, u32>,
     /// Known crawlers.
     pub catalogue: Vec<CrawlerV1>,
+    /// Patterns of declared bots outside the catalogue (category `other`), e.g. a maintained
+    /// list (`{ include: lists/declared-bots.json }`).
+    #[serde(skip_serializing_if = "DeclaredBotsV1::is_empty")]
+    pub declared: DeclaredBotsV1,
+}
+
+/// A list of declared-bot patterns with its provenance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeclaredBotsV1 {
+    /// Where the patterns came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Date of the data, `YYYY-MM-DD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+    /// The patterns.
+    pub patterns: Vec<BotPatternV1>,
+    /// Source patterns the refresh could not express as tokens, with why (documentation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_translated: Vec<NotTranslatedV1>,
+}
+
+impl DeclaredBotsV1 {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// One declared-bot pattern: a token (ASCII case-insensitive) and where it may stand. A word
+/// boundary is any byte that is not an ASCII letter or digit, or the end of the value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotPatternV1 {
+    /// The literal to find.
+    pub token: String,
+    /// Only at the start of the User-Agent.
+    #[serde(skip_serializing_if = "is_false")]
+    pub at_start: bool,
+    /// Only after a word boundary.
+    #[serde(skip_serializing_if = "is_false")]
+    pub word_start: bool,
+    /// Only before a word boundary.
+    #[serde(skip_serializing_if = "is_false")]
+    pub word_end: bool,
+    /// Only before an ASCII digit.
+    #[serde(skip_serializing_if = "is_false")]
+    pub digit_after: bool,
+    /// Not right after any of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_preceded_by: Vec<String>,
+    /// Not right before any of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_followed_by: Vec<String>,
+    /// The source pattern it was translated from (documentation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// A source pattern the refresh left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotTranslatedV1 {
+    /// The source pattern.
+    pub from: String,
+    /// Why it is not a token.
+    pub why: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for CrawlersV1 {
@@ -347,6 +449,7 @@ impl Default for CrawlersV1 {
             unverified_weight: 10,
             category_weights: BTreeMap::new(),
             catalogue: Vec::new(),
+            declared: DeclaredBotsV1::default(),
         }
     }
 }
@@ -385,7 +488,40 @@ pub struct RouteV1 {
     pub sensitive: bool,
 }
 
-/// User-Agent class, for rules.
+/// What the engine concludes the client is, from its User-Agent, headers and IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientClassV1 {
+    /// A known browser.
+    Browser,
+    /// A bot from the catalogue whose IP is in its family's published ranges (fresh).
+    VerifiedBot,
+    /// A bot that says so (catalogue token or declared-bot pattern) and is not verified.
+    DeclaredBot,
+    /// An HTTP library, tool or headless browser.
+    Automation,
+    /// Claims a catalogue family that publishes ranges, from outside them.
+    SpoofedBot,
+    /// No User-Agent, or one nothing recognises.
+    Unknown,
+}
+
+impl ClientClassV1 {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientClassV1::Browser => "browser",
+            ClientClassV1::VerifiedBot => "verified_bot",
+            ClientClassV1::DeclaredBot => "declared_bot",
+            ClientClassV1::Automation => "automation",
+            ClientClassV1::SpoofedBot => "spoofed_bot",
+            ClientClassV1::Unknown => "unknown",
+        }
+    }
+}
+
+/// User-Agent class, for rules written before client classes (`when.ua_class`; loads with a
+/// warning and is read as the client classes it maps to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UaClassV1 {
@@ -438,10 +574,13 @@ pub struct ConditionsV1 {
     /// Client IP in this list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_list: Option<String>,
-    /// Any of these UA classes.
+    /// Any of these client classes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client_class: Vec<ClientClassV1>,
+    /// Deprecated: any of these UA classes (read as `client_class`, with a warning).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ua_class: Vec<UaClassV1>,
-    /// Declared crawler of any of these categories.
+    /// A bot (verified, declared or spoofed) of any of these categories.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub crawler_category: Vec<CrawlerCategoryV1>,
     /// Final level at least this.
@@ -462,6 +601,11 @@ pub struct RuleV1 {
     /// Report the match but do not act on it.
     #[serde(default)]
     pub dry_run: bool,
+    /// Raise the decision to at least `action` and go on to the next rule, instead of
+    /// setting it and stopping: the score, a later rule or a manual decision can still make
+    /// it stricter, never milder.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub at_least: bool,
 }
 
 /// What a rate budget counts per.

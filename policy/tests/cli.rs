@@ -81,7 +81,7 @@ fn failing_case_exits_non_zero_with_a_diff() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("decision: expected block, got pass"),
+        text.contains("decision: expected block, got challenge"),
         "{text}"
     );
     assert!(text.contains("reasons: expected ip.tor"), "{text}");
@@ -452,6 +452,40 @@ fn diff_counts_flips_by_decision_pair() {
     assert!(text.starts_with("1 of 12 verdicts flip"), "{text}");
     assert!(
         text.contains("challenge -> block     1") && text.contains("campanella GET /signup"),
+        "{text}"
+    );
+}
+
+#[test]
+fn lint_warns_about_stale_crawler_ranges_at_a_pinned_now() {
+    // The shipped ranges are dated 2026-10-05 and the default bundle allows 90 days.
+    let fresh = signalbox(&[
+        "policy",
+        "lint",
+        "policy/examples/default.yaml",
+        "--now",
+        "1795392000", // 2026-11-24
+    ]);
+    assert!(fresh.status.success(), "{}", stdout(&fresh));
+    assert!(
+        !stdout(&fresh).contains("lists.googlebot"),
+        "{}",
+        stdout(&fresh)
+    );
+    let stale = signalbox(&[
+        "policy",
+        "lint",
+        "policy/examples/default.yaml",
+        "--now",
+        "1801440000", // 2027-02-01
+    ]);
+    let text = stdout(&stale);
+    assert!(
+        stale.status.success(),
+        "stale ranges are a warning, not an error: {text}"
+    );
+    assert!(
+        text.contains("warning: lists.googlebot: ranges dated 2026-10-05 (119 days old)"),
         "{text}"
     );
 }

@@ -361,6 +361,7 @@ fn cam(clearance: Clearance) -> Facts {
         "/signup",
         [
             ("user-agent", &b"Mozilla/5.0 (Linux; Android 7.0; SM-G930F Build/NRD90M) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 Mobile Safari/537.36 Puffin/7.1.2.18064AP"[..]),
+            ("accept", b"text/html,*/*;q=0.8"),
             ("accept-encoding", b"gzip"),
             ("accept-language", b""),
         ],
@@ -418,9 +419,12 @@ fn assess_asks_for_lookups_only_when_useful() {
                 "user-agent",
                 "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
             ),
+            ("accept", "text/html,*/*;q=0.8"),
             ("accept-language", "en"),
             ("accept-encoding", "gzip"),
+            ("sec-fetch-site", "none"),
             ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
         ],
         "81.62.10.4".parse().ok(),
         &EdgeHeaderNames::default(),
@@ -462,17 +466,53 @@ fn crawler_ranges_go_stale() {
             .iter()
             .any(|r| r.code.as_str() == "crawler.spoofed")
     );
+    assert_eq!(fresh.client.class, ClientClass::SpoofedBot);
+    assert_eq!(fresh.decision, Decision::Block);
+    assert_eq!(
+        p.evaluate(&gb("66.249.66.1"), None, NOW).client.class,
+        ClientClass::VerifiedBot
+    );
+    // Stale ranges prove nothing either way: from outside them or inside them, a Googlebot is
+    // only a declared search engine, and never passes (the golden bundle challenges it).
     let later = NOW + 100 * 86_400;
-    let stale = p.evaluate(&gb("198.51.100.1"), None, later);
-    assert!(
-        stale
-            .reasons
-            .iter()
-            .any(|r| r.code.as_str() == "crawler.unverified")
+    for ip in ["198.51.100.1", "66.249.66.1"] {
+        let stale = p.evaluate(&gb(ip), None, later);
+        assert!(
+            stale
+                .reasons
+                .iter()
+                .any(|r| r.code.as_str() == "crawler.ranges_stale"),
+            "{ip}: {stale:?}"
+        );
+        assert_eq!(stale.client.class, ClientClass::DeclaredBot, "{ip}");
+        assert_eq!(stale.decision, Decision::Challenge, "{ip}");
+    }
+    let stale: Vec<_> = p
+        .stale_ranges(later)
+        .into_iter()
+        .map(|s| (s.list, s.as_of, s.age_days, s.crawlers))
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            (
+                "googlebot".to_owned(),
+                Some("2026-11-01".to_owned()),
+                Some((NOW / 86_400 + 100) as i64 - 20_758),
+                vec!["googlebot".to_owned()]
+            ),
+            (
+                "oldbot".to_owned(),
+                Some("2020-01-01".to_owned()),
+                Some((NOW / 86_400 + 100) as i64 - 18_262),
+                vec!["oldbot".to_owned()]
+            )
+        ]
     );
     assert_eq!(
-        p.evaluate(&gb("66.249.66.1"), None, later).decision,
-        Decision::Pass
+        p.stale_ranges(NOW).len(),
+        1,
+        "only oldbot's are stale today"
     );
 }
 
@@ -610,10 +650,17 @@ fn rate_keys_follow_subjects_routes_and_levels() {
 #[test]
 fn a_host_marked_sensitive_route_raises_the_action_and_asks_the_cache() {
     let p = golden();
+    // A browser missing most of its headers: medium (55), which passes on a plain route.
     let mut curl = Facts::from_parts(
         "GET",
         "/account",
-        [("user-agent", "curl/8")],
+        [
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            ),
+            ("accept", "text/html"),
+        ],
         "198.51.100.9".parse().ok(),
         &EdgeHeaderNames::default(),
     );

@@ -181,6 +181,11 @@ fn case_table_agrees_with_the_native_core() {
         );
         assert_eq!(got["score"], want.score, "{name}: score; envoy {got}");
         assert_eq!(got["level"], want.level.as_str(), "{name}: level");
+        assert_eq!(
+            got["client"]["class"],
+            want.client.class.as_str(),
+            "{name}: client class; envoy {got}"
+        );
         let want_codes: Vec<&str> = want.reasons.iter().map(|r| r.code.as_str()).collect();
         assert_eq!(codes(&got), want_codes, "{name}: reasons");
         if let Some(status) = case["host"]["status"].as_u64() {

@@ -1,7 +1,8 @@
 //! File access for the CLI: YAML or JSON bundles, list includes, canonical JSON.
 //!
 //! A list in a bundle file may be `{ include: lists/hosting.json }`: the file (relative to the
-//! bundle, JSON or YAML) holds the list itself (`source`, `licence`, `as_of`, `cidrs`). Large
+//! bundle, JSON or YAML) holds the list itself (`source`, `licence`, `as_of`, `cidrs`); so may
+//! `crawlers.declared` (the declared-bot patterns, `lists/declared-bots.json`). Large
 //! real data stays out of the hand-written bundle, and `policy build` inlines it, so the wire
 //! bundle is always one self-contained JSON document.
 
@@ -50,6 +51,20 @@ fn resolve_includes(mut bundle: Value, base: &Path) -> Result<Value> {
             let path = base.join(rel);
             *list = read_value(&path).with_context(|| format!("lists.{name}.include"))?;
         }
+    }
+    if let Some(declared) = bundle
+        .get_mut("crawlers")
+        .and_then(|c| c.get_mut("declared"))
+        && let Some(include) = declared.get("include")
+    {
+        let Some(rel) = include.as_str() else {
+            bail!("crawlers.declared.include: must be a file path");
+        };
+        if declared.as_object().is_some_and(|o| o.len() > 1) {
+            bail!("crawlers.declared: an included pattern list takes no other fields");
+        }
+        let path = base.join(rel);
+        *declared = read_value(&path).context("crawlers.declared.include")?;
     }
     Ok(bundle)
 }

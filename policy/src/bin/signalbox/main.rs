@@ -82,6 +82,9 @@ enum PolicyCommand {
     Lint {
         /// Bundle file (YAML or JSON).
         file: PathBuf,
+        /// Judge range ages at this time (unix seconds) instead of now.
+        #[arg(long)]
+        now: Option<u64>,
     },
     /// Compile YAML/JSON (with list includes) into canonical JSON and print its digest.
     Build {
@@ -161,7 +164,9 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Policy(PolicyCommand::Lint { file }) => lint(&file),
+        Command::Policy(PolicyCommand::Lint { file, now }) => {
+            lint(&file, now.unwrap_or_else(unix_now))
+        }
         Command::Policy(PolicyCommand::Build { file, output }) => build(&file, &output),
         Command::Policy(PolicyCommand::Test { bundle, cases }) => test(bundle.as_deref(), &cases),
         Command::Policy(PolicyCommand::Keygen {
@@ -234,12 +239,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn lint(file: &Path) -> Result<ExitCode> {
+fn lint(file: &Path, now: u64) -> Result<ExitCode> {
     let json = files::bundle_json(file)?;
     match Policy::from_json_slice(&json) {
         Ok(policy) => {
             for warning in policy.warnings() {
                 println!("{}: warning: {warning}", file.display());
+            }
+            for stale in policy.stale_ranges(now) {
+                println!(
+                    "{}: warning: lists.{}: ranges dated {} ({} days old) are past \
+                     crawlers.max_ranges_age_days: {} can be neither verified nor shown \
+                     spoofed, so they count as declared bots of their category; refresh \
+                     the list (policy/data/refresh.py)",
+                    file.display(),
+                    stale.list,
+                    stale.as_of.as_deref().unwrap_or("never"),
+                    stale
+                        .age_days
+                        .map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
+                    stale.crawlers.join(", ")
+                );
             }
             println!("{}: ok (revision {})", file.display(), policy.revision());
             Ok(ExitCode::SUCCESS)
