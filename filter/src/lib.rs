@@ -68,6 +68,7 @@ struct Metrics {
     rate_cas_gave_up: u32,
     client_ip_missing: u32,
     bundle_expired: u32,
+    crawler_ranges_stale: u32,
     eval_micros: u32,
     rate_limit_micros: u32,
     request_micros: u32,
@@ -88,6 +89,7 @@ impl Metrics {
             rate_cas_gave_up: m(MetricType::Counter, "signalbox.rate_limit.cas_gave_up"),
             client_ip_missing: m(MetricType::Counter, "signalbox.client_ip.missing"),
             bundle_expired: m(MetricType::Counter, "signalbox.bundle.expired"),
+            crawler_ranges_stale: m(MetricType::Gauge, "signalbox.crawler_ranges.stale"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
             rate_limit_micros: m(MetricType::Histogram, "signalbox.rate_limit_micros"),
             request_micros: m(MetricType::Histogram, "signalbox.request_micros"),
@@ -134,6 +136,10 @@ struct Worker {
     warned_no_address: Cell<bool>,
     /// Logged once: the bundle expired while serving.
     warned_expired: Cell<bool>,
+    /// When the crawler range lists' age was last checked (unix seconds; once a minute), and
+    /// whether stale ones were logged.
+    ranges_checked_at: Cell<u64>,
+    warned_stale_ranges: Cell<bool>,
 }
 
 /// One request in this many records the timing histograms (each record is host calls).
@@ -243,6 +249,8 @@ impl RootContext for SignalboxRoot {
                     requests: Cell::new(0),
                     warned_no_address: Cell::new(false),
                     warned_expired: Cell::new(false),
+                    ranges_checked_at: Cell::new(0),
+                    warned_stale_ranges: Cell::new(false),
                 }));
                 true
             }
@@ -570,6 +578,29 @@ impl HttpContext for SignalboxHttp {
                     settings.policy.revision()
                 ),
             );
+        }
+        if now >= w.ranges_checked_at.get().saturating_add(60) {
+            w.ranges_checked_at.set(now);
+            let stale = settings.policy.stale_ranges(now);
+            if w.metrics.crawler_ranges_stale != 0 {
+                let _ = hostcalls::record_metric(
+                    w.metrics.crawler_ranges_stale,
+                    u64::try_from(stale.len()).unwrap_or(u64::MAX),
+                );
+            }
+            if !stale.is_empty() && !w.warned_stale_ranges.replace(true) {
+                let lists: Vec<String> = stale
+                    .iter()
+                    .map(|s| format!("{} ({})", s.list, s.as_of.as_deref().unwrap_or("no date")))
+                    .collect();
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "signalbox: crawler ranges older than crawlers.max_ranges_age_days: {}; crawlers claiming these families count as declared bots (never verified, never shown spoofed) until a bundle with fresh lists arrives; gauge signalbox.crawler_ranges.stale",
+                        lists.join(", ")
+                    ),
+                );
+            }
         }
         let request_id = translate::header(&headers, "x-request-id")
             .map(|v| String::from_utf8_lossy(v).into_owned())

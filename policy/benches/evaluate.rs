@@ -1,6 +1,7 @@
-//! Criterion benches: `assess` + `decide` for a browser and a bot request with 100k CIDR
-//! prefixes loaded (goal: at most 2 µs each, native), and loading such a bundle.
-//! Also prints the bytes per prefix of the compact range store.
+//! Criterion benches: `assess` + `decide` with the real default bundle (its lists, catalogue,
+//! 200 declared-bot patterns and rules) plus 100k more CIDR prefixes (goal: at most 2 µs each,
+//! native) for a browser, a tool, a declared crawler and a script wearing Chrome's user agent;
+//! and loading such a bundle. Also prints the bytes per prefix of the compact range store.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -42,42 +43,28 @@ fn prefixes(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The real default bundle (its lists, catalogue, declared-bot patterns and rules) with `n`
+/// more prefixes in its hosting list: what an edge runs, plus room to grow.
 fn bundle_json(n: usize) -> Vec<u8> {
-    let mut hosting = prefixes(n);
-    hosting.push("167.99.0.0/16".to_owned());
-    serde_json::json!({
-        "format_version": 1, "revision": 1, "min_engine_version": "0.1.0",
-        "signals": {
-            "ua_missing": {"weight": 50},
-            "ua_automation": {"weight": 45, "tokens": ["curl/", "python-requests", "Go-http-client", "okhttp", "axios/", "Java/", "Scrapy", "Wget/", "libwww-perl", "node-fetch"]},
-            "ua_headless": {"weight": 60, "tokens": ["HeadlessChrome", "PhantomJS", "Puppeteer"]},
-            "ua_outdated": {"weight": 20, "min_major": {"chrome": 120, "firefox": 115, "safari": 15, "edge": 120}},
-            "ua_client_hints_mismatch": {"weight": 30},
-            "headers_missing_accept_language": {"weight": 20},
-            "headers_empty_accept_language": {"weight": 20},
-            "headers_missing_accept_encoding": {"weight": 15},
-            "headers_missing_sec_fetch": {"weight": 10},
-            "ip_lists": {"hosting": 25, "tor": 45},
-            "remote_score": {"weight": 60}
-        },
-        "lists": {"hosting": {"cidrs": hosting}, "tor": {"cidrs": ["2.26.97.42/32"]}, "googlebot": {"cidrs": ["66.249.64.0/19"], "as_of": "2026-11-01"}},
-        "crawlers": {"catalogue": [
-            {"name": "googlebot", "category": "search_engine", "ua_tokens": ["Googlebot"], "ranges": "googlebot"},
-            {"name": "ahrefs", "category": "seo", "ua_tokens": ["AhrefsBot"]},
-            {"name": "gptbot", "category": "ai_crawler", "ua_tokens": ["GPTBot"]}
-        ]},
-        "routes": [
-            {"name": "login", "path_prefix": "/login", "methods": ["POST"], "weight": 15, "sensitive": true},
-            {"name": "signup", "path_prefix": "/signup", "weight": 10, "sensitive": true},
-            {"name": "checkout", "path_prefix": "/checkout", "weight": 10, "sensitive": true}
-        ],
-        "rules": [
-            {"id": "tor-checkout", "when": {"path_prefix": "/checkout", "ip_list": "tor"}, "action": "challenge"},
-            {"id": "ai", "when": {"crawler_category": ["ai_crawler"]}, "action": "block", "dry_run": true}
-        ]
-    })
-    .to_string()
-    .into_bytes()
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let read = |rel: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(rel)).unwrap()).unwrap()
+    };
+    let yaml = std::fs::read_to_string(dir.join("default.yaml")).unwrap();
+    let mut bundle: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+    for list in bundle["lists"].as_object_mut().unwrap().values_mut() {
+        if let Some(rel) = list["include"].as_str() {
+            *list = read(rel);
+        }
+    }
+    let declared = bundle["crawlers"]["declared"]["include"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bundle["crawlers"]["declared"] = read(&declared);
+    let hosting = bundle["lists"]["hosting"]["cidrs"].as_array_mut().unwrap();
+    hosting.extend(prefixes(n).into_iter().map(serde_json::Value::from));
+    bundle.to_string().into_bytes()
 }
 
 fn browser() -> Facts {
@@ -95,6 +82,7 @@ fn browser() -> Facts {
             ("accept-language", "fr-CH, fr;q=0.9, en;q=0.8"),
             ("sec-fetch-site", "none"),
             ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
             (
                 "sec-ch-ua",
                 "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"",
@@ -123,26 +111,74 @@ fn bot() -> Facts {
     )
 }
 
+fn request(method: &str, path: &str, headers: &[(&str, &str)], ip: &str) -> Facts {
+    Facts::from_parts(
+        method,
+        path,
+        headers.iter().copied(),
+        ip.parse().ok(),
+        &EdgeHeaderNames::default(),
+    )
+}
+
 fn benches(c: &mut Criterion) {
     let json = bundle_json(100_000);
     let policy = Policy::from_json_slice(&json).unwrap();
     for list in policy.lists() {
         eprintln!("list {}: {}", list.name, list.set);
     }
-    let (browser, bot) = (browser(), bot());
-    assert_eq!(
-        policy.evaluate(&browser, None, NOW).decision.as_str(),
-        "pass"
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let prefixes: usize = value["lists"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|l| l["cidrs"].as_array().map_or(0, Vec::len))
+        .sum();
+    eprintln!("{prefixes} prefixes loaded");
+    let crawler = request(
+        "GET",
+        "/products/1842",
+        &[
+            ("host", "shop.example"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (compatible; SeekportBot; +https://bot.seekport.com)",
+            ),
+            ("accept", "*/*"),
+        ],
+        "167.99.134.21",
     );
-    assert_eq!(policy.evaluate(&bot, None, NOW).decision.as_str(), "block");
-
-    let mut group = c.benchmark_group("evaluate_100k_prefixes");
-    group.bench_function("browser", |b| {
-        b.iter(|| policy.decide(policy.assess(black_box(&browser), NOW), None, NOW))
-    });
-    group.bench_function("bot", |b| {
-        b.iter(|| policy.decide(policy.assess(black_box(&bot), NOW), None, NOW))
-    });
+    let scripted = request(
+        "GET",
+        "/",
+        &[
+            ("host", "shop.example"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            ),
+            ("accept", "*/*"),
+            ("accept-encoding", "gzip, deflate"),
+        ],
+        "81.62.10.9",
+    );
+    let cases = [
+        ("browser", browser(), "pass"),
+        ("bot", bot(), "block"),
+        ("declared_crawler", crawler, "challenge"),
+        ("scripted", scripted, "challenge"),
+    ];
+    let mut group = c.benchmark_group("evaluate_default_bundle_plus_100k_prefixes");
+    for (name, facts, want) in &cases {
+        assert_eq!(
+            policy.evaluate(facts, None, NOW).decision.as_str(),
+            *want,
+            "{name}"
+        );
+        group.bench_function(*name, |b| {
+            b.iter(|| policy.decide(policy.assess(black_box(facts), NOW), None, NOW))
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("load");

@@ -337,3 +337,79 @@ mod no_trap {
         }
     }
 }
+
+/// The real default bundle (163k-prefix lists inlined, 200 declared-bot patterns) as a bundle
+/// value, the way `signalbox policy build` inlines includes.
+fn default_bundle() -> Value {
+    let dir = root().join("policy/examples");
+    let read = |rel: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(rel)).unwrap()).unwrap()
+    };
+    let mut bundle: Value =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("default.yaml")).unwrap())
+            .unwrap();
+    for list in bundle["lists"].as_object_mut().unwrap().values_mut() {
+        if let Some(rel) = list["include"].as_str() {
+            *list = read(rel);
+        }
+    }
+    let declared = bundle["crawlers"]["declared"]["include"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bundle["crawlers"]["declared"] = read(&declared);
+    bundle
+}
+
+#[test]
+fn the_default_bundle_fits_a_worker_vm_in_16_mib() {
+    let mut filter = start(default_bundle(), json!({}), SharedData::default());
+    for line in requests(500) {
+        replay_line(&mut filter, &line).unwrap();
+    }
+    let bytes = filter.memory_bytes();
+    println!(
+        "default bundle: linear memory {bytes} bytes ({:.1} MiB) after 500 requests",
+        bytes as f64 / 1_048_576.0
+    );
+    assert!(bytes <= 16 << 20, "{bytes} bytes of linear memory");
+}
+
+#[test]
+fn stale_crawler_ranges_are_a_gauge_and_one_warning() {
+    // The golden bundle's oldbot ranges are dated 2020-01-01: stale on any clock after 2020.
+    let mut filter = start(golden(), json!({}), SharedData::default());
+    for line in requests(5) {
+        replay_line(&mut filter, &line).unwrap();
+    }
+    let gauge = |f: &Filter| {
+        f.metrics()
+            .into_iter()
+            .find(|(_, name, _)| name == "signalbox.crawler_ranges.stale")
+            .map(|(_, _, value)| value)
+    };
+    // (googlebot's fixture ranges, dated 2026-11-01, join them from 2027-01-31.)
+    assert!(gauge(&filter) >= Some(1), "{:?}", filter.metrics());
+    let warnings: Vec<&String> = filter
+        .logs()
+        .iter()
+        .map(|(_, line)| line)
+        .filter(|line| line.contains("crawler ranges older than"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "logged once: {warnings:?}");
+    assert!(warnings[0].contains("oldbot (2020-01-01)"), "{warnings:?}");
+
+    // Fresh ranges only (no oldbot, ten years allowed): the gauge reads 0.
+    let mut fresh = golden();
+    fresh["crawlers"]["max_ranges_age_days"] = json!(3650);
+    fresh["crawlers"]["catalogue"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "oldbot");
+    fresh["lists"].as_object_mut().unwrap().remove("oldbot");
+    let mut filter = start(fresh, json!({}), SharedData::default());
+    for line in requests(5) {
+        replay_line(&mut filter, &line).unwrap();
+    }
+    assert_eq!(gauge(&filter), Some(0), "{:?}", filter.metrics());
+}
