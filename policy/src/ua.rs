@@ -106,13 +106,18 @@ pub struct Browser {
     /// The major of its `Chrome/` token, for Chromium browsers that carry one (iOS browsers
     /// are WebKit and carry none).
     pub chromium_major: Option<u32>,
+    /// An app's web view that names no browser (iOS `GSA/`, in-app browsers): the app
+    /// configures it, so which headers it sends is not known from its version.
+    pub web_view: bool,
 }
 
 impl Browser {
     /// Whether this browser sends `sec-fetch-*` on secure requests. On iOS every browser is
     /// WebKit, so only Safari's own version says (other iOS browsers version their app).
     pub fn sends_sec_fetch(&self) -> bool {
-        if self.platform == Some(Platform::Ios) && self.family != BrowserFamily::Safari {
+        if self.web_view
+            || (self.platform == Some(Platform::Ios) && self.family != BrowserFamily::Safari)
+        {
             return false;
         }
         self.family.sends_sec_fetch(self.major)
@@ -332,14 +337,14 @@ impl UaScan {
             .platform
             .and_then(|i| PLATFORMS.get(i))
             .map(|&(_, p)| p);
-        let (family, major) = PRODUCTS
+        let (family, major, web_view) = PRODUCTS
             .iter()
             .zip(self.product_end)
             .find_map(|(&(_, family), end)| {
                 if family == BrowserFamily::Safari && !self.safari {
                     return None;
                 }
-                Some((family, leading_number(ua.get(end?..)?)?))
+                Some((family, leading_number(ua.get(end?..)?)?, false))
             })
             .or_else(|| {
                 // An iOS app's web view (the Google app's `GSA/`, in-app browsers) names no
@@ -349,7 +354,11 @@ impl UaScan {
                 }
                 find(ua, b"AppleWebKit/")?;
                 let os = find(ua, b" OS ")?;
-                Some((BrowserFamily::Safari, leading_number(ua.get(os + 4..)?)?))
+                Some((
+                    BrowserFamily::Safari,
+                    leading_number(ua.get(os + 4..)?)?,
+                    true,
+                ))
             })?;
         let chromium_major = PRODUCTS
             .iter()
@@ -362,6 +371,7 @@ impl UaScan {
             platform,
             mobile: self.mobile,
             chromium_major,
+            web_view,
         })
     }
 }
@@ -505,6 +515,120 @@ mod tests {
         assert!(parse_browser(b"Mozilla/5.0 Chrome/").is_none());
         assert!(parse_browser(b"Mozilla/5.0 Chrome/99999999999999").is_none());
         assert!(parse_browser(&[0xff, 0xfe]).is_none());
+    }
+
+    fn declared(patterns: Vec<BotPattern>, ua: &[u8]) -> bool {
+        UaScanner::new(&[], patterns, &[], &[])
+            .unwrap()
+            .scan(ua)
+            .declared
+    }
+
+    fn pattern(token: &str) -> BotPattern {
+        BotPattern {
+            token: token.to_owned(),
+            ..BotPattern::default()
+        }
+    }
+
+    #[test]
+    fn declared_patterns_stand_where_they_may() {
+        // isbot's `(?<! cu)bots?(?:\b|_)`: a bot, but not the CUBOT phone brand.
+        let bot = || BotPattern {
+            word_end: true,
+            not_preceded_by: vec![" cu".to_owned()],
+            ..pattern("bot")
+        };
+        assert!(declared(
+            vec![bot()],
+            b"Mozilla/5.0 (compatible; MJ12bot/v1.4.8)"
+        ));
+        assert!(
+            declared(vec![bot()], b"SomeBot_1"),
+            "underscore is a boundary"
+        );
+        assert!(!declared(
+            vec![bot()],
+            b"Mozilla/5.0 (Linux; Android 9; CUBOT X19)"
+        ));
+        assert!(!declared(vec![bot()], b"Mozilla/5.0 botany/1"), "word end");
+        // The first occurrence is excluded, a later one still counts.
+        assert!(declared(vec![bot()], b"x CUBOT phone, robot"));
+        let at_start = BotPattern {
+            at_start: true,
+            ..pattern("wget")
+        };
+        assert!(declared(vec![at_start.clone()], b"Wget/1.21"));
+        assert!(!declared(vec![at_start], b"Mozilla/5.0 wget"));
+        let words = BotPattern {
+            word_start: true,
+            word_end: true,
+            ..pattern("perl")
+        };
+        assert!(declared(vec![words.clone()], b"libwww perl/6"));
+        assert!(!declared(vec![words], b"superlative perlite"));
+        let digit = BotPattern {
+            digit_after: true,
+            ..pattern("ptst/")
+        };
+        assert!(declared(vec![digit.clone()], b"Mozilla/5.0 PTST/240101"));
+        assert!(!declared(vec![digit], b"Mozilla/5.0 PTST/x"));
+        let google = BotPattern {
+            not_preceded_by: vec![" channel/".to_owned(), "google/".to_owned()],
+            not_followed_by: vec!["app".to_owned(), " pixel".to_owned()],
+            ..pattern("google")
+        };
+        assert!(declared(
+            vec![google.clone()],
+            b"AdsBot-Google (+http://www.google.com)"
+        ));
+        assert!(!declared(vec![google.clone()], b"Mozilla/5.0 GoogleApp/1"));
+        assert!(!declared(
+            vec![google],
+            b"Mozilla/5.0 (Linux; Android 14; Google Pixel 8)"
+        ));
+        // The same token twice with different conditions: either may match.
+        let both = vec![
+            BotPattern {
+                at_start: true,
+                ..pattern("bot")
+            },
+            bot(),
+        ];
+        assert!(declared(both.clone(), b"botify"));
+        assert!(declared(both.clone(), b"x crawl bot"));
+        assert!(!declared(both, b"x robotics"));
+        // Never a panic on any bytes.
+        assert!(!declared(vec![pattern("\u{e9}")], &[0xff, 0xfe, 0xc3]));
+    }
+
+    #[test]
+    fn ios_web_views_are_webkit_by_ios_version() {
+        let gsa = b"Mozilla/5.0 (iPhone; CPU iPhone OS 18_7 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) GSA/439.4.980558000 Mobile/15E148 Safari/604.1";
+        let b = parse_browser(gsa).unwrap();
+        assert_eq!(
+            (b.family, b.major, b.platform),
+            (BrowserFamily::Safari, 18, Some(Platform::Ios))
+        );
+        assert!(
+            b.web_view && !b.sends_sec_fetch(),
+            "an app configures its web view"
+        );
+        let crios = b"Mozilla/5.0 (iPhone; CPU iPhone OS 15_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/120.0.6099.119 Mobile/15E148 Safari/604.1";
+        let b = parse_browser(crios).unwrap();
+        assert_eq!(b.family, BrowserFamily::Chrome);
+        assert!(!b.sends_client_hints(), "Chrome on iOS is WebKit");
+        assert!(!b.sends_sec_fetch(), "its WebKit is iOS 15's");
+        let chrome = parse_browser(CHROME_MAC).unwrap();
+        assert!(chrome.sends_client_hints() && chrome.sends_sec_fetch());
+        let chrome88 = parse_browser(b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/88.0.4324.150 Safari/537.36").unwrap();
+        assert!(!chrome88.sends_client_hints());
+        let opera = parse_browser(b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36 OPR/115.0.0.0").unwrap();
+        assert_eq!(
+            (opera.family, opera.chromium_major),
+            (BrowserFamily::Opera, Some(130))
+        );
+        assert!(opera.sends_client_hints());
     }
 
     #[test]

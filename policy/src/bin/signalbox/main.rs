@@ -434,6 +434,7 @@ fn eval(
             report.add(
                 label_by_id.get(&request.id).map(String::as_str),
                 verdict.intended_decision(),
+                verdict.client.class,
             );
         }
         *levels.entry(verdict.level.as_str()).or_default() += 1;
@@ -527,10 +528,27 @@ fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> R
     // (old, new) decision -> (count, examples)
     let mut flips: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
     let mut flipped = 0usize;
+    // (old, new) client class -> (count, examples)
+    let mut class_changes: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
     for request in &requests {
         let facts = request.to_facts(&edge);
         let before = old_policy.evaluate(&facts, None, now);
         let after = new_policy.evaluate(&facts, None, now);
+        let (bc, ac) = (before.client.class, after.client.class);
+        if bc != ac {
+            let (count, shown) = class_changes.entry((bc.as_str(), ac.as_str())).or_default();
+            *count += 1;
+            if shown.len() < examples {
+                shown.push(format!(
+                    "{} {} {}: {} -> {}",
+                    request.id,
+                    request.method,
+                    request.path,
+                    before.client.header_value(),
+                    after.client.header_value()
+                ));
+            }
+        }
         let (b, a) = (before.intended_decision(), after.intended_decision());
         if b != a {
             flipped += 1;
@@ -562,6 +580,17 @@ fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> R
     );
     for ((b, a), (count, shown)) in &flips {
         println!("  {b:>9} -> {a:<9} {count}");
+        for line in shown {
+            println!("      {line}");
+        }
+    }
+    println!(
+        "{} of {} client classes change",
+        class_changes.values().map(|(n, _)| n).sum::<usize>(),
+        requests.len()
+    );
+    for ((b, a), (count, shown)) in &class_changes {
+        println!("  {b:>12} -> {a:<12} {count}");
         for line in shown {
             println!("      {line}");
         }
