@@ -93,6 +93,7 @@ fn gio(ip: &str) -> Vec<(String, Vec<u8>)> {
         ("accept-encoding", "gzip"),
         ("sec-fetch-mode", "navigate"),
         ("sec-fetch-site", "none"),
+        ("sec-fetch-dest", "document"),
     ])
 }
 
@@ -264,11 +265,18 @@ fn host_behaviour_in_envoy() {
         "lb: entries before the trusted hop are the client's word"
     );
 
-    // An Envoy route named in sensitive_route_names raises medium to challenge.
+    // An Envoy route named in sensitive_route_names raises medium to challenge. (A browser at
+    // medium: outdated, empty accept-language, no accept-encoding; curl would be challenged
+    // everywhere as automation.)
     let curl = h(&[
         ("host", "shop.example"),
         ("x-forwarded-for", "198.51.100.60"),
-        ("user-agent", "curl/8.5.0"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:100.0) Gecko/20100101 Firefox/100.0",
+        ),
+        ("accept", "text/html"),
+        ("accept-language", ""),
     ]);
     assert_eq!(
         send(lab, "GET", "/products", &curl, b"").unwrap().status,
