@@ -28,7 +28,8 @@ function capture(req) {
   const names = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) names.push(req.rawHeaders[i].toLowerCase());
   const keep = ['user-agent', 'accept', 'accept-encoding', 'accept-language', 'sec-ch-ua', 'sec-ch-ua-mobile',
-    'sec-ch-ua-platform', 'sec-fetch-site', 'sec-fetch-mode', 'sec-fetch-dest', 'sec-fetch-user', 'priority', 'x-forwarded-proto'];
+    'sec-ch-ua-platform', 'sec-fetch-site', 'sec-fetch-mode', 'sec-fetch-dest', 'sec-fetch-user', 'priority', 'x-forwarded-proto',
+    'x-signalbox-client', 'x-signalbox-reasons'];
   const values = Object.fromEntries(keep.filter((k) => k in req.headers).map((k) => [k, req.headers[k]]));
   appendFileSync(captureFile, `${JSON.stringify({ path: req.url, protocol: req.headers['x-suite-protocol'] ?? null, names, values })}\n`);
 }

@@ -2,7 +2,9 @@
 // the browser suite (tests/browser/run writes target/browser/captures.jsonl): for every
 // captured navigation, the model's headers for the same user agent, scheme and path must agree
 // on what Signalbox reads — client hints, sec-fetch-*, accept, accept-encoding, and that
-// accept-language is there. Exits 1 on a disagreement.
+// accept-language is there; and Signalbox must have concluded `browser` with no User-Agent or
+// header-coherence reason (x-signalbox-client / -reasons as origin saw them). Exits 1 on a
+// disagreement.
 //
 //   node tests/corpus/compare-captures.mjs [target/browser/captures.jsonl]
 
@@ -42,6 +44,13 @@ for (const c of captures) {
     const same = name === 'accept' ? real.startsWith('text/html') && (model.accept ?? '').startsWith('text/html') : real === model[name];
     if (!same) problems.push(`${where}: ${name} real ${JSON.stringify(real)}, model ${JSON.stringify(model[name])}`);
   }
+  // What Signalbox concluded about the real browser on the same request: a browser, with no
+  // User-Agent or header-coherence reason (the signals scripts that wear a browser's user agent
+  // trip must never fire on the browser itself).
+  const client = c.values['x-signalbox-client'];
+  const reasons = (c.values['x-signalbox-reasons'] ?? '').split(',').filter(Boolean);
+  if (client !== 'browser') problems.push(`${where}: x-signalbox-client ${JSON.stringify(client)}, not browser`);
+  for (const r of reasons.filter((r) => /^(headers|ua)\./.test(r))) problems.push(`${where}: the real browser tripped ${r}`);
   compared += 1;
 }
 console.log(`header model vs ${compared} real navigations (${[...kinds].sort().join('; ')}): ${problems.length} disagreements`);
