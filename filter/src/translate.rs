@@ -537,6 +537,7 @@ pub fn masked_ip(ip: IpAddr) -> String {
 #[derive(serde::Serialize)]
 struct DecisionLog<'a> {
     client: String,
+    client_class: String,
     decision: &'static str,
     level: &'static str,
     method: &'a str,
@@ -556,10 +557,12 @@ struct LoggedReason<'a> {
     points: i16,
 }
 
-/// One structured decision-log line (non-pass verdicts), client IP masked.
+/// One structured decision-log line (non-pass verdicts), client IP masked; `client_class` is
+/// the verdict's client as origin sees it in `x-signalbox-client`.
 pub fn decision_log_line(request_id: &str, facts: &Facts, verdict: &Verdict) -> String {
     let line = DecisionLog {
         client: facts.client_ip.map_or_else(|| "-".to_owned(), masked_ip),
+        client_class: verdict.client.header_value(),
         decision: verdict.decision.as_str(),
         level: verdict.level.as_str(),
         method: &facts.method,
@@ -997,6 +1000,7 @@ mod tests {
             "rules": verdict.rules.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
             "revision": verdict.revision,
             "client": "167.99.134.0/24",
+            "client_class": "automation",
             "method": "GET",
             "path": "/signup",
         })
