@@ -361,8 +361,7 @@ pub fn origin_headers(
 
 /// The whole verdict as one header value (JSON), for `debug_verdict_header`.
 pub fn verdict_header(id: &str, verdict: &Verdict) -> String {
-    serde_json::to_string(&signalbox_policy::requests::VerdictLine::new(id, verdict))
-        .unwrap_or_default()
+    serde_json::to_string(&signalbox_policy::VerdictLine::new(id, verdict)).unwrap_or_default()
 }
 
 /// Why a verify request was refused.

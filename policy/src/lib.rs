@@ -1,7 +1,9 @@
 //! # signalbox-policy
 //!
 //! The pure core of Signalbox, shared by the Envoy filter, the edge worker and the `signalbox`
-//! CLI: the policy bundle format (v1), the request signals, the score and the decision.
+//! CLI: the policy bundle format (v1), the request signals, the score and the decision. Its
+//! public API is the engine; the CLI (`signalbox-cli`) and the case, request-log and bench
+//! tooling (`signalbox-test-kit`) live in their own crates, so an adapter never pulls them in.
 //!
 //! Nothing in here does I/O, reads a clock or the environment, spawns threads or draws random
 //! numbers: time (unix seconds) and the score cache's answer are arguments, so every adapter
@@ -38,16 +40,12 @@
 //! The bundle format is documented in `policy/README.md`; the default bundle is
 //! `policy/examples/default.yaml`.
 
-pub mod bench;
-pub mod cases;
 mod engine;
 mod facts;
 mod iprange;
-pub mod labels;
 pub mod page;
 mod policy;
 pub mod ratelimit;
-pub mod requests;
 pub mod signing;
 pub mod trust;
 pub mod ua;
@@ -66,4 +64,5 @@ pub use policy::{
 };
 pub use verdict::{
     Client, DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
+    VerdictLine,
 };

@@ -166,7 +166,7 @@ impl Client {
 }
 
 /// Whether remote context played a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RemoteStatus {
     /// No lookup was wanted and none was given.
@@ -212,5 +212,57 @@ impl Verdict {
     /// The decision the bundle reached, enforced or not (shadow mode).
     pub fn intended_decision(&self) -> Decision {
         self.shadow_decision.unwrap_or(self.decision)
+    }
+}
+
+/// One verdict as the JSONL tools print it and the filter's debug header carries it:
+/// `{"id":"r1","decision":"challenge","score":72,"level":"high","reasons":[…],"client":{…},"revision":"7"}`
+/// followed by `rules`, `shadow_decision` and `remote` where they say something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerdictLine<'a> {
+    /// The request's id.
+    pub id: &'a str,
+    /// Enforced decision.
+    pub decision: Decision,
+    /// Score 0..=100.
+    pub score: u8,
+    /// Level.
+    pub level: Level,
+    /// Contributions.
+    pub reasons: &'a [Reason],
+    /// What the client is.
+    pub client: &'a Client,
+    /// Bundle revision, as text.
+    pub revision: String,
+    /// Matched rules, if any.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub rules: &'a [RuleMatch],
+    /// Would-be decision in shadow mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<Decision>,
+    /// Remote-context status, unless no lookup was wanted.
+    #[serde(skip_serializing_if = "is_not_wanted")]
+    pub remote: RemoteStatus,
+}
+
+fn is_not_wanted(status: &RemoteStatus) -> bool {
+    *status == RemoteStatus::NotWanted
+}
+
+impl<'a> VerdictLine<'a> {
+    /// The line for a verdict.
+    pub fn new(id: &'a str, v: &'a Verdict) -> Self {
+        VerdictLine {
+            id,
+            decision: v.decision,
+            score: v.score,
+            level: v.level,
+            reasons: &v.reasons,
+            client: &v.client,
+            revision: v.revision.to_string(),
+            rules: &v.rules,
+            shadow_decision: v.shadow_decision,
+            remote: v.remote,
+        }
     }
 }

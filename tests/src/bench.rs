@@ -3,7 +3,7 @@
 //! - [`filter_vs_noop`]: per-request cost of a filter and of the no-op fixture, two VMs in the
 //!   same host, fed the same requests in interleaved rounds;
 //! - [`eval_in_wasm`] and [`eval_native`]: the policy core's shared evaluation loop
-//!   (`signalbox_policy::bench::EvalLoop`) timed inside wasmtime (the
+//!   (`signalbox_test_kit::bench::EvalLoop`) timed inside wasmtime (the
 //!   `tests/fixtures/eval-bench` module) and natively (`signalbox bench-eval`, a subprocess —
 //!   this crate does not link the core, so the two cannot share anything but the inputs).
 //!   Their checksums must agree: that is the proof both evaluated the same verdicts.

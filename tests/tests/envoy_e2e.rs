@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use signalbox_policy::requests::RequestLine;
 use signalbox_policy::trust::{Binding, HmacKeys, issue_clearance, solve};
 use signalbox_policy::{EdgeHeaderNames, Facts, Policy};
+use signalbox_test_kit::requests::RequestLine;
 use signalbox_tests::envoy::{Envoy, Options, run_to_exit};
 use signalbox_tests::http::{Response, send};
 use signalbox_tests::root;
@@ -159,7 +159,7 @@ fn case_table_agrees_with_the_native_core() {
         headers.push(("x-forwarded-for".into(), client_ip.to_string().into_bytes()));
         // The lab listener keeps a client's x-forwarded-proto (as behind a TLS-terminating
         // proxy): say how the case's client connected (HTTPS unless it says `scheme: http`).
-        let plain = request.scheme == Some(signalbox_policy::requests::Scheme::Http);
+        let plain = request.scheme == Some(signalbox_test_kit::requests::Scheme::Http);
         let proto: &[u8] = if plain { b"http" } else { b"https" };
         headers.push(("x-forwarded-proto".into(), proto.to_vec()));
         let response = send(

@@ -11,8 +11,8 @@
 )]
 
 use serde_json::{Value, json};
-use signalbox_policy::requests::RequestLine;
 use signalbox_policy::{EdgeHeaderNames, Policy};
+use signalbox_test_kit::requests::RequestLine;
 use signalbox_tests::host::{Filter, SharedData, VmOptions, compile};
 use signalbox_tests::replay::{replay_config, replay_line};
 use signalbox_tests::root;
@@ -178,7 +178,7 @@ fn thousands_of_requests_agree_with_the_native_engine() {
             None,
             now(),
         );
-        let native = serde_json::to_value(signalbox_policy::requests::VerdictLine::new(
+        let native = serde_json::to_value(signalbox_test_kit::requests::VerdictLine::new(
             &request.id,
             &native,
         ))

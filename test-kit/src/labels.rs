@@ -6,7 +6,7 @@
 //! on a log before enforcing a bundle (shadow mode first: measure false positives).
 //!
 //! ```
-//! use signalbox_policy::labels::LabelReport;
+//! use signalbox_test_kit::labels::LabelReport;
 //! use signalbox_policy::{ClientClass, Decision};
 //!
 //! let mut report = LabelReport::default();
@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::policy::ClientClass;
-use crate::verdict::Decision;
+use signalbox_policy::ClientClass;
+use signalbox_policy::Decision;
 
 /// Client classes in table order.
 const CLASSES: [ClientClass; 6] = [

@@ -12,8 +12,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::{EdgeHeaderNames, Facts};
-use crate::verdict::{Client, Decision, Level, Reason, RemoteStatus, RuleMatch, Verdict};
+use signalbox_policy::{EdgeHeaderNames, Facts};
 
 /// A header value: text, or raw bytes as an array of numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,55 +91,9 @@ impl RequestLine {
     }
 }
 
-/// One verdict line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerdictLine<'a> {
-    /// The request's id.
-    pub id: &'a str,
-    /// Enforced decision.
-    pub decision: Decision,
-    /// Score 0..=100.
-    pub score: u8,
-    /// Level.
-    pub level: Level,
-    /// Contributions.
-    pub reasons: &'a [Reason],
-    /// What the client is.
-    pub client: &'a Client,
-    /// Bundle revision, as text.
-    pub revision: String,
-    /// Matched rules, if any.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub rules: &'a [RuleMatch],
-    /// Would-be decision in shadow mode.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow_decision: Option<Decision>,
-    /// Remote-context status, unless no lookup was wanted.
-    #[serde(skip_serializing_if = "is_not_wanted")]
-    pub remote: RemoteStatus,
-}
-
-fn is_not_wanted(status: &RemoteStatus) -> bool {
-    *status == RemoteStatus::NotWanted
-}
-
-impl<'a> VerdictLine<'a> {
-    /// The line for a verdict.
-    pub fn new(id: &'a str, v: &'a Verdict) -> Self {
-        VerdictLine {
-            id,
-            decision: v.decision,
-            score: v.score,
-            level: v.level,
-            reasons: &v.reasons,
-            client: &v.client,
-            revision: v.revision.to_string(),
-            rules: &v.rules,
-            shadow_decision: v.shadow_decision,
-            remote: v.remote,
-        }
-    }
-}
+/// One verdict line (the core's [`VerdictLine`], re-exported: the filter writes the same
+/// record).
+pub use signalbox_policy::VerdictLine;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use signalbox_policy::Policy;
-use signalbox_policy::cases::BundleRef;
+use signalbox_test_kit::cases::BundleRef;
 
 /// Reads a YAML (`.yaml`, `.yml`) or JSON file into a value.
 fn read_value(path: &Path) -> Result<Value> {

@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::{EdgeHeaderNames, RemoteContext};
 use crate::requests::RequestLine;
-use crate::verdict::{Decision, Level, RemoteStatus, Verdict};
+use signalbox_policy::{Decision, Level, RemoteStatus, Verdict};
+use signalbox_policy::{EdgeHeaderNames, RemoteContext};
 
 /// Unix time used when a case does not set `now`: 2026-11-23T00:00:00Z.
 pub const DEFAULT_CASE_NOW: u64 = 1_795_392_000;
@@ -119,7 +119,7 @@ pub struct Expect {
     pub remote: Option<RemoteStatus>,
     /// Client class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_class: Option<crate::wire::ClientClassV1>,
+    pub client_class: Option<signalbox_policy::wire::ClientClassV1>,
     /// Catalogue bot name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot: Option<String>,
@@ -139,23 +139,6 @@ pub struct ScoreRange {
 
 fn hundred() -> u8 {
     100
-}
-
-impl<'de> Deserialize<'de> for RemoteStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Ok(match text.as_str() {
-            "not_wanted" => RemoteStatus::NotWanted,
-            "used" => RemoteStatus::Used,
-            "unavailable_fail_open" => RemoteStatus::UnavailableFailOpen,
-            "unavailable_fail_closed" => RemoteStatus::UnavailableFailClosed,
-            other => {
-                return Err(serde::de::Error::custom(format!(
-                    "unknown remote status {other:?}"
-                )));
-            }
-        })
-    }
 }
 
 impl Expect {

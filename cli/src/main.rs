@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use signalbox_policy::bench::EvalLoop;
-use signalbox_policy::cases::{Case, DEFAULT_CASE_NOW};
-use signalbox_policy::labels::LabelReport;
-use signalbox_policy::requests::{RequestLine, VerdictLine};
 use signalbox_policy::{EdgeHeaderNames, Policy, RemoteContext};
+use signalbox_test_kit::bench::EvalLoop;
+use signalbox_test_kit::cases::{Case, DEFAULT_CASE_NOW};
+use signalbox_test_kit::labels::LabelReport;
+use signalbox_test_kit::requests::{RequestLine, VerdictLine};
 
 #[derive(Parser)]
 #[command(name = "signalbox", version, about = "Signalbox policy tools")]

@@ -7,10 +7,10 @@
 //! folds each verdict into a checksum. Equal checksums on both sides say they computed the
 //! same verdicts, so the timings compare like with like.
 
-use crate::facts::{EdgeHeaderNames, Facts};
-use crate::policy::{BundleError, Policy};
 use crate::requests::RequestLine;
-use crate::verdict::Verdict;
+use signalbox_policy::Verdict;
+use signalbox_policy::{BundleError, Policy};
+use signalbox_policy::{EdgeHeaderNames, Facts};
 
 /// Why an [`EvalLoop`] could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
