@@ -119,10 +119,22 @@ impl Tally {
     }
 }
 
+/// A tool token found beside a crawler token.
+#[derive(Clone, Copy)]
+enum Tool {
+    Headless,
+    Automation,
+}
+
 /// What the UA says the client is.
 enum UaKind {
     Missing,
-    Crawler(usize),
+    /// A catalogue crawler; `tool` when the User-Agent also names a headless browser or an
+    /// HTTP tool (then only a verified crawler stays a crawler).
+    Crawler {
+        index: usize,
+        tool: Option<Tool>,
+    },
     Headless,
     Automation,
     Declared,
@@ -165,7 +177,35 @@ impl Policy {
                 tally.risk(ReasonCode::Fixed("ua.automation"), s.ua_automation);
                 Client::of(ClientClass::Automation)
             }
-            UaKind::Crawler(i) => self.score_crawler(&mut tally, i, ip, now),
+            UaKind::Crawler { index, tool } => {
+                // A crawler name beside a tool's ("curl/8 Slackbot") is a tool wearing a
+                // crawler's name, unless the crawler proves itself from its ranges.
+                let mut trial = Tally {
+                    risk: 0,
+                    trust: 0,
+                    reasons: Vec::new(),
+                };
+                let client = self.score_crawler(&mut trial, index, ip, now);
+                match tool {
+                    Some(tool) if client.class != ClientClass::VerifiedBot => {
+                        match tool {
+                            Tool::Headless => {
+                                tally.risk(ReasonCode::Fixed("ua.headless"), s.ua_headless);
+                            }
+                            Tool::Automation => {
+                                tally.risk(ReasonCode::Fixed("ua.automation"), s.ua_automation);
+                            }
+                        }
+                        Client::of(ClientClass::Automation)
+                    }
+                    _ => {
+                        tally.risk += trial.risk;
+                        tally.trust += trial.trust;
+                        tally.reasons.extend(trial.reasons);
+                        client
+                    }
+                }
+            }
             UaKind::Declared => {
                 self.score_category(&mut tally, CrawlerCategory::Other);
                 Client {
@@ -435,8 +475,15 @@ impl Policy {
     fn classify_ua(&self, ua: Option<&[u8]>) -> UaKind {
         let Some(ua) = ua else { return UaKind::Missing };
         let scan = self.ua_scanner.scan(ua);
-        if let Some(crawler) = scan.crawler {
-            UaKind::Crawler(crawler)
+        let tool = if scan.headless {
+            Some(Tool::Headless)
+        } else if scan.automation {
+            Some(Tool::Automation)
+        } else {
+            None
+        };
+        if let Some(index) = scan.crawler {
+            UaKind::Crawler { index, tool }
         } else if scan.headless {
             UaKind::Headless
         } else if scan.automation {
@@ -536,23 +583,40 @@ impl Policy {
                 s.missing_accept_language,
             );
         }
-        if facts.header("accept-encoding").is_none() {
+        let blank = |name: &str| facts.header(name).is_none_or(|v| v.trim_ascii().is_empty());
+        if blank("accept-encoding") {
             tally.risk(
                 ReasonCode::Fixed("headers.no_accept_encoding"),
                 s.missing_accept_encoding,
             );
         }
         let https = !facts.plain_http;
-        let site = facts.header("sec-fetch-site").is_some();
-        let mode = facts.header("sec-fetch-mode").is_some();
+        let site = facts.header("sec-fetch-site");
+        let mode = facts.header("sec-fetch-mode");
         let dest = facts.header("sec-fetch-dest");
-        if b.sends_sec_fetch() && https && !site && !mode && dest.is_none() {
+        if b.sends_sec_fetch() && https && site.is_none() && mode.is_none() && dest.is_none() {
             tally.risk(
                 ReasonCode::Fixed("headers.no_sec_fetch"),
                 s.missing_sec_fetch,
             );
         }
-        if (site || mode || dest.is_some()) && !(site && mode && dest.is_some()) {
+        // Browsers send the three together with values from the Fetch standard, or none.
+        let any = site.is_some() || mode.is_some() || dest.is_some();
+        let valid = site.is_some_and(|v| {
+            matches!(
+                v.trim_ascii(),
+                b"same-origin" | b"same-site" | b"cross-site" | b"none"
+            )
+        }) && mode.is_some_and(|v| {
+            matches!(
+                v.trim_ascii(),
+                b"navigate" | b"cors" | b"no-cors" | b"same-origin" | b"websocket"
+            )
+        }) && dest.is_some_and(|v| {
+            let v = v.trim_ascii();
+            !v.is_empty() && v.iter().all(|b| b.is_ascii_lowercase() || *b == b'-')
+        });
+        if any && !valid {
             tally.risk(
                 ReasonCode::Fixed("headers.partial_sec_fetch"),
                 s.partial_sec_fetch,
@@ -564,7 +628,9 @@ impl Policy {
                 s.missing_client_hints,
             );
         }
-        let accept = facts.header("accept");
+        let accept = facts
+            .header("accept")
+            .filter(|v| !v.trim_ascii().is_empty());
         if accept.is_none() {
             tally.risk(ReasonCode::Fixed("headers.no_accept"), s.missing_accept);
         }

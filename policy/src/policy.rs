@@ -775,14 +775,23 @@ impl TryFrom<BundleV1> for Policy {
                 min_level,
             } = when;
             let mut client_class = client_class.clone();
+            if !ua_class.is_empty() && !client_class.is_empty() {
+                errors.push(
+                    format!("{path}.when.ua_class"),
+                    "a rule takes client_class or the old ua_class, not both: move the classes \
+                     into client_class",
+                );
+            }
             if !ua_class.is_empty() {
                 warnings.push(FieldError {
                     path: format!("{path}.when.ua_class"),
                     message: "renamed client_class (browser, verified_bot, declared_bot, \
                               automation, spoofed_bot, unknown); read as the classes it maps \
-                              to: missing and unknown → unknown, headless → automation, \
-                              crawler → verified_bot, declared_bot and spoofed_bot, \
-                              verified_crawler → verified_bot"
+                              to, which can match more than before: missing and unknown → \
+                              unknown (any unrecognised User-Agent too), headless and \
+                              automation → automation (both), browser → browser, crawler → \
+                              verified_bot, declared_bot and spoofed_bot, verified_crawler → \
+                              verified_bot"
                         .to_owned(),
                 });
                 for class in ua_class.iter().flat_map(|c| client_classes_of(*c)) {

@@ -106,8 +106,10 @@ pub struct Browser {
     /// The major of its `Chrome/` token, for Chromium browsers that carry one (iOS browsers
     /// are WebKit and carry none).
     pub chromium_major: Option<u32>,
-    /// An app's web view that names no browser (iOS `GSA/`, in-app browsers): the app
-    /// configures it, so which headers it sends is not known from its version.
+    /// An app's web view: on iOS one that names no browser (`GSA/`, in-app browsers), on
+    /// Android one that says `; wv)`. The app configures it (Android's sends client hints
+    /// only from 116 and only with its default User-Agent), so which headers it sends is not
+    /// known from its version.
     pub web_view: bool,
 }
 
@@ -132,6 +134,7 @@ impl Browser {
             BrowserFamily::Chrome | BrowserFamily::Edge | BrowserFamily::Opera
         ) && self.platform != Some(Platform::Ios)
             && self.chromium_major.is_some_and(|m| m >= 89)
+            && !self.web_view
     }
 }
 
@@ -365,13 +368,18 @@ impl UaScan {
             .position(|&(token, _)| token == "Chrome/")
             .and_then(|i| self.product_end.get(i).copied().flatten())
             .and_then(|end| leading_number(ua.get(end..)?));
+        // Android's WebView sends client hints from 116, and only with its default User-Agent
+        // (an app that appends to it, like an in-app browser, gets none): only that one is
+        // held to Chrome's headers.
+        let default_android_web_view = chromium_major.is_some_and(|m| m >= 116)
+            && ua.trim_ascii_end().ends_with(b"Safari/537.36");
         Some(Browser {
             family,
             major,
             platform,
             mobile: self.mobile,
             chromium_major,
-            web_view,
+            web_view: web_view || (find(ua, b"; wv)").is_some() && !default_android_web_view),
         })
     }
 }
@@ -401,6 +409,10 @@ pub fn client_hints_contradict(
         return false;
     }
     if !browser.family.is_chromium() {
+        return true;
+    }
+    // A brand list always names brands with versions (`"Chromium";v="131"`).
+    if sec_ch_ua.is_some_and(|brands| find(brands, b";v=\"").is_none()) {
         return true;
     }
     if let Some(brands) = sec_ch_ua {
@@ -644,6 +656,15 @@ mod tests {
         assert!(!client_hints_contradict(&b, None, None, None));
         let other_version = br#""Chromium";v="120""#;
         assert!(client_hints_contradict(&b, Some(other_version), None, None));
+        assert!(
+            client_hints_contradict(&b, Some(b"x"), None, None),
+            "not a brand list"
+        );
+        let wv = parse_browser(b"Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ3A; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/110.0.5481.153 Mobile Safari/537.36 [FB_IAB/FB4A;FBAV/400.0.0.0;]").unwrap();
+        assert!(
+            wv.web_view && !wv.sends_client_hints(),
+            "Android WebView: hints only from 116, default UA"
+        );
         assert!(client_hints_contradict(&b, Some(good), Some(b"?1"), None));
         assert!(client_hints_contradict(
             &b,

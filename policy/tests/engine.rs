@@ -678,3 +678,75 @@ fn a_host_marked_sensitive_route_raises_the_action_and_asks_the_cache() {
         "medium on a sensitive route is challenged"
     );
 }
+
+#[test]
+fn a_rule_takes_client_class_or_the_old_ua_class_not_both() {
+    let mut bundle = base_bundle();
+    bundle.rules = vec![RuleV1 {
+        id: "both".into(),
+        when: ConditionsV1 {
+            client_class: vec![ClientClassV1::Browser],
+            ua_class: vec![UaClassV1::Automation],
+            ..ConditionsV1::default()
+        },
+        action: ActionV1::Block,
+        dry_run: false,
+        at_least: false,
+    }];
+    let err = Policy::try_from(bundle).unwrap_err();
+    assert!(
+        err.field_errors()
+            .iter()
+            .any(|e| e.path == "rules[0].when.ua_class" && e.message.contains("not both")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn header_values_not_only_names_must_be_a_browser_s() {
+    let p = golden();
+    let chrome = |extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            (
+                "user-agent",
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            ),
+            ("accept", "text/html,*/*;q=0.8"),
+            ("accept-language", "en"),
+            ("accept-encoding", "gzip, br"),
+            (
+                "sec-ch-ua",
+                "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"",
+            ),
+            ("sec-fetch-site", "none"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+        ];
+        for (name, value) in extra {
+            headers.retain(|(n, _)| n != name);
+            headers.push((name, value));
+        }
+        let facts = Facts::from_parts(
+            "GET",
+            "/",
+            headers,
+            "81.62.10.4".parse().ok(),
+            &EdgeHeaderNames::default(),
+        );
+        let v = p.evaluate(&facts, None, NOW);
+        v.reasons
+            .iter()
+            .map(|r| r.code.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        chrome(&[]).is_empty(),
+        "a real header set: {:?}",
+        chrome(&[])
+    );
+    assert!(chrome(&[("sec-fetch-mode", "x")]).contains(&"headers.partial_sec_fetch".to_owned()));
+    assert!(chrome(&[("sec-fetch-site", "")]).contains(&"headers.partial_sec_fetch".to_owned()));
+    assert!(chrome(&[("sec-ch-ua", "x")]).contains(&"ua.client_hints_mismatch".to_owned()));
+    assert!(chrome(&[("accept", "")]).contains(&"headers.no_accept".to_owned()));
+    assert!(chrome(&[("accept-encoding", " ")]).contains(&"headers.no_accept_encoding".to_owned()));
+}
