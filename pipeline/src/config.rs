@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn the_example_plugin_config_loads() {
-        let json = include_bytes!("../examples/plugin-config.json");
+        let json = include_bytes!("../../filter/examples/plugin-config.json");
         let s = parse(json, NOW, |_| None).unwrap();
         assert_eq!(s.policy.revision(), 7);
         assert_eq!(s.edge.country, "cf-ipcountry");

@@ -1,0 +1,679 @@
+//! # signalbox-pipeline
+//!
+//! Everything an edge does with a request that is not a host call, in one host-independent
+//! crate shared by every adapter (the Envoy filter today; the Spin component and the JS worker
+//! next): strip client-sent `x-signalbox-*` headers, resolve the client IP by the configured
+//! mode, build the facts (with the clearance verified), assess, say which rate buckets to count,
+//! decide, and choose the answer — pass with origin headers, a challenge page / JSON / gRPC
+//! status, the verify path, a throttle or a block — with the decision-log line.
+//!
+//! A step API: [`Pipeline::start`] takes a request's headers and the time and returns an
+//! [`Outcome`]: effects for the adapter to apply (headers to strip and add, metric events, log
+//! lines) and a [`Step`] — forward, respond, count these rate buckets and
+//! [`Pipeline::resume_buckets`], or hand over the body and [`Pipeline::on_body`]. An adapter
+//! only performs host calls and feeds their results back. Nothing here reads a clock, the
+//! environment or shared data, and nothing changes a `Verdict` or `Facts` after the core built
+//! them: a rate-limit refusal becomes the [`Final`] action beside the verdict.
+//!
+//! The adapter configuration parses here too ([`config::parse`]), once, with field paths in
+//! its errors. The per-worker state (warned-once flags, the decision-log budget, the nonce
+//! counter) lives in [`Pipeline`] as `Cell`s: one `Pipeline` per worker, one thread.
+
+pub mod buckets;
+pub mod config;
+pub mod record;
+pub mod reply;
+pub mod request;
+pub mod rollback;
+pub mod verify;
+
+#[cfg(test)]
+mod translate_tests;
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use signalbox_policy::page::ChallengePage;
+use signalbox_policy::ratelimit::Budget;
+use signalbox_policy::trust::{
+    Binding, ChallengeParams, clearance_set_cookie, is_safe_return_path, issue_challenge,
+    issue_clearance, verify_solution,
+};
+use signalbox_policy::{Decision, Facts, Verdict};
+
+pub use crate::config::{ConfigError, Settings};
+pub use crate::reply::Reply;
+pub use crate::request::{ClientKind, Headers};
+pub use crate::verify::VerifyRefusal;
+
+/// How loud a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Decision lines, loads.
+    Info,
+    /// Something an operator should fix.
+    Warn,
+}
+
+/// Something for the adapter's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request without a usable client address.
+    ClientIpMissing,
+    /// The bundle is past its `expires_at` (once per worker).
+    BundleExpired,
+    /// How many crawler range lists are stale now (a gauge; checked once a minute).
+    CrawlerRangesStale(u64),
+    /// The enforced decision of a request.
+    Decision(Decision),
+    /// Shadow mode would not have passed this request.
+    ShadowNonPass,
+    /// A challenge was solved on the verify path.
+    ChallengeSolved,
+    /// A verify attempt failed.
+    ChallengeFailed,
+}
+
+/// What the adapter applies before it acts on the [`Step`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Request headers to remove (client-sent `x-signalbox-*`, untrusted edge headers).
+    pub strip_request_headers: Vec<String>,
+    /// Request headers to set for origin (a passed request's annotations).
+    pub set_request_headers: Vec<(String, String)>,
+    /// A header for the response origin sends back (`x-signalbox-verdict` in debug mode).
+    pub response_header: Option<(String, String)>,
+    /// `decision level score` for the host's request properties (access logs).
+    pub verdict_summary: Option<String>,
+    /// Metric events.
+    pub events: Vec<Event>,
+    /// Log lines.
+    pub logs: Vec<(LogLevel, String)>,
+}
+
+/// What the adapter does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Let the request go on to origin.
+    Forward,
+    /// Answer locally with this reply (the request never reaches origin).
+    Respond(Reply),
+    /// Take one token from each bucket in shared data ([`BucketTake::apply`] inside the
+    /// host's compare-and-swap loop), then call [`Pipeline::resume_buckets`] with the longest
+    /// `retry-after` of the refusals, if any.
+    TakeBuckets(Vec<BucketTake>, Pending),
+    /// Let the headers go on, hold the body, and call [`Pipeline::on_body`] as it arrives
+    /// (a verify request with its solution in a form body).
+    ReadBody(PendingVerify),
+}
+
+/// One step's output.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Apply these first.
+    pub effects: Effects,
+    /// Then this.
+    pub step: Step,
+}
+
+/// A rate-bucket token to take from shared data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketTake {
+    /// The shared-data key of the bucket's slot.
+    pub slot: String,
+    /// The fingerprint of the bucket's key in that slot.
+    pub fingerprint: [u8; 8],
+    /// Its budget.
+    pub budget: Budget,
+}
+
+impl BucketTake {
+    /// One step of the bucket against the slot's stored bytes at `now_ms`: what to write back
+    /// and, when the token is refused, the `retry-after` seconds.
+    pub fn apply(&self, stored: Option<&[u8]>, now_ms: u64) -> (Vec<u8>, Option<u32>) {
+        let step = buckets::step_slot(stored, self.fingerprint, now_ms, self.budget);
+        (
+            buckets::encode(self.fingerprint, step.state),
+            (!step.allowed).then_some(step.retry_after_seconds),
+        )
+    }
+}
+
+/// A request waiting for its rate buckets.
+#[derive(Debug)]
+pub struct Pending(PendingKind);
+
+#[derive(Debug)]
+enum PendingKind {
+    Verdict(Box<Decided>),
+    Verify {
+        verify: PendingVerify,
+        form: Option<verify::Form>,
+        end_of_stream: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Decided {
+    facts: Facts,
+    verdict: Verdict,
+    request_id: String,
+    now: u64,
+}
+
+/// A verify request waiting for its body.
+#[derive(Debug)]
+pub struct PendingVerify {
+    binding: Binding,
+    now: u64,
+    /// The request came over HTTPS (chooses the clearance cookie).
+    https: bool,
+}
+
+/// The action a request ends with: the verdict's decision, or a throttle when its rate
+/// buckets refused it (the verdict itself is never changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Final {
+    /// The enforced decision.
+    pub decision: Decision,
+    /// In shadow mode, the decision that would have been enforced.
+    pub shadow_decision: Option<Decision>,
+}
+
+impl Final {
+    fn of(verdict: &Verdict, refused: bool) -> Self {
+        let mut f = Final {
+            decision: verdict.decision,
+            shadow_decision: verdict.shadow_decision,
+        };
+        if refused {
+            match f.shadow_decision {
+                Some(_) => f.shadow_decision = Some(Decision::Throttle),
+                None => f.decision = Decision::Throttle,
+            }
+        }
+        f
+    }
+
+    fn intended(&self) -> Decision {
+        self.shadow_decision.unwrap_or(self.decision)
+    }
+}
+
+/// A request's headers as the host gives them.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Every request header, pseudo-headers included, lower-case names, raw values.
+    pub headers: Headers,
+    /// The connection's peer address, as the host reports it.
+    pub source: Option<IpAddr>,
+    /// The host's name for the matched route, when the adapter reads one (Envoy's
+    /// `xds.route_name`); only asked for when [`Pipeline::wants_route_name`].
+    pub route_name: Option<Vec<u8>>,
+    /// No body follows.
+    pub end_of_stream: bool,
+}
+
+/// Verify attempts are rate-limited per client, whatever the bundle says.
+const VERIFY_BUDGET: Budget = Budget {
+    capacity: 10,
+    requests: 10,
+    per_seconds: 60,
+};
+
+/// The pipeline of one worker: its settings and its per-worker state.
+#[derive(Debug)]
+pub struct Pipeline {
+    settings: Settings,
+    /// (second, lines logged in it) for the decision-log rate limit.
+    log_window: Cell<(u64, u32)>,
+    /// Makes derived nonces unique within this worker.
+    nonce_counter: Cell<u64>,
+    warned_no_address: Cell<bool>,
+    warned_expired: Cell<bool>,
+    ranges_checked_at: Cell<u64>,
+    warned_stale_ranges: Cell<bool>,
+}
+
+impl Pipeline {
+    /// A worker's pipeline over parsed settings.
+    pub fn new(settings: Settings) -> Self {
+        Pipeline {
+            settings,
+            log_window: Cell::new((0, 0)),
+            nonce_counter: Cell::new(0),
+            warned_no_address: Cell::new(false),
+            warned_expired: Cell::new(false),
+            ranges_checked_at: Cell::new(0),
+            warned_stale_ranges: Cell::new(false),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether [`Request::route_name`] matters (sensitive route names are configured).
+    pub fn wants_route_name(&self) -> bool {
+        !self.settings.sensitive_route_names.is_empty()
+    }
+
+    /// The lines to log when the configuration loads.
+    pub fn load_logs(&self) -> Vec<(LogLevel, String)> {
+        let mut logs: Vec<(LogLevel, String)> = self
+            .settings
+            .policy
+            .warnings()
+            .iter()
+            .map(|w| (LogLevel::Warn, format!("signalbox: bundle: {w}")))
+            .collect();
+        if self.settings.keys.is_none() {
+            logs.push((
+                LogLevel::Warn,
+                "signalbox: no challenge secret in the VM environment: challenges are served as blocks"
+                    .to_owned(),
+            ));
+        }
+        logs.push((
+            LogLevel::Info,
+            format!(
+                "signalbox: bundle revision {} loaded",
+                self.settings.policy.revision()
+            ),
+        ));
+        logs
+    }
+
+    /// A request's headers arrived, at `now_nanos` (unix nanoseconds).
+    pub fn start(&self, request: Request, now_nanos: u128) -> Outcome {
+        let settings = &self.settings;
+        let now = u64::try_from(now_nanos / 1_000_000_000).unwrap_or(0);
+        let mut effects = Effects::default();
+        let Request {
+            mut headers,
+            source,
+            route_name,
+            end_of_stream,
+        } = request;
+        let stripped = request::headers_to_strip(&headers, settings);
+        headers.retain(|(n, _)| !stripped.iter().any(|s| s.eq_ignore_ascii_case(n)));
+        effects.strip_request_headers = stripped;
+
+        // No usable address (a listener on a Unix socket, a client-IP mode that finds
+        // nothing): never a made-up one that all such clients would share. The core then
+        // matches no IP list and adds `ip.missing`; IP budgets are skipped.
+        let ip = request::client_ip(&settings.client_ip, &headers, source);
+        if ip.is_none() {
+            effects.events.push(Event::ClientIpMissing);
+            if !self.warned_no_address.replace(true) {
+                effects.logs.push((
+                    LogLevel::Warn,
+                    "signalbox: a request without a usable client address (check client_ip and the listener); counted in signalbox.client_ip.missing".to_owned(),
+                ));
+            }
+        }
+        self.watch_bundle(now, &mut effects);
+
+        let request_id = request::header(&headers, "x-request-id")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| "-".to_owned());
+        let route_sensitive = route_name.is_some_and(|route| {
+            settings
+                .sensitive_route_names
+                .iter()
+                .any(|n| n.as_bytes() == route.as_slice())
+        });
+        let facts = request::facts(settings, headers, ip, now, route_sensitive);
+        if signalbox_policy::normalize_path(&facts.path) == settings.policy.challenge().verify_path
+        {
+            let step = self.start_verify(&facts, now, end_of_stream);
+            return Outcome { effects, step };
+        }
+
+        let verdict = settings
+            .policy
+            .decide(settings.policy.assess(&facts, now), None, now);
+        let decided = Decided {
+            facts,
+            verdict,
+            request_id,
+            now,
+        };
+        if decided.verdict.intended_decision() == Decision::Pass {
+            let takes: Vec<BucketTake> = settings
+                .policy
+                .rate_keys(&decided.facts, &decided.verdict)
+                .into_iter()
+                .map(|k| self.take(&k.key, k.budget))
+                .collect();
+            if !takes.is_empty() {
+                return Outcome {
+                    effects,
+                    step: Step::TakeBuckets(
+                        takes,
+                        Pending(PendingKind::Verdict(Box::new(decided))),
+                    ),
+                };
+            }
+        }
+        self.finish(decided, None, now_nanos, effects)
+    }
+
+    /// The buckets of [`Step::TakeBuckets`] were counted: `refused` is the longest
+    /// `retry-after` of the refusals (`None`: every token was granted, or shared data failed,
+    /// which never blocks a request).
+    pub fn resume_buckets(
+        &self,
+        pending: Pending,
+        refused: Option<u32>,
+        now_nanos: u128,
+    ) -> Outcome {
+        match pending.0 {
+            PendingKind::Verdict(decided) => {
+                self.finish(*decided, refused, now_nanos, Effects::default())
+            }
+            PendingKind::Verify {
+                verify,
+                form,
+                end_of_stream,
+            } => {
+                let mut effects = Effects::default();
+                let step = match (refused, form) {
+                    (Some(retry), _) => {
+                        Step::Respond(reply::throttle_reply(ClientKind::Api, "-", retry))
+                    }
+                    (None, Some(form)) => self.finish_verify(&verify, form, &mut effects),
+                    (None, None) if end_of_stream => {
+                        Step::Respond(verify::verify_refused_reply(Some(VerifyRefusal::BadForm)))
+                    }
+                    // The solution in a form body (API clients). Envoy turns a paused
+                    // request-headers callback into StopAllIteration: the body would never
+                    // arrive. The headers go on; the body is held (the adapter pauses its body
+                    // callback) and the local reply resets the upstream request before any of
+                    // the body reaches origin.
+                    (None, None) => Step::ReadBody(verify),
+                };
+                Outcome { effects, step }
+            }
+        }
+    }
+
+    /// More of a verify request's body: `body_size` bytes so far, `end_of_stream` when it is
+    /// whole. Returns `None` to keep waiting (the adapter holds the body), else the outcome;
+    /// `read_body` is called only when the whole body is there and small enough.
+    pub fn on_body(
+        &self,
+        pending: &PendingVerify,
+        body_size: usize,
+        end_of_stream: bool,
+        read_body: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Outcome> {
+        let mut effects = Effects::default();
+        let step = if body_size > verify::MAX_VERIFY_BODY {
+            Step::Respond(verify::verify_refused_reply(Some(VerifyRefusal::TooLarge)))
+        } else if !end_of_stream {
+            return None;
+        } else {
+            self.finish_verify(
+                pending,
+                verify::parse_verify_form(&read_body()),
+                &mut effects,
+            )
+        };
+        Some(Outcome { effects, step })
+    }
+
+    /// Origin answered a verify request before its body ended: the verify cannot finish (Envoy
+    /// delivers no more of the body once the response has begun), so it counts as failed and
+    /// origin's answer goes on, stripped like any other.
+    pub fn verify_overtaken(&self) -> Event {
+        Event::ChallengeFailed
+    }
+
+    /// Response header names to remove from origin's answer (origin must not echo ours: no
+    /// scoring oracle).
+    pub fn response_headers_to_strip(
+        &self,
+        names: impl IntoIterator<Item = String>,
+    ) -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| n.to_ascii_lowercase().starts_with(request::PREFIX))
+            .collect()
+    }
+
+    fn take(&self, key: &str, budget: Budget) -> BucketTake {
+        let (slot, fingerprint) = buckets::slot_of(key, self.settings.rate_limit_slots);
+        BucketTake {
+            slot,
+            fingerprint,
+            budget,
+        }
+    }
+
+    /// Once per worker: the bundle expired; once a minute: the stale crawler range lists.
+    fn watch_bundle(&self, now: u64, effects: &mut Effects) {
+        let policy = &self.settings.policy;
+        if policy.expires_at().is_some_and(|at| now >= at) && !self.warned_expired.replace(true) {
+            effects.events.push(Event::BundleExpired);
+            effects.logs.push((
+                LogLevel::Warn,
+                format!(
+                    "signalbox: bundle revision {} expired while serving; it keeps serving until a newer one is configured",
+                    policy.revision()
+                ),
+            ));
+        }
+        if now >= self.ranges_checked_at.get().saturating_add(60) {
+            self.ranges_checked_at.set(now);
+            let stale = policy.stale_ranges(now);
+            effects.events.push(Event::CrawlerRangesStale(
+                u64::try_from(stale.len()).unwrap_or(u64::MAX),
+            ));
+            if !stale.is_empty() && !self.warned_stale_ranges.replace(true) {
+                let lists: Vec<String> = stale
+                    .iter()
+                    .map(|s| format!("{} ({})", s.list, s.as_of.as_deref().unwrap_or("no date")))
+                    .collect();
+                effects.logs.push((
+                    LogLevel::Warn,
+                    format!(
+                        "signalbox: crawler ranges older than crawlers.max_ranges_age_days: {}; crawlers claiming these families count as declared bots (never verified, never shown spoofed) until a bundle with fresh lists arrives; gauge signalbox.crawler_ranges.stale",
+                        lists.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn start_verify(&self, facts: &Facts, now: u64, end_of_stream: bool) -> Step {
+        if let Err(refusal) = verify::check_verify_headers(&facts.headers) {
+            return Step::Respond(verify::verify_refused_reply(Some(refusal)));
+        }
+        let pending = PendingVerify {
+            binding: request::binding_of(facts),
+            now,
+            https: !facts.plain_http,
+        };
+        // The challenge page posts its solution in the query (`?challenge=…&counter=…`, empty
+        // body): answered from the headers, so the request never reaches origin and no body
+        // can arrive after origin has answered.
+        let form = verify::verify_form_in_query(&facts.path);
+        // Requests without a client address share one verify budget.
+        let key = format!(
+            "verify|{}",
+            facts.client_ip.map_or_else(
+                || "-".to_owned(),
+                |ip| self.settings.policy.ip_subject_key(ip)
+            )
+        );
+        Step::TakeBuckets(
+            vec![self.take(&key, VERIFY_BUDGET)],
+            Pending(PendingKind::Verify {
+                verify: pending,
+                form,
+                end_of_stream,
+            }),
+        )
+    }
+
+    fn finish_verify(
+        &self,
+        pending: &PendingVerify,
+        form: verify::Form,
+        effects: &mut Effects,
+    ) -> Step {
+        let Some(keys) = &self.settings.keys else {
+            return Step::Respond(verify::verify_refused_reply(None));
+        };
+        let outcome = form.map_err(Some).and_then(|(token, counter)| {
+            verify_solution(keys, &token, counter, &pending.binding, pending.now).map_err(|_| None)
+        });
+        effects.events.push(if outcome.is_ok() {
+            Event::ChallengeSolved
+        } else {
+            Event::ChallengeFailed
+        });
+        Step::Respond(match outcome {
+            Ok(solved) => {
+                let ttl = self.settings.policy.challenge().clearance_ttl_seconds;
+                let token =
+                    issue_clearance(keys, &pending.binding, pending.now, ttl, solved.difficulty);
+                verify::verified_reply(
+                    &solved.return_path,
+                    clearance_set_cookie(&token, ttl, pending.https),
+                )
+            }
+            Err(refusal) => verify::verify_refused_reply(refusal),
+        })
+    }
+
+    fn finish(
+        &self,
+        decided: Decided,
+        refused: Option<u32>,
+        now_nanos: u128,
+        mut effects: Effects,
+    ) -> Outcome {
+        let settings = &self.settings;
+        let Decided {
+            facts,
+            verdict,
+            request_id,
+            now,
+        } = decided;
+        let last = Final::of(&verdict, refused.is_some());
+        let kind = request::client_kind(&facts.headers);
+        effects.events.push(Event::Decision(last.decision));
+        if last.shadow_decision.is_some_and(|d| d != Decision::Pass) {
+            effects.events.push(Event::ShadowNonPass);
+        }
+        effects.verdict_summary = Some(format!(
+            "{} {} {}",
+            last.intended().as_str(),
+            verdict.level.as_str(),
+            verdict.score
+        ));
+        if last.intended() != Decision::Pass
+            && let Some(line) = self.decision_line(&request_id, &facts, &verdict, last, now)
+        {
+            effects.logs.push((LogLevel::Info, line));
+        }
+        let debug = settings
+            .debug_verdict_header
+            .then(|| reply::verdict_header(&request_id, &verdict, last));
+        let step = match last.decision {
+            Decision::Pass => {
+                effects.set_request_headers =
+                    reply::origin_headers(settings, &verdict, &request_id, facts.client_ip);
+                effects.response_header = debug.map(|v| ("x-signalbox-verdict".to_owned(), v));
+                return Outcome {
+                    effects,
+                    step: Step::Forward,
+                };
+            }
+            Decision::Block => reply::block_reply(kind, &request_id),
+            Decision::Throttle => reply::throttle_reply(kind, &request_id, refused.unwrap_or(60)),
+            Decision::Challenge => {
+                self.challenge(kind, &facts, &verdict, &request_id, now, now_nanos)
+            }
+        };
+        let step = Step::Respond(with_header(step, debug));
+        Outcome { effects, step }
+    }
+
+    /// A decision-log line unless this second's budget is spent; built only when written
+    /// (attack traffic is when both the lines and the budget run out).
+    fn decision_line(
+        &self,
+        request_id: &str,
+        facts: &Facts,
+        verdict: &Verdict,
+        last: Final,
+        now: u64,
+    ) -> Option<String> {
+        let (second, count) = self.log_window.get();
+        let (second, count) = if second == now {
+            (second, count)
+        } else {
+            (now, 0)
+        };
+        self.log_window.set((second, count.saturating_add(1)));
+        (count < self.settings.decision_log_per_second)
+            .then(|| record::decision_log_line(request_id, facts, verdict, last))
+    }
+
+    fn nonce_input(&self, request_id: &str, now_nanos: u128) -> Vec<u8> {
+        let n = self.nonce_counter.get().wrapping_add(1);
+        self.nonce_counter.set(n);
+        format!("{request_id}|{now_nanos}|{n}").into_bytes()
+    }
+
+    fn challenge(
+        &self,
+        kind: ClientKind,
+        facts: &Facts,
+        verdict: &Verdict,
+        request_id: &str,
+        now: u64,
+        now_nanos: u128,
+    ) -> Reply {
+        let Some(keys) = &self.settings.keys else {
+            return reply::block_reply(kind, request_id);
+        };
+        let settings = self.settings.policy.challenge();
+        let return_path = if is_safe_return_path(&facts.path) {
+            facts.path.as_str()
+        } else {
+            "/"
+        };
+        let params = ChallengeParams {
+            binding: request::binding_of(facts),
+            nonce: keys.derive_nonce(&self.nonce_input(request_id, now_nanos)),
+            now,
+            ttl_seconds: settings.challenge_ttl_seconds,
+            difficulty: self.settings.policy.challenge_difficulty(verdict.level),
+            return_path,
+        };
+        let Ok(token) = issue_challenge(keys, &params) else {
+            return reply::block_reply(kind, request_id);
+        };
+        let csp_nonce = reply::nonce_text(keys, &self.nonce_input(request_id, now_nanos));
+        let page = ChallengePage {
+            challenge: &token,
+            difficulty: params.difficulty,
+            verify_path: &settings.verify_path,
+            ttl_seconds: settings.challenge_ttl_seconds,
+            csp_nonce: &csp_nonce,
+        };
+        reply::challenge_reply(kind, request_id, &page)
+    }
+}
+
+fn with_header(mut reply: Reply, header: Option<String>) -> Reply {
+    if let Some(v) = header {
+        reply.headers.push(("x-signalbox-verdict".to_owned(), v));
+    }
+    reply
+}
