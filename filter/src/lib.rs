@@ -311,7 +311,8 @@ impl Context for SignalboxHttp {}
 impl SignalboxHttp {
     /// Applies a step's effects, then performs the step (taking rate buckets and resuming as
     /// often as the pipeline asks).
-    fn act(&mut self, mut outcome: Outcome) -> Action {
+    /// `now` is the request's time (unix nanoseconds), read once.
+    fn act(&mut self, mut outcome: Outcome, now: u128) -> Action {
         loop {
             self.apply(outcome.effects);
             match outcome.step {
@@ -324,13 +325,13 @@ impl SignalboxHttp {
                 Step::TakeBuckets(takes, pending) => {
                     let w = &self.worker;
                     let started = w.sample();
-                    let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
+                    let now_ms = u64::try_from(now / 1_000_000).unwrap_or(0);
                     let refused = takes
                         .iter()
                         .filter_map(|take| self.take_token(take, now_ms))
                         .max();
                     Metrics::micros_since(w.metrics.rate_limit_micros, started);
-                    outcome = w.pipeline.resume_buckets(pending, refused, now_nanos());
+                    outcome = w.pipeline.resume_buckets(pending, refused, now);
                 }
             }
         }
@@ -409,8 +410,14 @@ impl HttpContext for SignalboxHttp {
         let started = now_nanos();
         let timed = w.next_is_timed();
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let source = hostcalls::get_property(vec!["source", "address"])
-            .ok()
+        let source = w
+            .pipeline
+            .needs_source_address(&headers)
+            .then(|| {
+                hostcalls::get_property(vec!["source", "address"])
+                    .ok()
+                    .flatten()
+            })
             .flatten()
             .and_then(|v| request::parse_source_address(&v));
         // `xds.route_name` (Envoy ≥ 1.28); `route_name` is the older spelling.
@@ -433,7 +440,7 @@ impl HttpContext for SignalboxHttp {
             started,
         );
         Metrics::micros_since(w.metrics.eval_micros, if timed { started } else { 0 });
-        let action = self.act(outcome);
+        let action = self.act(outcome, started);
         Metrics::micros_since(w.metrics.request_micros, if timed { started } else { 0 });
         action
     }
@@ -455,7 +462,7 @@ impl HttpContext for SignalboxHttp {
             None => Action::Pause,
             Some(outcome) => {
                 self.verify = None;
-                self.act(outcome)
+                self.act(outcome, now_nanos())
             }
         }
     }

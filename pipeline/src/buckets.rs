@@ -7,19 +7,25 @@
 //! make limits stricter, never looser. Updates use compare-and-swap with a few retries; when
 //! CAS keeps losing, the request is allowed and counted (fail open).
 
-use sha2::{Digest, Sha256};
+use std::hash::{DefaultHasher, Hasher};
+
 use signalbox_policy::ratelimit::{BucketState, Budget, Step, step};
 
 /// How many CAS attempts before giving up.
 pub const CAS_ATTEMPTS: usize = 8;
 
-/// Slot key and fingerprint of a rate key.
+/// Slot key and fingerprint of a rate key. The hash is std's SipHash-1-3 with its fixed keys:
+/// every worker VM of one build agrees on it, which is all shared data needs (a new build may
+/// move keys to other slots; their buckets then start full, once). It replaced SHA-256, which
+/// cost more than the rest of the bucket step: a cryptographic hash buys nothing here, since
+/// with a few thousand slots anyone can find keys that share one, and sharing only makes a
+/// limit stricter.
 pub fn slot_of(key: &str, slots: u32) -> (String, [u8; 8]) {
-    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-    let slot = u64::from_be_bytes(fp) % u64::from(slots.max(1));
-    (format!("signalbox.rl.{slot}"), fp)
+    let mut hasher = DefaultHasher::new();
+    hasher.write(key.as_bytes());
+    let hash = hasher.finish();
+    let slot = hash % u64::from(slots.max(1));
+    (format!("signalbox.rl.{slot}"), hash.to_be_bytes())
 }
 
 /// Decodes a slot value into (fingerprint, state).

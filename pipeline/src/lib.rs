@@ -254,6 +254,13 @@ impl Pipeline {
         &self.settings
     }
 
+    /// Whether the client IP needs the connection's peer address ([`Request::source`]): always
+    /// in `source_address` mode, else only when `x-forwarded-for` names no client. An adapter
+    /// skips the host lookup (a formatted property in Envoy) when it does not.
+    pub fn needs_source_address(&self, headers: &Headers) -> bool {
+        request::client_ip(&self.settings.client_ip, headers, None).is_none()
+    }
+
     /// Whether [`Request::route_name`] matters (sensitive route names are configured).
     pub fn wants_route_name(&self) -> bool {
         !self.settings.sensitive_route_names.is_empty()
