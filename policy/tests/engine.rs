@@ -458,7 +458,7 @@ fn crawler_ranges_go_stale() {
             &EdgeHeaderNames::default(),
         )
     };
-    // The fixture's googlebot ranges are as of 2026-11-01; 90 days later they are stale.
+    // The fixture's googlebot ranges are as of 2026-11-01; ten years later they are stale.
     let fresh = p.evaluate(&gb("198.51.100.1"), None, NOW);
     assert!(
         fresh
@@ -474,7 +474,7 @@ fn crawler_ranges_go_stale() {
     );
     // Stale ranges prove nothing either way: from outside them or inside them, a Googlebot is
     // only a declared search engine, and never passes (the golden bundle challenges it).
-    let later = NOW + 100 * 86_400;
+    let later = NOW + 3_700 * 86_400;
     for ip in ["198.51.100.1", "66.249.66.1"] {
         let stale = p.evaluate(&gb(ip), None, later);
         assert!(
@@ -498,13 +498,13 @@ fn crawler_ranges_go_stale() {
             (
                 "googlebot".to_owned(),
                 Some("2026-11-01".to_owned()),
-                Some((NOW / 86_400 + 100) as i64 - 20_758),
+                Some((NOW / 86_400 + 3_700) as i64 - 20_758),
                 vec!["googlebot".to_owned()]
             ),
             (
                 "oldbot".to_owned(),
-                Some("2020-01-01".to_owned()),
-                Some((NOW / 86_400 + 100) as i64 - 18_262),
+                Some("2010-01-01".to_owned()),
+                Some((NOW / 86_400 + 3_700) as i64 - 14_610),
                 vec!["oldbot".to_owned()]
             )
         ]

@@ -7,6 +7,7 @@
 //! `tests/tests/envoy_e2e.rs`.
 
 pub mod bench;
+pub mod conformance;
 pub mod envoy;
 pub mod fuzzing;
 pub mod host;

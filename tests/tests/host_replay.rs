@@ -377,7 +377,7 @@ fn the_default_bundle_fits_a_worker_vm_in_16_mib() {
 
 #[test]
 fn stale_crawler_ranges_are_a_gauge_and_one_warning() {
-    // The golden bundle's oldbot ranges are dated 2020-01-01: stale on any clock after 2020.
+    // The golden bundle's oldbot ranges are dated 2010-01-01: stale under its ten-year allowance.
     let mut filter = start(golden(), json!({}), SharedData::default());
     for line in requests(5) {
         replay_line(&mut filter, &line).unwrap();
@@ -388,7 +388,6 @@ fn stale_crawler_ranges_are_a_gauge_and_one_warning() {
             .find(|(_, name, _)| name == "signalbox.crawler_ranges.stale")
             .map(|(_, _, value)| value)
     };
-    // (googlebot's fixture ranges, dated 2026-11-01, join them from 2027-01-31.)
     assert!(gauge(&filter) >= Some(1), "{:?}", filter.metrics());
     let warnings: Vec<&String> = filter
         .logs()
@@ -397,7 +396,7 @@ fn stale_crawler_ranges_are_a_gauge_and_one_warning() {
         .filter(|line| line.contains("crawler ranges older than"))
         .collect();
     assert_eq!(warnings.len(), 1, "logged once: {warnings:?}");
-    assert!(warnings[0].contains("oldbot (2020-01-01)"), "{warnings:?}");
+    assert!(warnings[0].contains("oldbot (2010-01-01)"), "{warnings:?}");
 
     // Fresh ranges only (no oldbot, ten years allowed): the gauge reads 0.
     let mut fresh = golden();

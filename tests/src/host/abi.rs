@@ -6,7 +6,7 @@ use wasmtime::Caller;
 
 use super::calls::{CallRequest, PendingCall};
 use super::mem::{Mem, arg, uarg};
-use super::{HostState, LocalReply, Metric, Status, first_header, unix_nanos};
+use super::{HostState, LocalReply, Metric, Status, first_header};
 
 const IMPLEMENTED: &[&str] = &[
     "proxy_log",
@@ -187,7 +187,7 @@ pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[i64]) ->
         },
         "proxy_get_log_level" => written(Mem::write_u32(caller, uarg(p, 0), 2)),
         "proxy_get_current_time_nanoseconds" => {
-            let now = unix_nanos();
+            let now = caller.data().now_nanos();
             written(Mem::write(caller, uarg(p, 0), &now.to_le_bytes()))
         }
         "proxy_set_tick_period_milliseconds" => {

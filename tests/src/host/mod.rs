@@ -148,6 +148,9 @@ pub struct VmOptions {
     pub vm_id: String,
     /// What happens after the VM traps.
     pub failure_policy: FailurePolicy,
+    /// A fixed time (unix nanoseconds) for the guest's clocks instead of the wall clock, so a
+    /// case pinned to a date runs the same in the host as natively.
+    pub clock_nanos: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +224,15 @@ pub(crate) struct HostState {
     logs: Vec<(i32, String)>,
     /// Time spent in each import, when profiling.
     import_profile: Option<HashMap<String, (u64, u64)>>,
+    /// A fixed clock (`VmOptions::clock_nanos`).
+    clock_nanos: Option<u64>,
+}
+
+impl HostState {
+    /// The guest's time: the fixed clock, else the wall clock.
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.clock_nanos.unwrap_or_else(unix_nanos)
+    }
 }
 
 /// Where a VM's time went while profiling: `(name, calls, nanoseconds)` per callback (the
@@ -446,6 +458,7 @@ impl Filter {
             root_id: 1,
             effective: 1,
             last_status: (Status::Ok, Vec::new()),
+            clock_nanos: opts.clock_nanos,
             ..HostState::default()
         };
         let mut store = Store::new(engine, state);

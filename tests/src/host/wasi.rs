@@ -87,7 +87,7 @@ pub(crate) fn call(caller: &mut Caller<'_, HostState>, name: &str, p: &[i64]) ->
             }
         }
         "clock_time_get" => {
-            let now = unix_nanos();
+            let now = caller.data().now_nanos();
             if Mem::write(caller, uarg(p, 2), &now.to_le_bytes()) {
                 SUCCESS
             } else {
