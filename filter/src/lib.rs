@@ -17,7 +17,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -25,8 +25,8 @@ use proxy_wasm::types::{
     Action, BufferType, ContextType, GrpcStatusCode, MapType, MetricType, Status,
 };
 use signalbox_pipeline::{
-    BucketTake, Effects, Event, LogLevel, Outcome, PendingVerify, Pipeline, Reply, Request, Step,
-    buckets, config, request, rollback,
+    BucketTake, Effects, Event, LogLevel, LookupAnswer, Outcome, Pending, PendingVerify, Pipeline,
+    Reply, Request, Step, buckets, config, request, rollback,
 };
 use signalbox_policy::Decision;
 
@@ -269,6 +269,7 @@ impl RootContext for SignalboxRoot {
                 local_reply: false,
                 response_header: None,
                 verify: None,
+                lookup: None,
             }),
             None => Box::new(Unconfigured),
         })
@@ -304,9 +305,48 @@ pub struct SignalboxHttp {
     response_header: Option<(String, String)>,
     /// A verify request waiting for its body.
     verify: Option<PendingVerify>,
+    /// A request paused for its score-cache call (the call's token).
+    lookup: Option<(u32, Pending)>,
 }
 
-impl Context for SignalboxHttp {}
+impl Context for SignalboxHttp {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((token, pending)) = self.lookup.take() else {
+            return;
+        };
+        if token != token_id {
+            self.lookup = Some((token, pending));
+            return;
+        }
+        // No headers: the call failed (reset, no upstream); Envoy reports timeouts and
+        // connect failures as 504 / 503, which the pipeline treats as no answer.
+        let answer = (num_headers > 0)
+            .then(|| {
+                let status =
+                    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+                        .ok()
+                        .flatten()
+                        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())?;
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                Some(LookupAnswer { status, body })
+            })
+            .flatten();
+        let now = now_nanos();
+        let outcome = self.worker.pipeline.resume_lookup(pending, answer, now);
+        if self.act(outcome, now) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl SignalboxHttp {
     /// Applies a step's effects, then performs the step (taking rate buckets and resuming as
@@ -321,6 +361,29 @@ impl SignalboxHttp {
                 Step::ReadBody(pending) => {
                     self.verify = Some(pending);
                     return Action::Continue;
+                }
+                Step::Lookup(call, pending) => {
+                    let headers: Vec<(&str, &str)> = call
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    match hostcalls::dispatch_http_call(
+                        &call.cluster,
+                        headers,
+                        None,
+                        Vec::new(),
+                        Duration::from_millis(u64::from(call.timeout_ms)),
+                    ) {
+                        Ok(token) => {
+                            self.lookup = Some((token, pending));
+                            return Action::Pause;
+                        }
+                        // The host could not even send it (unknown cluster): no answer.
+                        Err(_) => {
+                            outcome = self.worker.pipeline.resume_lookup(pending, None, now);
+                        }
+                    }
                 }
                 Step::TakeBuckets(takes, pending) => {
                     let w = &self.worker;

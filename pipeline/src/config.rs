@@ -48,6 +48,43 @@ pub struct PluginConfigV1 {
     /// Rate-bucket slots in shared data (the keyspace bound).
     #[serde(default = "default_slots")]
     pub rate_limit_slots: u32,
+    /// The score cache, as an upstream the host can call; absent: none (every lookup the
+    /// bundle wants is unavailable, and a fail-closed bundle is refused).
+    #[serde(default)]
+    pub score_cache: Option<ScoreCacheV1>,
+}
+
+/// Where the score cache is.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreCacheV1 {
+    /// The host's upstream cluster for it (an Envoy cluster name).
+    pub cluster: String,
+    /// `:authority` of the calls.
+    #[serde(default = "default_cache_authority")]
+    pub authority: String,
+    /// VM environment variable holding its bearer token (absent: calls carry none).
+    #[serde(default = "default_cache_token_env")]
+    pub token_env: String,
+}
+
+fn default_cache_authority() -> String {
+    "signalbox-cache".to_owned()
+}
+
+fn default_cache_token_env() -> String {
+    "SIGNALBOX_CACHE_TOKEN".to_owned()
+}
+
+/// The score cache as a worker calls it.
+#[derive(Debug, Clone)]
+pub struct ScoreCache {
+    /// Cluster name.
+    pub cluster: String,
+    /// `:authority`.
+    pub authority: String,
+    /// Bearer token, if configured (never logged).
+    pub token: Option<String>,
 }
 
 fn default_secret_env() -> String {
@@ -160,6 +197,8 @@ pub struct Settings {
     pub decision_log_per_second: u32,
     /// Rate-bucket slots.
     pub rate_limit_slots: u32,
+    /// The score cache, if configured.
+    pub score_cache: Option<ScoreCache>,
 }
 
 /// Why a configuration was refused. Messages name fields, never values of secrets.
@@ -197,7 +236,7 @@ pub fn parse(
     };
     let policy =
         load_bundle(&bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
-    if policy.requires_score_cache() {
+    if policy.requires_score_cache() && config.score_cache.is_none() {
         return Err(ConfigError(
             "bundle: cache.on_unavailable is fail_closed, but this filter has no score cache \
              configured: every request the bundle wants context for would be raised to the \
@@ -275,6 +314,11 @@ pub fn parse(
         keys,
         decision_log_per_second: config.decision_log_per_second,
         rate_limit_slots: config.rate_limit_slots,
+        score_cache: config.score_cache.map(|c| ScoreCache {
+            token: env(&c.token_env).filter(|t| !t.trim().is_empty()),
+            cluster: c.cluster,
+            authority: c.authority,
+        }),
     })
 }
 

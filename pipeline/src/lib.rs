@@ -105,6 +105,29 @@ pub enum Step {
     /// Let the headers go on, hold the body, and call [`Pipeline::on_body`] as it arrives
     /// (a verify request with its solution in a form body).
     ReadBody(PendingVerify),
+    /// Ask the score cache: send this call (pausing the request), then call
+    /// [`Pipeline::resume_lookup`] with its answer, or with `None` when it failed or timed out.
+    Lookup(LookupCall, Pending),
+}
+
+/// A call to the score cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupCall {
+    /// The host's cluster.
+    pub cluster: String,
+    /// Request headers, pseudo-headers first (`:method`, `:path`, `:authority`).
+    pub headers: Vec<(String, String)>,
+    /// How long to wait, milliseconds (the bundle's `cache.timeout_ms`).
+    pub timeout_ms: u32,
+}
+
+/// What came back from the score cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupAnswer {
+    /// HTTP status.
+    pub status: u32,
+    /// Body.
+    pub body: Vec<u8>,
 }
 
 /// One step's output.
@@ -145,12 +168,21 @@ pub struct Pending(PendingKind);
 
 #[derive(Debug)]
 enum PendingKind {
+    Lookup(Box<Assessed>),
     Verdict(Box<Decided>),
     Verify {
         verify: PendingVerify,
         form: Option<verify::Form>,
         end_of_stream: bool,
     },
+}
+
+#[derive(Debug)]
+struct Assessed {
+    facts: Facts,
+    assessment: signalbox_policy::Assessment,
+    request_id: String,
+    now: u64,
 }
 
 #[derive(Debug)]
@@ -338,15 +370,74 @@ impl Pipeline {
             return Outcome { effects, step };
         }
 
-        let verdict = settings
-            .policy
-            .decide(settings.policy.assess(&facts, now), None, now);
-        let decided = Decided {
+        let assessment = settings.policy.assess(&facts, now);
+        if let (Some(lookup), Some(cache)) = (assessment.lookup(), &settings.score_cache) {
+            let call = lookup_call(cache, lookup, settings.policy.cache().timeout_ms);
+            let assessed = Assessed {
+                facts,
+                assessment,
+                request_id,
+                now,
+            };
+            return Outcome {
+                effects,
+                step: Step::Lookup(call, Pending(PendingKind::Lookup(Box::new(assessed)))),
+            };
+        }
+        let verdict = settings.policy.decide(assessment, None, now);
+        self.decided(
+            Decided {
+                facts,
+                verdict,
+                request_id,
+                now,
+            },
+            now_nanos,
+            effects,
+        )
+    }
+
+    /// The score cache answered (`None`: it failed, timed out, or the host could not call it;
+    /// the bundle's fail-open / fail-closed choice applies). A non-200 status or a body that is
+    /// not a context answer counts as no answer.
+    pub fn resume_lookup(
+        &self,
+        pending: Pending,
+        answer: Option<LookupAnswer>,
+        now_nanos: u128,
+    ) -> Outcome {
+        let PendingKind::Lookup(assessed) = pending.0 else {
+            return self.resume_buckets(pending, None, now_nanos);
+        };
+        let Assessed {
             facts,
-            verdict,
+            assessment,
             request_id,
             now,
-        };
+        } = *assessed;
+        let remote = answer
+            .filter(|a| a.status == 200)
+            .and_then(|a| serde_json::from_slice::<signalbox_wire::ContextAnswerV1>(&a.body).ok())
+            .map(|a| remote_context(&a));
+        let verdict = self
+            .settings
+            .policy
+            .decide(assessment, remote.as_ref(), now);
+        self.decided(
+            Decided {
+                facts,
+                verdict,
+                request_id,
+                now,
+            },
+            now_nanos,
+            Effects::default(),
+        )
+    }
+
+    /// After the verdict: a passing request counts its rate buckets first.
+    fn decided(&self, decided: Decided, now_nanos: u128, effects: Effects) -> Outcome {
+        let settings = &self.settings;
         if decided.verdict.intended_decision() == Decision::Pass {
             let takes: Vec<BucketTake> = settings
                 .policy
@@ -377,6 +468,7 @@ impl Pipeline {
         now_nanos: u128,
     ) -> Outcome {
         match pending.0 {
+            PendingKind::Lookup(_) => self.resume_lookup(pending, None, now_nanos),
             PendingKind::Verdict(decided) => {
                 self.finish(*decided, refused, now_nanos, Effects::default())
             }
@@ -675,6 +767,76 @@ impl Pipeline {
             csp_nonce: &csp_nonce,
         };
         reply::challenge_reply(kind, request_id, &page)
+    }
+}
+
+/// The score-cache call for a wanted lookup: `GET /v1/context?ip=…&user=…`.
+fn lookup_call(
+    cache: &config::ScoreCache,
+    lookup: &signalbox_policy::Lookup,
+    timeout_ms: u32,
+) -> LookupCall {
+    let mut query = Vec::new();
+    if let Some(ip) = &lookup.ip {
+        query.push(format!("ip={}", percent_encode(ip)));
+    }
+    if let Some(user) = &lookup.user {
+        query.push(format!("user={}", percent_encode(user)));
+    }
+    let mut headers = vec![
+        (":method".to_owned(), "GET".to_owned()),
+        (
+            ":path".to_owned(),
+            format!("/v1/context?{}", query.join("&")),
+        ),
+        (":authority".to_owned(), cache.authority.clone()),
+        ("accept".to_owned(), "application/json".to_owned()),
+    ];
+    if let Some(token) = &cache.token {
+        headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+    }
+    LookupCall {
+        cluster: cache.cluster.clone(),
+        headers,
+        timeout_ms,
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The core's remote context from the cache's answer.
+fn remote_context(answer: &signalbox_wire::ContextAnswerV1) -> signalbox_policy::RemoteContext {
+    use signalbox_policy::{ManualAction, ManualDecision, SubjectContext};
+    use signalbox_wire::ManualActionV1;
+    let subject = |s: &Option<signalbox_wire::SubjectContextV1>| {
+        s.as_ref().map(|s| SubjectContext {
+            score: s.score,
+            decision: s.decision.as_ref().map(|d| ManualDecision {
+                action: match d.action {
+                    ManualActionV1::Ban => ManualAction::Ban,
+                    ManualActionV1::Captcha => ManualAction::Captcha,
+                    ManualActionV1::Throttle => ManualAction::Throttle,
+                    ManualActionV1::Allow => ManualAction::Allow,
+                },
+                expires_at: d.expires_at,
+            }),
+        })
+    };
+    signalbox_policy::RemoteContext {
+        ip: subject(&answer.ip),
+        user: subject(&answer.user),
+        device: subject(&answer.device),
     }
 }
 

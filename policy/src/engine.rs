@@ -334,16 +334,21 @@ impl Policy {
         };
         let mut manual = None;
         if let Some(ctx) = remote {
-            // The user is the more specific subject: its manual decision wins over the IP's.
-            for (name, subject) in [("user", ctx.user.as_ref()), ("ip", ctx.ip.as_ref())] {
+            // The more specific subject's manual decision wins: the user's over the device's,
+            // the device's over the IP's.
+            for (name, subject) in [
+                ("user", ctx.user.as_ref()),
+                ("device", ctx.device.as_ref()),
+                ("ip", ctx.ip.as_ref()),
+            ] {
                 let Some(subject) = subject else { continue };
                 let points = self.remote_points(subject);
                 if points > 0 {
                     risk += u32::from(points);
-                    let code = if name == "user" {
-                        "remote.user_score"
-                    } else {
-                        "remote.ip_score"
+                    let code = match name {
+                        "user" => "remote.user_score",
+                        "device" => "remote.device_score",
+                        _ => "remote.ip_score",
                     };
                     reasons.push(Reason {
                         code: ReasonCode::Fixed(code),

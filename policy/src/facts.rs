@@ -273,6 +273,9 @@ pub struct RemoteContext {
     /// About the user key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<SubjectContext>,
+    /// About the device key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<SubjectContext>,
 }
 
 /// Normalises a request path for prefix matching: drops the query and fragment, decodes

@@ -195,6 +195,7 @@ proptest! {
                 decision: manual.map(|action| ManualDecision { action, expires_at: NOW + 60 }),
             }),
             user: None,
+            device: None,
         });
         let mut without = facts.clone();
         without.clearance = Clearance::Absent;
@@ -220,7 +221,7 @@ proptest! {
         facts in facts_strategy(),
         remote_score in proptest::option::of(0u32..=1000),
     ) {
-        let remote = remote_score.map(|s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None });
+        let remote = remote_score.map(|s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None, device: None });
         let v = score(&weighted_bundle(&weights), &facts, remote.as_ref());
         prop_assert!(v.score <= 100);
         let sum: i32 = v.reasons.iter().map(|r| i32::from(r.points)).sum();
@@ -258,7 +259,7 @@ proptest! {
         listed.lists.get_mut("tor").unwrap().cidrs.push(facts.client_ip.unwrap().to_string());
         prop_assert!(score(&listed, &facts, None).score >= score(&bundle, &facts, None).score);
         let (lo, hi) = (remote_a.min(remote_b), remote_a.max(remote_b));
-        let ctx = |s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None };
+        let ctx = |s| RemoteContext { ip: Some(SubjectContext { score: s, decision: None }), user: None, device: None };
         prop_assert!(score(&bundle, &facts, Some(&ctx(hi))).score >= score(&bundle, &facts, Some(&ctx(lo))).score);
         prop_assert!(score(&bundle, &facts, Some(&ctx(lo))).score >= score(&bundle, &facts, None).score);
     }
@@ -557,6 +558,7 @@ fn no_panic_on_extreme_inputs() {
                 }),
             }),
             user: None,
+            device: None,
         };
         assert_eq!(
             p.evaluate(&f, Some(&remote), u64::MAX - 1).decision,

@@ -26,7 +26,9 @@ use signalbox_policy::Policy;
 use signalbox_test_kit::cases::{DEFAULT_CASE_NOW, Observed};
 use signalbox_tests::conformance::{LoadedCase, Tally, load_cases};
 use signalbox_tests::envoy::{Envoy, Options};
-use signalbox_tests::host::{Filter, VmOptions, compile};
+use std::time::Duration;
+
+use signalbox_tests::host::{Cluster, Clusters, Filter, Outcome, Scripted, VmOptions, compile};
 use signalbox_tests::http::send;
 use signalbox_tests::replay::{EVAL_EDGE_HEADERS, request_from_line};
 use signalbox_tests::root;
@@ -49,18 +51,51 @@ fn case_now(case: &LoadedCase) -> u64 {
     case.case.now.unwrap_or(DEFAULT_CASE_NOW)
 }
 
-/// Why a proxy runner cannot run a case, if it cannot.
-fn proxy_cannot(case: &LoadedCase) -> Option<&'static str> {
+/// Why the host runner cannot run a case, if it cannot. (It answers score-cache calls from
+/// the case's `remote`, or fails them when the case has none.)
+fn host_cannot(case: &LoadedCase) -> Option<&'static str> {
+    case.case
+        .request
+        .client_ip
+        .is_none()
+        .then_some("it has no client address")
+}
+
+/// Why the Envoy runner cannot run a case, if it cannot.
+fn envoy_cannot(case: &LoadedCase) -> Option<&'static str> {
     if case.case.remote.is_some() {
-        return Some("it carries a score-cache answer");
-    }
-    if case.case.request.client_ip.is_none() {
-        return Some("it has no client address");
+        return Some("it carries a score-cache answer and the Envoy runner has no stub cache");
     }
     if case.bundle["cache"]["on_unavailable"] == "fail_closed" {
-        return Some("its bundle fails closed and no score cache is configured");
+        return Some("its bundle fails closed and the Envoy runner configures no score cache");
     }
-    None
+    host_cannot(case)
+}
+
+/// The stub score cache of the host runner: the case's `remote` as the context answer, or a
+/// 503 when the case says the cache did not answer.
+fn stub_cache(case: &LoadedCase) -> Clusters {
+    let answer = case
+        .case
+        .remote
+        .as_ref()
+        .map(|r| serde_json::to_vec(r).unwrap());
+    let script: signalbox_tests::host::Script = std::sync::Arc::new(move |_| Scripted {
+        delay: Duration::ZERO,
+        outcome: match &answer {
+            Some(body) => Outcome::Response {
+                status: 200,
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: body.clone(),
+            },
+            None => Outcome::Response {
+                status: 503,
+                headers: Vec::new(),
+                body: b"no context".to_vec(),
+            },
+        },
+    });
+    Clusters::from([("signalbox_cache".to_owned(), Cluster::Scripted(script))])
 }
 
 /// The host and Envoy status expectation, when the case has one.
@@ -91,11 +126,11 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
     let module = compile(&engine, &wasm).unwrap();
     let mut host_tally = Tally::default();
     for case in &cases {
-        if let Some(why) = proxy_cannot(case) {
+        if let Some(why) = host_cannot(case) {
             host_tally.skip(case, "host", why);
             continue;
         }
-        let edge: Value = if case.case.edge_headers.is_some() {
+        let edge: Value = if case.case.edge_headers.is_some() || case.case.request.user.is_some() {
             serde_json::from_str(EVAL_EDGE_HEADERS).unwrap()
         } else {
             // Configured but not trusted here: stripped, never read (a listener with no
@@ -109,10 +144,12 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
             "client_ip": {"mode": "source_address"},
             "edge_headers": edge,
             "rate_limit_slots": 1024,
+            "score_cache": {"cluster": "signalbox_cache"},
         });
         let opts = VmOptions {
             plugin_config: config.to_string().into_bytes(),
             env: vec![("SIGNALBOX_SECRET".into(), SECRET.into())],
+            clusters: stub_cache(case),
             clock_nanos: Some(case_now(case) * 1_000_000_000),
             ..VmOptions::default()
         };
@@ -153,7 +190,7 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
     let mut envoy_tally = Tally::default();
     let mut clock_shifted = 0;
     for case in &cases {
-        if let Some(why) = proxy_cannot(case) {
+        if let Some(why) = envoy_cannot(case) {
             envoy_tally.skip(case, "envoy", why);
             continue;
         }

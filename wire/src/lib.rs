@@ -254,12 +254,21 @@ mod tests {
         let answer: ContextAnswerV1 = serde_json::from_str(text).unwrap();
         assert_eq!(answer.ip.as_ref().unwrap().trend, Some(TrendV1::Rising));
         assert_eq!(
-            answer.ip.as_ref().unwrap().decision.as_ref().unwrap().action,
+            answer
+                .ip
+                .as_ref()
+                .unwrap()
+                .decision
+                .as_ref()
+                .unwrap()
+                .action,
             ManualActionV1::Ban
         );
         assert_eq!(answer.device, None);
         assert_eq!(serde_json::to_string(&answer).unwrap(), text);
-        assert!(serde_json::from_str::<ContextAnswerV1>(r#"{"ip":{"score":1,"extra":2}}"#).is_err());
+        assert!(
+            serde_json::from_str::<ContextAnswerV1>(r#"{"ip":{"score":1,"extra":2}}"#).is_err()
+        );
     }
 
     #[test]
@@ -290,6 +299,9 @@ mod tests {
             reported_at: 1_795_392_000,
         };
         let text = serde_json::to_string(&report).unwrap();
-        assert_eq!(serde_json::from_str::<FleetReportV1>(&text).unwrap(), report);
+        assert_eq!(
+            serde_json::from_str::<FleetReportV1>(&text).unwrap(),
+            report
+        );
     }
 }

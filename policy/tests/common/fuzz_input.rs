@@ -115,6 +115,7 @@ fn fixed_remote(now: u64) -> RemoteContext {
                 expires_at: now + 60,
             }),
         }),
+        device: None,
     }
 }
 
@@ -399,7 +400,11 @@ impl Input {
             now,
             client_ip,
             clearance,
-            remote: RemoteContext { ip, user },
+            remote: RemoteContext {
+                ip,
+                user,
+                device: None,
+            },
             method,
             path,
             headers,

@@ -41,7 +41,7 @@ use wasmtime::{
     Caller, Engine, Func, Instance, Linker, Memory, Module, Store, TypedFunc, Val, ValType,
 };
 
-pub use calls::{CallRequest, Cluster, Clusters, Outcome, Scripted};
+pub use calls::{CallRequest, Cluster, Clusters, Outcome, Script, Scripted};
 pub use shared::SharedData;
 
 use calls::{Delivered, PendingCall};
