@@ -55,6 +55,8 @@ pub struct Options {
     pub plugin_extra: String,
     /// Envoy worker threads.
     pub concurrency: u32,
+    /// A loopback port to add as the `signalbox_cache` cluster (the score cache).
+    pub cache_port: Option<u16>,
 }
 
 /// A running Envoy.
@@ -93,6 +95,11 @@ pub fn render(opts: &Options, ports: &Ports) -> Result<()> {
             &ports.lab.to_string(),
         ])
         .args(["--origin-port", &ports.origin.to_string()])
+        .args(
+            opts.cache_port
+                .map(|p| vec!["--cache-port".to_owned(), p.to_string()])
+                .unwrap_or_default(),
+        )
         // Another build of the filter (e.g. an older commit's, to show a hole open).
         .args(
             std::env::var_os("SIGNALBOX_FILTER_WASM")

@@ -26,6 +26,9 @@ use signalbox_policy::Policy;
 use signalbox_test_kit::cases::{DEFAULT_CASE_NOW, Observed};
 use signalbox_tests::conformance::{LoadedCase, Tally, load_cases};
 use signalbox_tests::envoy::{Envoy, Options};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use signalbox_tests::host::{Cluster, Clusters, Filter, Outcome, Scripted, VmOptions, compile};
@@ -61,15 +64,53 @@ fn host_cannot(case: &LoadedCase) -> Option<&'static str> {
         .then_some("it has no client address")
 }
 
-/// Why the Envoy runner cannot run a case, if it cannot.
-fn envoy_cannot(case: &LoadedCase) -> Option<&'static str> {
-    if case.case.remote.is_some() {
-        return Some("it carries a score-cache answer and the Envoy runner has no stub cache");
+/// A stub score cache for real Envoy: a loopback HTTP/1.1 server that answers every call
+/// with the current case's `remote` (200, JSON), or 503 when the case has none.
+struct StubCache {
+    port: u16,
+    answer: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl StubCache {
+    fn start() -> StubCache {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let current = Arc::clone(&answer);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = current.lock().unwrap().clone();
+                let (status, body) = match body {
+                    Some(b) => ("200 OK", b),
+                    None => ("503 Service Unavailable", b"no context".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        StubCache { port, answer }
     }
-    if case.bundle["cache"]["on_unavailable"] == "fail_closed" {
-        return Some("its bundle fails closed and the Envoy runner configures no score cache");
+
+    fn serve(&self, case: &LoadedCase) {
+        *self.answer.lock().unwrap() = case
+            .case
+            .remote
+            .as_ref()
+            .map(|r| serde_json::to_vec(r).unwrap());
     }
-    host_cannot(case)
 }
 
 /// The stub score cache of the host runner: the case's `remote` as the context answer, or a
@@ -187,30 +228,38 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
     let out = root().join("target/conformance");
     std::fs::create_dir_all(&out).unwrap();
     let mut envoys: HashMap<(String, bool), Envoy> = HashMap::new();
+    let stub = StubCache::start();
     let mut envoy_tally = Tally::default();
     let mut clock_shifted = 0;
     for case in &cases {
-        if let Some(why) = envoy_cannot(case) {
+        if let Some(why) = host_cannot(case) {
             envoy_tally.skip(case, "envoy", why);
             continue;
         }
-        let trusted = case.case.edge_headers.is_some();
+        let trusted = case.case.edge_headers.is_some() || case.case.request.user.is_some();
         let key = (case.bundle_key.clone(), trusted);
         if !envoys.contains_key(&key) {
             let n = envoys.len();
             let bundle_path = out.join(format!("bundle-{n}.json"));
             std::fs::write(&bundle_path, case.bundle.to_string()).unwrap();
-            let edge = json!({"trusted": trusted, "country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4"});
+            let edge = json!({"trusted": trusted, "country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4", "user": "x-signalbox-edge-user"});
             let envoy = Envoy::start(&Options {
                 bundle: bundle_path,
                 out: out.join(format!("envoy-{n}")),
-                plugin_extra: json!({"edge_headers": edge, "rate_limit_slots": 1024}).to_string(),
+                plugin_extra: json!({
+                    "edge_headers": edge,
+                    "rate_limit_slots": 1024,
+                    "score_cache": {"cluster": "signalbox_cache"},
+                })
+                .to_string(),
                 concurrency: 1,
+                cache_port: Some(stub.port),
             })
             .unwrap();
             envoys.insert(key.clone(), envoy);
         }
         let envoy = &envoys[&key];
+        stub.serve(case);
         let request = &case.case.request;
         let mut headers: Vec<(String, Vec<u8>)> = request
             .headers
@@ -222,6 +271,9 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
         }
         let ip = request.client_ip.unwrap();
         headers.push(("x-forwarded-for".into(), ip.to_string().into_bytes()));
+        if let Some(user) = &request.user {
+            headers.push(("x-signalbox-edge-user".into(), user.clone().into_bytes()));
+        }
         let plain = request.scheme == Some(signalbox_test_kit::requests::Scheme::Http);
         headers.push((
             "x-forwarded-proto".into(),

@@ -42,6 +42,7 @@ fn start(name: &str, bundle: &Path, extra: &str) -> Envoy {
         out: root().join("target/e2e").join(name),
         plugin_extra: extra.to_owned(),
         concurrency: 2,
+        cache_port: None,
     })
     .unwrap()
 }
@@ -513,6 +514,7 @@ fn a_bad_configuration_is_refused_with_its_field() {
             out: out.clone(),
             plugin_extra: unsigned.into(),
             concurrency: 1,
+            cache_port: None,
         },
         &ports,
     )

@@ -447,6 +447,7 @@ fn origin_answering_the_verify_path_early_is_stripped() {
         out: root().join("target/e2e/verify-early"),
         plugin_extra: "{}".to_owned(),
         concurrency: 1,
+        cache_port: None,
     })
     .unwrap();
     let form = "challenge=AAAA.BBBB&counter=1";
@@ -517,6 +518,7 @@ fn envoy_refuses_a_fail_closed_bundle_without_a_cache() {
             out: out.clone(),
             plugin_extra: "{}".into(),
             concurrency: 1,
+            cache_port: None,
         },
         &ports,
     )
