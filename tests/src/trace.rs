@@ -49,6 +49,9 @@ pub fn scenarios() -> Vec<Scenario> {
             body: "ping",
             ..get("dispatch")
         },
+        get("empty-authority"),
+        get("empty-path"),
+        get("empty-method"),
         get("timeout"),
         get("close"),
         get("partial"),

@@ -282,7 +282,15 @@ fn scripted_clusters_look_like_the_real_upstream_to_the_filter() {
         loopback_clusters(upstream.addr, free_port().unwrap()),
     )
     .unwrap();
-    let scripted = run_in_host(&engine, &module, scripted_clusters()).unwrap();
+    let mut scripted = run_in_host(&engine, &module, scripted_clusters()).unwrap();
+    let mut real = real;
+    // An empty `:method` or `:path` puts a malformed request line on the wire, which the
+    // loopback upstream (like Envoy's, above) misreads or drops; a script answers by path and
+    // does not model that, so those two are compared with Envoy only.
+    for malformed in ["empty-method", "empty-path"] {
+        real.remove(malformed);
+        scripted.remove(malformed);
+    }
     assert_eq!(real, scripted);
     assert!(
         real["timeout"].iter().any(|l| l.contains("Some(\"504\")")),
