@@ -26,7 +26,7 @@ use proxy_wasm::types::{
 };
 use signalbox_pipeline::{
     BucketTake, Effects, Event, LogLevel, LookupAnswer, Outcome, Pending, PendingVerify, Pipeline,
-    Reply, Request, Step, buckets, config, request, rollback,
+    Reply, Request, Step, breaker, buckets, config, request, rollback,
 };
 use signalbox_policy::Decision;
 
@@ -57,6 +57,7 @@ struct Metrics {
     client_ip_missing: u32,
     bundle_expired: u32,
     crawler_ranges_stale: u32,
+    cache_unavailable: u32,
     eval_micros: u32,
     rate_limit_micros: u32,
     request_micros: u32,
@@ -78,6 +79,7 @@ impl Metrics {
             client_ip_missing: m(MetricType::Counter, "signalbox.client_ip.missing"),
             bundle_expired: m(MetricType::Counter, "signalbox.bundle.expired"),
             crawler_ranges_stale: m(MetricType::Gauge, "signalbox.crawler_ranges.stale"),
+            cache_unavailable: m(MetricType::Counter, "signalbox.cache.unavailable"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
             rate_limit_micros: m(MetricType::Histogram, "signalbox.rate_limit_micros"),
             request_micros: m(MetricType::Histogram, "signalbox.request_micros"),
@@ -341,6 +343,7 @@ impl Context for SignalboxHttp {
             })
             .flatten();
         let now = now_nanos();
+        self.record_lookup(answer.as_ref().is_some_and(|a| a.status == 200), now);
         let outcome = self.worker.pipeline.resume_lookup(pending, answer, now);
         if self.act(outcome, now) == Action::Continue {
             let _ = hostcalls::resume_http_request();
@@ -363,6 +366,19 @@ impl SignalboxHttp {
                     return Action::Continue;
                 }
                 Step::Lookup(call, pending) => {
+                    let pipeline = &self.worker.pipeline;
+                    // The circuit breaker, shared by the plugin's workers: while it is open
+                    // no lookup goes out (shared data failing never blocks one).
+                    let admitted = update_shared_data(breaker::KEY, |stored| {
+                        let (allowed, write) = pipeline.breaker_admit(stored, now);
+                        (write, allowed)
+                    })
+                    .unwrap_or(true);
+                    if !admitted {
+                        Metrics::count(self.worker.metrics.cache_unavailable);
+                        outcome = pipeline.resume_lookup(pending, None, now);
+                        continue;
+                    }
                     let headers: Vec<(&str, &str)> = call
                         .headers
                         .iter()
@@ -381,6 +397,7 @@ impl SignalboxHttp {
                         }
                         // The host could not even send it (unknown cluster): no answer.
                         Err(_) => {
+                            self.record_lookup(false, now);
                             outcome = self.worker.pipeline.resume_lookup(pending, None, now);
                         }
                     }
@@ -452,6 +469,17 @@ impl SignalboxHttp {
             }
         }
         Action::Pause
+    }
+
+    /// Counts a lookup's result into the shared circuit breaker.
+    fn record_lookup(&self, ok: bool, now: u128) {
+        if !ok {
+            Metrics::count(self.worker.metrics.cache_unavailable);
+        }
+        let pipeline = &self.worker.pipeline;
+        let _ = update_shared_data(breaker::KEY, |stored| {
+            (Some(pipeline.breaker_record(stored, now, ok)), ())
+        });
     }
 
     /// One token from a shared-data bucket (CAS loop); `Some(retry_after)` when refused.

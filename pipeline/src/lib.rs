@@ -19,6 +19,7 @@
 //! its errors. The per-worker state (warned-once flags, the decision-log budget, the nonce
 //! counter) lives in [`Pipeline`] as `Cell`s: one `Pipeline` per worker, one thread.
 
+pub mod breaker;
 pub mod buckets;
 pub mod config;
 pub mod record;
@@ -284,6 +285,31 @@ impl Pipeline {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Before a lookup goes out: whether the circuit breaker (its state under
+    /// [`breaker::KEY`] in shared data) lets it, and the state to write back when it changes.
+    pub fn breaker_admit(&self, stored: Option<&[u8]>, now_nanos: u128) -> (bool, Option<Vec<u8>>) {
+        let now = u64::try_from(now_nanos / 1_000_000_000).unwrap_or(0);
+        let (allowed, next) = breaker::admit(
+            breaker::BreakerState::decode(stored),
+            now,
+            self.settings.policy.cache(),
+        );
+        (allowed, next.map(|s| s.encode()))
+    }
+
+    /// After a lookup: its result (`ok`: the cache answered 200 in time) counted into the
+    /// breaker's state.
+    pub fn breaker_record(&self, stored: Option<&[u8]>, now_nanos: u128, ok: bool) -> Vec<u8> {
+        let now = u64::try_from(now_nanos / 1_000_000_000).unwrap_or(0);
+        breaker::record(
+            breaker::BreakerState::decode(stored),
+            now,
+            ok,
+            self.settings.policy.cache(),
+        )
+        .encode()
     }
 
     /// Whether the client IP needs the connection's peer address ([`Request::source`]): always
