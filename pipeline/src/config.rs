@@ -52,6 +52,61 @@ pub struct PluginConfigV1 {
     /// bundle wants is unavailable, and a fail-closed bundle is refused).
     #[serde(default)]
     pub score_cache: Option<ScoreCacheV1>,
+    /// Where the user and device keys come from, and whether they are hashed.
+    #[serde(default)]
+    pub subjects: SubjectsV1,
+}
+
+/// Where the subjects come from, for every adapter.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectsV1 {
+    /// A signed user cookie: its value is `<user key>.<base64url HMAC-SHA256(secret, user
+    /// key)>`, set by origin at login. Read when no trusted edge header gives the user.
+    #[serde(default)]
+    pub user_cookie: Option<SignedCookieV1>,
+    /// A cookie whose value is the device key (first 128 bytes; an origin-set device id).
+    #[serde(default)]
+    pub device_cookie: Option<String>,
+    /// VM environment variable with a secret (32+ bytes, base64): when set, user and device
+    /// keys are replaced by a keyed hash before they leave the edge (score-cache calls, rate
+    /// keys, logs), so the cache never learns them.
+    #[serde(default)]
+    pub privacy_key_env: Option<String>,
+}
+
+/// A signed cookie's name and the VM environment variable holding its secret.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCookieV1 {
+    /// Cookie name.
+    pub name: String,
+    /// VM environment variable with the HMAC secret (base64, 32+ bytes).
+    pub secret_env: String,
+}
+
+/// The subjects configuration as a worker uses it.
+#[derive(Clone, Default)]
+pub struct Subjects {
+    /// Signed user cookie: name and secret.
+    pub user_cookie: Option<(String, Vec<u8>)>,
+    /// Device cookie name.
+    pub device_cookie: Option<String>,
+    /// The privacy key, when keys are hashed.
+    pub privacy_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Subjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subjects")
+            .field(
+                "user_cookie",
+                &self.user_cookie.as_ref().map(|(name, _)| name),
+            )
+            .field("device_cookie", &self.device_cookie)
+            .field("privacy", &self.privacy_key.is_some())
+            .finish()
+    }
 }
 
 /// Where the score cache is.
@@ -199,6 +254,8 @@ pub struct Settings {
     pub rate_limit_slots: u32,
     /// The score cache, if configured.
     pub score_cache: Option<ScoreCache>,
+    /// Where the user and device keys come from.
+    pub subjects: Subjects,
 }
 
 /// Why a configuration was refused. Messages name fields, never values of secrets.
@@ -244,6 +301,20 @@ pub fn parse(
                 .to_owned(),
         ));
     }
+    let subjects = Subjects {
+        user_cookie: match &config.subjects.user_cookie {
+            Some(c) => Some((
+                c.name.clone(),
+                env_secret(&env, "subjects.user_cookie.secret_env", &c.secret_env)?,
+            )),
+            None => None,
+        },
+        device_cookie: config.subjects.device_cookie.clone(),
+        privacy_key: match &config.subjects.privacy_key_env {
+            Some(var) => Some(env_secret(&env, "subjects.privacy_key_env", var)?),
+            None => None,
+        },
+    };
     if config.rate_limit_slots == 0 || config.rate_limit_slots > 1 << 20 {
         return Err(ConfigError(
             "rate_limit_slots: must be 1..=1048576".to_owned(),
@@ -319,7 +390,25 @@ pub fn parse(
             cluster: c.cluster,
             authority: c.authority,
         }),
+        subjects,
     })
+}
+
+/// A base64 secret of at least 32 bytes from the VM environment; `field` names the setting.
+fn env_secret(
+    env: &impl Fn(&str) -> Option<String>,
+    field: &str,
+    var: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    use base64::Engine as _;
+    let value =
+        env(var).ok_or_else(|| ConfigError(format!("{field}: environment {var} is not set")))?;
+    match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+        Ok(bytes) if bytes.len() >= 32 => Ok(bytes),
+        _ => Err(ConfigError(format!(
+            "{field}: environment {var} must be a base64 secret of 32+ bytes"
+        ))),
+    }
 }
 
 fn parse_secret(value: &str) -> Option<(String, Vec<u8>)> {

@@ -26,6 +26,7 @@ pub mod record;
 pub mod reply;
 pub mod request;
 pub mod rollback;
+pub mod subjects;
 pub mod verify;
 
 #[cfg(test)]
@@ -808,6 +809,9 @@ fn lookup_call(
     }
     if let Some(user) = &lookup.user {
         query.push(format!("user={}", percent_encode(user)));
+    }
+    if let Some(device) = &lookup.device {
+        query.push(format!("device={}", percent_encode(device)));
     }
     let mut headers = vec![
         (":method".to_owned(), "GET".to_owned()),

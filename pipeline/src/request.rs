@@ -149,6 +149,7 @@ pub fn facts(
     let https = is_https(&headers);
     let mut facts = Facts::from_parts(&method, &path, headers, ip, &settings.edge);
     facts.route_sensitive = route_sensitive;
+    crate::subjects::apply(&settings.subjects, &mut facts);
     if !https {
         facts.plain_http = true;
         facts.read_clearance(false);

@@ -531,3 +531,80 @@ proptest! {
         prop_assert_eq!(reply.status, 403);
     }
 }
+
+#[test]
+fn lookups_carry_the_configured_subjects_hashed_in_privacy_mode() {
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let user_secret = b"0123456789abcdef0123456789abcdef";
+    let mut bundle = golden();
+    bundle["cache"]["lookup"] = json!(["ip", "user", "device"]);
+    let config = |privacy: bool| {
+        let mut subjects = json!({
+            "user_cookie": {"name": "signed_user", "secret_env": "USER_COOKIE_SECRET"},
+            "device_cookie": "device",
+        });
+        if privacy {
+            subjects["privacy_key_env"] = json!("PRIVACY_KEY");
+        }
+        json!({
+            "bundle": bundle,
+            "allow_unsigned": true,
+            "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
+            "score_cache": {"cluster": "cache", "token_env": "CACHE_TOKEN"},
+            "subjects": subjects,
+        })
+    };
+    let env = |var: &str| match var {
+        "USER_COOKIE_SECRET" => Some(b64(user_secret)),
+        "PRIVACY_KEY" => Some(b64(b"another secret, 32 bytes long!!!")),
+        "CACHE_TOKEN" => Some("t0ken".to_owned()),
+        _ => None,
+    };
+    let cookie = format!(
+        "signed_user={}; device=d-77",
+        signalbox_pipeline::subjects::sign_user("u-1001", user_secret).unwrap()
+    );
+    let path_of = |privacy: bool| {
+        let settings = config::parse(config(privacy).to_string().as_bytes(), NOW, env).unwrap();
+        let p = Pipeline::new(settings);
+        let mut req = chrome_navigation("/signup", "81.62.10.4");
+        req.headers
+            .push(("cookie".into(), cookie.clone().into_bytes()));
+        match p.start(req, NANOS).step {
+            Step::Lookup(call, _) => {
+                assert!(
+                    call.headers
+                        .contains(&("authorization".to_owned(), "Bearer t0ken".to_owned()))
+                );
+                call.headers
+                    .iter()
+                    .find(|(n, _)| n == ":path")
+                    .unwrap()
+                    .1
+                    .clone()
+            }
+            other => panic!("expected a lookup, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        path_of(false),
+        "/v1/context?ip=81.62.10.4&user=u-1001&device=d-77"
+    );
+    let private = path_of(true);
+    assert!(
+        !private.contains("u-1001") && !private.contains("d-77"),
+        "{private}"
+    );
+    assert!(
+        private.starts_with("/v1/context?ip=81.62.10.4&user="),
+        "{private}"
+    );
+    // A missing secret is a refused configuration that names the field.
+    let err = config::parse(config(false).to_string().as_bytes(), NOW, |_| None).unwrap_err();
+    assert!(
+        err.0.contains("subjects.user_cookie.secret_env"),
+        "{}",
+        err.0
+    );
+}

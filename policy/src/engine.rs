@@ -41,6 +41,8 @@ pub struct Lookup {
     pub ip: Option<String>,
     /// The user key, if present and looked up.
     pub user: Option<String>,
+    /// The device key, if present and looked up.
+    pub device: Option<String>,
 }
 
 /// The result of the local phase, handed to [`Policy::decide`].
@@ -683,10 +685,10 @@ impl Policy {
         local: u8,
         sensitive: bool,
     ) -> Option<Lookup> {
-        let has_user = facts.user.is_some();
         let present = |k: &SubjectKind| match k {
             SubjectKind::Ip => ip.is_some(),
-            SubjectKind::User => has_user,
+            SubjectKind::User => facts.user.is_some(),
+            SubjectKind::Device => facts.device.is_some(),
         };
         let reason = if self.cache.always_lookup.iter().any(present) {
             LookupReason::Always
@@ -704,15 +706,13 @@ impl Policy {
         let ip_key = ip
             .filter(|_| wants(SubjectKind::Ip))
             .map(|ip| self.ip_subject_key(ip));
-        let user_key = if wants(SubjectKind::User) {
-            facts.user.clone()
-        } else {
-            None
-        };
-        (ip_key.is_some() || user_key.is_some()).then_some(Lookup {
+        let user_key = facts.user.clone().filter(|_| wants(SubjectKind::User));
+        let device_key = facts.device.clone().filter(|_| wants(SubjectKind::Device));
+        (ip_key.is_some() || user_key.is_some() || device_key.is_some()).then_some(Lookup {
             reason,
             ip: ip_key,
             user: user_key,
+            device: device_key,
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct Facts {
     pub tls_fingerprint: Option<Vec<u8>>,
     /// A user key from a trusted source.
     pub user: Option<String>,
+    /// A device key (e.g. from a device cookie the adapter is configured to read).
+    pub device: Option<String>,
     /// The clearance cookie.
     pub clearance: Clearance,
     /// The host marks this route sensitive (e.g. Envoy route names listed in the plugin
@@ -130,6 +132,7 @@ impl Facts {
             asn: None,
             tls_fingerprint: None,
             user: None,
+            device: None,
             clearance: Clearance::Absent,
             route_sensitive: false,
             plain_http: false,

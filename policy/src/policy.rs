@@ -91,6 +91,8 @@ pub enum SubjectKind {
     Ip,
     /// The user key.
     User,
+    /// The device key.
+    Device,
 }
 
 /// Crawler categories.
@@ -530,6 +532,7 @@ fn subject(kind: wire::SubjectKindV1) -> SubjectKind {
     match kind {
         wire::SubjectKindV1::Ip => SubjectKind::Ip,
         wire::SubjectKindV1::User => SubjectKind::User,
+        wire::SubjectKindV1::Device => SubjectKind::Device,
     }
 }
 

@@ -651,6 +651,8 @@ pub enum SubjectKindV1 {
     Ip,
     /// User key.
     User,
+    /// Device key.
+    Device,
 }
 
 /// What to do when the score cache cannot answer.

@@ -53,6 +53,9 @@ pub struct RequestLine {
     /// Optional user key (as a trusted authentication layer would set it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Optional device key (as a configured device cookie would give it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// How the client reached the edge: `https` (default) or `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<Scheme>,
@@ -82,6 +85,9 @@ impl RequestLine {
         );
         if self.user.is_some() {
             facts.user.clone_from(&self.user);
+        }
+        if self.device.is_some() {
+            facts.device.clone_from(&self.device);
         }
         if self.scheme == Some(Scheme::Http) {
             facts.plain_http = true;
