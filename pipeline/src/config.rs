@@ -13,7 +13,7 @@ use signalbox_policy::{EdgeHeaderNames, Policy};
 #[serde(deny_unknown_fields)]
 pub struct PluginConfigV1 {
     /// A signed envelope (`{"kid","payload","sig"}`), or — with `allow_unsigned` — a bundle.
-    pub bundle: serde_json::Value,
+    pub bundle: Box<serde_json::value::RawValue>,
     /// Trusted public keys.
     #[serde(default)]
     pub trusted_keys: Vec<TrustedKeyV1>,
@@ -284,15 +284,16 @@ pub fn parse(
             .map(|k| (k.kid.as_str(), k.public.as_str())),
     )
     .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
-    let bundle_bytes =
-        serde_json::to_vec(&config.bundle).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    // The bundle's bytes as they came (no JSON tree of its lists is ever built: the plugin
+    // configuration can carry megabytes of them).
+    let bundle_bytes = config.bundle.get().as_bytes();
     let ctx = LoadContext {
         now,
         active_revision: None,
         allow_unsigned: config.allow_unsigned,
     };
     let policy =
-        load_bundle(&bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+        load_bundle(bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
     if policy.requires_score_cache() && config.score_cache.is_none() {
         return Err(ConfigError(
             "bundle: cache.on_unavailable is fail_closed, but this filter has no score cache \

@@ -184,19 +184,23 @@ pub fn load_bundle(
     keys: &TrustedKeys,
     ctx: &LoadContext,
 ) -> Result<Policy, SignatureError> {
-    let looks_signed = serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| {
-            v.as_object()
-                .map(|o| o.contains_key("sig") && o.contains_key("payload"))
-        })
-        .unwrap_or(false);
-    let (payload, signed) = if looks_signed {
+    /// Whether the top level has `sig` and `payload`, skipping everything else without
+    /// building it (a plain bundle can be megabytes of lists).
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        sig: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        payload: Option<serde::de::IgnoredAny>,
+    }
+    let looks_signed = serde_json::from_slice::<Probe>(bytes)
+        .is_ok_and(|p| p.sig.is_some() && p.payload.is_some());
+    let (payload, signed): (std::borrow::Cow<'_, [u8]>, bool) = if looks_signed {
         let envelope: Envelope =
             serde_json::from_slice(bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
-        (verify_envelope(&envelope, keys)?, true)
+        (verify_envelope(&envelope, keys)?.into(), true)
     } else if ctx.allow_unsigned {
-        (bytes.to_vec(), false)
+        (bytes.into(), false)
     } else {
         return Err(SignatureError::UnsignedNotAllowed);
     };
