@@ -39,6 +39,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 use signalbox_tests::envoy::{EnvoyProcess, free_port};
+use signalbox_tests::host::{ConnectionManager, Filter, Request, VmOptions, compile};
 use signalbox_tests::http::send;
 use signalbox_tests::root;
 
@@ -384,6 +385,35 @@ fn x_forwarded_for_mode_agrees_with_envoy() {
 
     let rows = rows();
     let (checked, wrong_listener) = listeners.split_at(listeners.len() - 1);
+    // The wasmtime host, modelling each listener's connection manager, with the filter in
+    // source_address mode: its source.address must be the address Envoy chose.
+    let engine = wasmtime::Engine::default();
+    let module = compile(&engine, &std::fs::read(&wasm).unwrap()).unwrap();
+    let mut hosts: Vec<Filter> = checked
+        .iter()
+        .map(|l| {
+            let plugin = json!({
+                "bundle": {"format_version": 1, "revision": 1, "min_engine_version": "0.1.0"},
+                "allow_unsigned": true,
+                "client_ip": {"mode": "source_address"},
+                "origin_headers": {"client_ip": true},
+            });
+            Filter::start(
+                &engine,
+                &module,
+                &VmOptions {
+                    plugin_config: plugin.to_string().into_bytes(),
+                    connection_manager: Some(ConnectionManager {
+                        use_remote_address: l.use_remote_address,
+                        xff_num_trusted_hops: l.xff_num_trusted_hops,
+                    }),
+                    ..VmOptions::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    let (mut host_compared, mut host_disagreements) = (0, Vec::new());
     let mut compared = 0;
     let mut refused = Vec::new();
     let mut disagreements = Vec::new();
@@ -397,11 +427,45 @@ fn x_forwarded_for_mode_agrees_with_envoy() {
             refused.push(*name);
             continue;
         }
-        for (l, seen) in checked.iter().zip(&answers) {
+        for ((l, seen), host) in checked.iter().zip(&answers).zip(hosts.iter_mut()) {
             let seen = seen
                 .as_ref()
                 .unwrap_or_else(|| panic!("{name}: refused on {} only", l.name()));
             compared += 1;
+            if !HOST_DEPENDENT.iter().any(|(n, _)| n == name) {
+                let mut headers: Vec<(String, Vec<u8>)> = vec![
+                    (":method".into(), b"GET".to_vec()),
+                    (":path".into(), b"/".to_vec()),
+                    (":authority".into(), b"shop.example".to_vec()),
+                    ("user-agent".into(), b"client-ip-test/1".to_vec()),
+                ];
+                headers.extend(
+                    xff.iter()
+                        .map(|v| ("x-forwarded-for".to_owned(), v.to_vec())),
+                );
+                let response = host
+                    .request(&Request {
+                        headers,
+                        source_address: "127.0.0.1:40000".to_owned(),
+                        upstream_status: 200,
+                        ..Request::default()
+                    })
+                    .unwrap();
+                let from_host = response
+                    .upstream_request_headers
+                    .as_ref()
+                    .and_then(|h| h.iter().find(|(n, _)| n == "x-signalbox-client-ip"))
+                    .and_then(|(_, v)| parse_ip(&String::from_utf8_lossy(v)));
+                host_compared += 1;
+                if from_host != parse_ip(&seen.envoy) {
+                    host_disagreements.push(format!(
+                        "{name} {} on {}: envoy {:?}, host {from_host:?}",
+                        shown(xff),
+                        l.name(),
+                        seen.envoy
+                    ));
+                }
+            }
             let envoy = parse_ip(&seen.envoy);
             let filter = parse_ip(&seen.filter);
             let agree = envoy.is_some() && envoy == filter;
@@ -489,6 +553,20 @@ fn x_forwarded_for_mode_agrees_with_envoy() {
     println!(
         "rejected mapping (use_remote_address: true, xff_num_trusted_hops: 0 with trusted_hops: \
          0): {wrong_mapping_differs} of {rows_compared} rows differ from Envoy"
+    );
+    println!(
+        "the host's connection-manager model: {host_compared} comparisons with Envoy's \
+         source address, {} disagree",
+        host_disagreements.len()
+    );
+    assert!(
+        host_disagreements.is_empty(),
+        "the host's source.address differs from Envoy's:\n{}",
+        host_disagreements.join("\n")
+    );
+    assert!(
+        host_compared >= 250,
+        "only {host_compared} host comparisons"
     );
     assert!(
         rows_compared >= 50,

@@ -28,6 +28,7 @@
 
 mod abi;
 pub mod calls;
+pub mod connection;
 mod mem;
 mod shared;
 mod wasi;
@@ -42,6 +43,7 @@ use wasmtime::{
 };
 
 pub use calls::{CallRequest, Cluster, Clusters, Outcome, Script, Scripted};
+pub use connection::ConnectionManager;
 pub use shared::SharedData;
 
 use calls::{Delivered, PendingCall};
@@ -151,6 +153,9 @@ pub struct VmOptions {
     /// A fixed time (unix nanoseconds) for the guest's clocks instead of the wall clock, so a
     /// case pinned to a date runs the same in the host as natively.
     pub clock_nanos: Option<u64>,
+    /// Envoy's connection-manager settings to apply to each request's `source.address` and
+    /// `x-forwarded-for`; `None`: the request's `source_address` and headers as given.
+    pub connection_manager: Option<ConnectionManager>,
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +231,8 @@ pub(crate) struct HostState {
     import_profile: Option<HashMap<String, (u64, u64)>>,
     /// A fixed clock (`VmOptions::clock_nanos`).
     clock_nanos: Option<u64>,
+    /// `VmOptions::connection_manager`.
+    connection_manager: Option<ConnectionManager>,
 }
 
 impl HostState {
@@ -459,6 +466,7 @@ impl Filter {
             effective: 1,
             last_status: (Status::Ok, Vec::new()),
             clock_nanos: opts.clock_nanos,
+            connection_manager: opts.connection_manager,
             ..HostState::default()
         };
         let mut store = Store::new(engine, state);
@@ -774,16 +782,21 @@ impl Filter {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(2);
         let root = self.store.data().root_id;
+        let (request_headers, source_address) = match self.store.data().connection_manager {
+            Some(cm) => cm.apply(&req.headers, &req.source_address),
+            None => (req.headers.clone(), req.source_address.clone()),
+        };
+        let header_count = request_headers.len();
         self.store.data_mut().stream = Some(StreamState {
             id,
-            request_headers: req.headers.clone(),
+            request_headers,
             request_headers_editable: true,
-            source_address: req.source_address.clone(),
+            source_address,
             route_name: req.route_name.clone(),
             ..StreamState::default()
         });
         self.call_on(id, "proxy_on_context_create", &[id, root])?;
-        let n = i32::try_from(req.headers.len())?;
+        let n = i32::try_from(header_count)?;
         let has_body = !req.body.is_empty();
         let action = self.call_on(
             id,
