@@ -121,6 +121,7 @@ impl Metrics {
             Event::ShadowNonPass => Self::count(self.shadow_non_pass),
             Event::ChallengeSolved => Self::count(self.challenges_solved),
             Event::ChallengeFailed => Self::count(self.challenges_failed),
+            Event::CacheUnavailable => Self::count(self.cache_unavailable),
         }
     }
 }
@@ -131,6 +132,8 @@ struct Worker {
     metrics: Metrics,
     /// Requests seen, for sampling the timing histograms.
     requests: Cell<u64>,
+    /// The circuit breaker's shared-data key, per plugin (two plugins in one VM have two).
+    breaker_key: String,
 }
 
 impl Worker {
@@ -227,12 +230,12 @@ impl RootContext for SignalboxRoot {
             .flatten()
             .unwrap_or_default();
         let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+        let lineage = hostcalls::get_property(vec!["plugin_name"])
+            .ok()
+            .flatten()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .unwrap_or_default();
         let parsed = config::parse(&config, now, |var| std::env::var(var).ok()).and_then(|s| {
-            let lineage = hostcalls::get_property(vec!["plugin_name"])
-                .ok()
-                .flatten()
-                .map(|n| String::from_utf8_lossy(&n).into_owned())
-                .unwrap_or_default();
             record_revision(&lineage, s.policy.revision())
                 .map_err(|r| config::ConfigError(r.to_string()))?;
             Ok(s)
@@ -247,6 +250,7 @@ impl RootContext for SignalboxRoot {
                     pipeline,
                     metrics,
                     requests: Cell::new(0),
+                    breaker_key: format!("{}.{lineage}", breaker::KEY),
                 }));
                 true
             }
@@ -343,7 +347,7 @@ impl Context for SignalboxHttp {
             })
             .flatten();
         let now = now_nanos();
-        self.record_lookup(answer.as_ref().is_some_and(|a| a.status == 200), now);
+        self.record_lookup(answer.as_ref(), now);
         let outcome = self.worker.pipeline.resume_lookup(pending, answer, now);
         if self.act(outcome, now) == Action::Continue {
             let _ = hostcalls::resume_http_request();
@@ -369,13 +373,12 @@ impl SignalboxHttp {
                     let pipeline = &self.worker.pipeline;
                     // The circuit breaker, shared by the plugin's workers: while it is open
                     // no lookup goes out (shared data failing never blocks one).
-                    let admitted = update_shared_data(breaker::KEY, |stored| {
+                    let admitted = update_shared_data(&self.worker.breaker_key, |stored| {
                         let (allowed, write) = pipeline.breaker_admit(stored, now);
                         (write, allowed)
                     })
                     .unwrap_or(true);
                     if !admitted {
-                        Metrics::count(self.worker.metrics.cache_unavailable);
                         outcome = pipeline.resume_lookup(pending, None, now);
                         continue;
                     }
@@ -397,7 +400,7 @@ impl SignalboxHttp {
                         }
                         // The host could not even send it (unknown cluster): no answer.
                         Err(_) => {
-                            self.record_lookup(false, now);
+                            self.record_lookup(None, now);
                             outcome = self.worker.pipeline.resume_lookup(pending, None, now);
                         }
                     }
@@ -472,12 +475,10 @@ impl SignalboxHttp {
     }
 
     /// Counts a lookup's result into the shared circuit breaker.
-    fn record_lookup(&self, ok: bool, now: u128) {
-        if !ok {
-            Metrics::count(self.worker.metrics.cache_unavailable);
-        }
+    fn record_lookup(&self, answer: Option<&LookupAnswer>, now: u128) {
+        let ok = Pipeline::lookup_healthy(answer);
         let pipeline = &self.worker.pipeline;
-        let _ = update_shared_data(breaker::KEY, |stored| {
+        let _ = update_shared_data(&self.worker.breaker_key, |stored| {
             (Some(pipeline.breaker_record(stored, now, ok)), ())
         });
     }

@@ -132,14 +132,24 @@ fn default_cache_token_env() -> String {
 }
 
 /// The score cache as a worker calls it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScoreCache {
     /// Cluster name.
     pub cluster: String,
     /// `:authority`.
     pub authority: String,
-    /// Bearer token, if configured (never logged).
+    /// Bearer token, if configured (never logged: `Debug` leaves it out).
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ScoreCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScoreCache")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 fn default_secret_env() -> String {
@@ -387,7 +397,9 @@ pub fn parse(
         decision_log_per_second: config.decision_log_per_second,
         rate_limit_slots: config.rate_limit_slots,
         score_cache: config.score_cache.map(|c| ScoreCache {
-            token: env(&c.token_env).filter(|t| !t.trim().is_empty()),
+            token: env(&c.token_env)
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
             cluster: c.cluster,
             authority: c.authority,
         }),

@@ -74,6 +74,9 @@ pub enum Event {
     ChallengeSolved,
     /// A verify attempt failed.
     ChallengeFailed,
+    /// A request decided without the score cache's context it wanted (no answer, an error,
+    /// a timeout, a body that is not a context answer, or the breaker open).
+    CacheUnavailable,
 }
 
 /// What the adapter applies before it acts on the [`Step`].
@@ -112,8 +115,8 @@ pub enum Step {
     Lookup(LookupCall, Pending),
 }
 
-/// A call to the score cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A call to the score cache. `Debug` leaves out the `authorization` header.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LookupCall {
     /// The host's cluster.
     pub cluster: String,
@@ -121,6 +124,28 @@ pub struct LookupCall {
     pub headers: Vec<(String, String)>,
     /// How long to wait, milliseconds (the bundle's `cache.timeout_ms`).
     pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for LookupCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "authorization" {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("LookupCall")
+            .field("cluster", &self.cluster)
+            .field("headers", &headers)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// What came back from the score cache.
@@ -288,6 +313,16 @@ impl Pipeline {
         &self.settings
     }
 
+    /// Whether a lookup's result shows a healthy cache, for the breaker: it answered, below
+    /// 500, and a 200 carries a context answer. A 4xx is about the request, not the cache's
+    /// health (a client must not open the breaker for everyone with keys the cache refuses);
+    /// a 200 that is not a context answer is a misrouted or mismatched cache.
+    pub fn lookup_healthy(answer: Option<&LookupAnswer>) -> bool {
+        answer.is_some_and(|a| {
+            a.status < 500 && (a.status != 200 || context_answer(&a.body).is_some())
+        })
+    }
+
     /// Before a lookup goes out: whether the circuit breaker (its state under
     /// [`breaker::KEY`] in shared data) lets it, and the state to write back when it changes.
     pub fn breaker_admit(&self, stored: Option<&[u8]>, now_nanos: u128) -> (bool, Option<Vec<u8>>) {
@@ -444,8 +479,12 @@ impl Pipeline {
         } = *assessed;
         let remote = answer
             .filter(|a| a.status == 200)
-            .and_then(|a| serde_json::from_slice::<signalbox_wire::ContextAnswerV1>(&a.body).ok())
+            .and_then(|a| context_answer(&a.body))
             .map(|a| remote_context(&a));
+        let mut effects = Effects::default();
+        if remote.is_none() {
+            effects.events.push(Event::CacheUnavailable);
+        }
         let verdict = self
             .settings
             .policy
@@ -458,7 +497,7 @@ impl Pipeline {
                 now,
             },
             now_nanos,
-            Effects::default(),
+            effects,
         )
     }
 
@@ -712,7 +751,7 @@ impl Pipeline {
         let step = match last.decision {
             Decision::Pass => {
                 effects.set_request_headers =
-                    reply::origin_headers(settings, &verdict, &request_id, facts.client_ip);
+                    reply::origin_headers(settings, &verdict, last, &request_id, facts.client_ip);
                 effects.response_header = debug.map(|v| ("x-signalbox-verdict".to_owned(), v));
                 return Outcome {
                     effects,
@@ -843,6 +882,11 @@ fn percent_encode(value: &str) -> String {
         }
     }
     out
+}
+
+/// The body of a 200 as a context answer, if it is one.
+fn context_answer(body: &[u8]) -> Option<signalbox_wire::ContextAnswerV1> {
+    serde_json::from_slice(body).ok()
 }
 
 /// The core's remote context from the cache's answer.

@@ -109,16 +109,19 @@ pub fn challenge_reply(
 /// the client (`x-signalbox-client: verified_bot;bot="googlebot";category=search_engine`, an
 /// RFC 8941 item) always; score, reasons and the client IP when configured. `client_ip` is the
 /// address the filter resolved (sent as `x-signalbox-client-ip` when configured and known).
+/// `last` is the action the request ends with (in shadow mode a rate-limit refusal shows as
+/// the shadow decision).
 pub fn origin_headers(
     settings: &Settings,
     verdict: &Verdict,
+    last: Final,
     request_id: &str,
     client_ip: Option<IpAddr>,
 ) -> Vec<(String, String)> {
     let mut out = vec![
         (
             "x-signalbox-decision".to_owned(),
-            verdict.decision.as_str().to_owned(),
+            last.decision.as_str().to_owned(),
         ),
         (
             "x-signalbox-level".to_owned(),
@@ -130,7 +133,7 @@ pub fn origin_headers(
             verdict.client.header_value(),
         ),
     ];
-    if let Some(shadow) = verdict.shadow_decision {
+    if let Some(shadow) = last.shadow_decision {
         out.push((
             "x-signalbox-shadow-decision".to_owned(),
             shadow.as_str().to_owned(),

@@ -239,6 +239,19 @@ fn shadow_mode_forwards_what_it_would_throttle() {
     assert!(last.events.contains(&Event::ShadowNonPass));
     assert!(last.events.contains(&Event::Decision(Decision::Pass)));
     assert_eq!(last.verdict_summary.as_deref(), Some("throttle low 0"));
+    // Origin learns what shadow mode would have done.
+    assert!(
+        last.set_request_headers.contains(&(
+            "x-signalbox-shadow-decision".to_owned(),
+            "throttle".to_owned()
+        )),
+        "{:?}",
+        last.set_request_headers
+    );
+    assert!(
+        last.set_request_headers
+            .contains(&("x-signalbox-decision".to_owned(), "pass".to_owned()))
+    );
 }
 
 #[test]
@@ -607,4 +620,27 @@ fn lookups_carry_the_configured_subjects_hashed_in_privacy_mode() {
         "{}",
         err.0
     );
+}
+
+#[test]
+fn only_a_failing_cache_counts_against_the_breaker() {
+    use signalbox_pipeline::LookupAnswer;
+    let answer = |status: u32, body: &str| LookupAnswer {
+        status,
+        body: body.as_bytes().to_vec(),
+    };
+    assert!(Pipeline::lookup_healthy(Some(&answer(
+        200,
+        r#"{"ip":{"score":1}}"#
+    ))));
+    assert!(
+        Pipeline::lookup_healthy(Some(&answer(400, "bad key"))),
+        "a 4xx is about the request: a client must not open the breaker for everyone"
+    );
+    assert!(
+        !Pipeline::lookup_healthy(Some(&answer(200, "<html>"))),
+        "misrouted"
+    );
+    assert!(!Pipeline::lookup_healthy(Some(&answer(503, ""))));
+    assert!(!Pipeline::lookup_healthy(None));
 }

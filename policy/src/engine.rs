@@ -336,12 +336,13 @@ impl Policy {
         };
         let mut manual = None;
         if let Some(ctx) = remote {
-            // The more specific subject's manual decision wins: the user's over the device's,
-            // the device's over the IP's.
+            // One manual decision applies: the user's (a key from a trusted source) over the
+            // IP's, the IP's over the device's (a device key is a cookie any client can set,
+            // so a device's `allow` must never beat an IP's ban).
             for (name, subject) in [
                 ("user", ctx.user.as_ref()),
-                ("device", ctx.device.as_ref()),
                 ("ip", ctx.ip.as_ref()),
+                ("device", ctx.device.as_ref()),
             ] {
                 let Some(subject) = subject else { continue };
                 let points = self.remote_points(subject);
