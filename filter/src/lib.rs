@@ -143,20 +143,6 @@ impl Worker {
         self.requests.set(n.wrapping_add(1));
         n.is_multiple_of(TIMING_SAMPLE)
     }
-
-    /// A start time for a timed section of a sampled request, else 0.
-    fn sample(&self) -> u128 {
-        if self
-            .requests
-            .get()
-            .wrapping_sub(1)
-            .is_multiple_of(TIMING_SAMPLE)
-        {
-            now_nanos()
-        } else {
-            0
-        }
-    }
 }
 
 /// One request in this many records the timing histograms (each record is host calls).
@@ -276,6 +262,7 @@ impl RootContext for SignalboxRoot {
                 response_header: None,
                 verify: None,
                 lookup: None,
+                timed: false,
             }),
             None => Box::new(Unconfigured),
         })
@@ -313,6 +300,9 @@ pub struct SignalboxHttp {
     verify: Option<PendingVerify>,
     /// A request paused for its score-cache call (the call's token).
     lookup: Option<(u32, Pending)>,
+    /// This request records the timing histograms (sampled when its headers arrived; the
+    /// rate-bucket timer may run later, after a lookup).
+    timed: bool,
 }
 
 impl Context for SignalboxHttp {
@@ -407,7 +397,7 @@ impl SignalboxHttp {
                 }
                 Step::TakeBuckets(takes, pending) => {
                     let w = &self.worker;
-                    let started = w.sample();
+                    let started = if self.timed { now_nanos() } else { 0 };
                     let now_ms = u64::try_from(now / 1_000_000).unwrap_or(0);
                     let refused = takes
                         .iter()
@@ -501,6 +491,7 @@ impl HttpContext for SignalboxHttp {
         let w = Rc::clone(&self.worker);
         let started = now_nanos();
         let timed = w.next_is_timed();
+        self.timed = timed;
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let source = w
             .pipeline

@@ -212,6 +212,28 @@ struct Assessed {
     now: u64,
 }
 
+impl Assessed {
+    /// The verdict, with the score cache's context if there is any.
+    fn decide(
+        self,
+        policy: &signalbox_policy::Policy,
+        remote: Option<&signalbox_policy::RemoteContext>,
+    ) -> Decided {
+        let Assessed {
+            facts,
+            assessment,
+            request_id,
+            now,
+        } = self;
+        Decided {
+            verdict: policy.decide(assessment, remote, now),
+            facts,
+            request_id,
+            now,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Decided {
     facts: Facts,
@@ -446,17 +468,13 @@ impl Pipeline {
                 step: Step::Lookup(call, Pending(PendingKind::Lookup(Box::new(assessed)))),
             };
         }
-        let verdict = settings.policy.decide(assessment, None, now);
-        self.decided(
-            Decided {
-                facts,
-                verdict,
-                request_id,
-                now,
-            },
-            now_nanos,
-            effects,
-        )
+        let assessed = Assessed {
+            facts,
+            assessment,
+            request_id,
+            now,
+        };
+        self.decided(assessed.decide(&settings.policy, None), now_nanos, effects)
     }
 
     /// The score cache answered (`None`: it failed, timed out, or the host could not call it;
@@ -471,12 +489,6 @@ impl Pipeline {
         let PendingKind::Lookup(assessed) = pending.0 else {
             return self.resume_buckets(pending, None, now_nanos);
         };
-        let Assessed {
-            facts,
-            assessment,
-            request_id,
-            now,
-        } = *assessed;
         let remote = answer
             .filter(|a| a.status == 200)
             .and_then(|a| context_answer(&a.body))
@@ -485,20 +497,8 @@ impl Pipeline {
         if remote.is_none() {
             effects.events.push(Event::CacheUnavailable);
         }
-        let verdict = self
-            .settings
-            .policy
-            .decide(assessment, remote.as_ref(), now);
-        self.decided(
-            Decided {
-                facts,
-                verdict,
-                request_id,
-                now,
-            },
-            now_nanos,
-            effects,
-        )
+        let decided = assessed.decide(&self.settings.policy, remote.as_ref());
+        self.decided(decided, now_nanos, effects)
     }
 
     /// After the verdict: a passing request counts its rate buckets first.

@@ -341,24 +341,7 @@ mod no_trap {
 /// The real default bundle (163k-prefix lists inlined, 200 declared-bot patterns) as a bundle
 /// value, the way `signalbox policy build` inlines includes.
 fn default_bundle() -> Value {
-    let dir = root().join("policy/examples");
-    let read = |rel: &str| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(rel)).unwrap()).unwrap()
-    };
-    let mut bundle: Value =
-        serde_norway::from_str(&std::fs::read_to_string(dir.join("default.yaml")).unwrap())
-            .unwrap();
-    for list in bundle["lists"].as_object_mut().unwrap().values_mut() {
-        if let Some(rel) = list["include"].as_str() {
-            *list = read(rel);
-        }
-    }
-    let declared = bundle["crawlers"]["declared"]["include"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    bundle["crawlers"]["declared"] = read(&declared);
-    bundle
+    signalbox_tests::conformance::bundle_file(&root().join("policy/examples/default.yaml")).unwrap()
 }
 
 #[test]
