@@ -25,7 +25,33 @@ pub fn slot_of(key: &str, slots: u32) -> (String, [u8; 8]) {
     hasher.write(key.as_bytes());
     let hash = hasher.finish();
     let slot = hash % u64::from(slots.max(1));
-    (format!("signalbox.rl.{slot}"), hash.to_be_bytes())
+    let mut key = String::with_capacity(SLOT_PREFIX.len() + 10);
+    key.push_str(SLOT_PREFIX);
+    push_decimal(&mut key, slot);
+    (key, hash.to_be_bytes())
+}
+
+/// The shared-data key prefix of a rate slot.
+const SLOT_PREFIX: &str = "signalbox.rl.";
+
+/// Appends `n` in decimal (what `format!` would write, without its machinery).
+pub(crate) fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    let mut rest = n;
+    loop {
+        if let Some(d) = digits.get_mut(len) {
+            *d = b'0' + (rest % 10) as u8;
+        }
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for d in digits.iter().take(len).rev() {
+        out.push(char::from(*d));
+    }
 }
 
 /// Decodes a slot value into (fingerprint, state).
@@ -60,6 +86,25 @@ pub fn step_slot(stored: Option<&[u8]>, fp: [u8; 8], now_ms: u64, budget: Budget
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_is_what_format_writes() {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            4095,
+            65_536,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut s = String::new();
+            push_decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
 
     #[test]
     fn slots_are_bounded_and_stable() {

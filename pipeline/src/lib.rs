@@ -448,8 +448,7 @@ impl Pipeline {
                 .any(|n| n.as_bytes() == route.as_slice())
         });
         let facts = request::facts(settings, headers, ip, now, route_sensitive);
-        if signalbox_policy::normalize_path(&facts.path) == settings.policy.challenge().verify_path
-        {
+        if facts.route_path == settings.policy.challenge().verify_path {
             let step = self.start_verify(&facts, now, end_of_stream);
             return Outcome { effects, step };
         }
@@ -734,12 +733,7 @@ impl Pipeline {
         if last.shadow_decision.is_some_and(|d| d != Decision::Pass) {
             effects.events.push(Event::ShadowNonPass);
         }
-        effects.verdict_summary = Some(format!(
-            "{} {} {}",
-            last.intended().as_str(),
-            verdict.level.as_str(),
-            verdict.score
-        ));
+        effects.verdict_summary = Some(verdict_summary(last.intended(), &verdict));
         if last.intended() != Decision::Pass
             && let Some(line) = self.decision_line(&request_id, &facts, &verdict, last, now)
         {
@@ -912,6 +906,19 @@ fn remote_context(answer: &signalbox_wire::ContextAnswerV1) -> signalbox_policy:
         user: subject(&answer.user),
         device: subject(&answer.device),
     }
+}
+
+/// `<decision> <level> <score>` for the `signalbox_verdict` property (access logs), built without
+/// `format!`: it runs for every request.
+fn verdict_summary(decision: Decision, verdict: &Verdict) -> String {
+    let (decision, level) = (decision.as_str(), verdict.level.as_str());
+    let mut out = String::with_capacity(decision.len() + level.len() + 5);
+    out.push_str(decision);
+    out.push(' ');
+    out.push_str(level);
+    out.push(' ');
+    buckets::push_decimal(&mut out, u64::from(verdict.score));
+    out
 }
 
 fn with_header(mut reply: Reply, header: Option<String>) -> Reply {

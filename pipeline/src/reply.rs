@@ -24,16 +24,17 @@ pub struct Reply {
     pub grpc_status: Option<i32>,
 }
 
+/// `json` and `text` build the body for API and browser clients; only the one used runs.
 fn reply(
     status: u32,
     kind: ClientKind,
-    json: serde_json::Value,
-    text: String,
+    json: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
     request_id: &str,
 ) -> Reply {
     let (content_type, body) = match kind {
-        ClientKind::Api | ClientKind::Grpc => ("application/json", json.to_string().into_bytes()),
-        ClientKind::BrowserNavigation => ("text/plain; charset=utf-8", text.into_bytes()),
+        ClientKind::Api | ClientKind::Grpc => ("application/json", json().to_string().into_bytes()),
+        ClientKind::BrowserNavigation => ("text/plain; charset=utf-8", text().into_bytes()),
     };
     Reply {
         status,
@@ -52,8 +53,8 @@ pub fn block_reply(kind: ClientKind, request_id: &str) -> Reply {
     let mut r = reply(
         403,
         kind,
-        serde_json::json!({"error": "blocked", "request_id": request_id}),
-        format!("Access denied.\nRequest id: {request_id}\n"),
+        || serde_json::json!({"error": "blocked", "request_id": request_id}),
+        || format!("Access denied.\nRequest id: {request_id}\n"),
         request_id,
     );
     if kind == ClientKind::Grpc {
@@ -67,8 +68,8 @@ pub fn throttle_reply(kind: ClientKind, request_id: &str, retry_after: u32) -> R
     let mut r = reply(
         429,
         kind,
-        serde_json::json!({"error": "throttled", "retry_after": retry_after, "request_id": request_id}),
-        format!("Too many requests. Retry in {retry_after} s.\nRequest id: {request_id}\n"),
+        || serde_json::json!({"error": "throttled", "retry_after": retry_after, "request_id": request_id}),
+        || format!("Too many requests. Retry in {retry_after} s.\nRequest id: {request_id}\n"),
         request_id,
     );
     r.headers

@@ -19,13 +19,21 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 /// headers trusted on this listener (the edge in front sets those), and every edge header
 /// configured but not trusted here.
 pub fn headers_to_strip(headers: &Headers, settings: &Settings) -> Vec<String> {
+    // Compared without allocating: most requests strip nothing.
     let mut names: Vec<String> = headers
         .iter()
-        .map(|(n, _)| n.to_ascii_lowercase())
+        .map(|(n, _)| n.as_str())
         .filter(|n| {
-            (n.starts_with(PREFIX) && !settings.edge.names().any(|t| t == n))
-                || settings.untrusted_edge_headers.contains(n)
+            let signalbox_owned = n
+                .get(..PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX));
+            (signalbox_owned && !settings.edge.names().any(|t| t.eq_ignore_ascii_case(n)))
+                || settings
+                    .untrusted_edge_headers
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(n))
         })
+        .map(str::to_ascii_lowercase)
         .collect();
     names.sort_unstable();
     names.dedup();

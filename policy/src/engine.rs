@@ -12,9 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::Ipv6Net;
 
-use crate::facts::{
-    Clearance, Facts, RemoteContext, SubjectContext, normalize_path, path_has_prefix,
-};
+use crate::facts::{Clearance, Facts, RemoteContext, SubjectContext, path_has_prefix};
 use crate::policy::{ClientClass, Conditions, CrawlerCategory, Mode, Policy, SubjectKind};
 use crate::ua::{self, Browser};
 use crate::verdict::{
@@ -256,9 +254,9 @@ impl Policy {
         }
 
         // Route.
-        let path = normalize_path(&facts.path);
         let route_index = self.routes.iter().position(|r| {
-            path_has_prefix(&path, &r.path_prefix) && method_in(&facts.method, &r.methods)
+            path_has_prefix(&facts.route_path, &r.path_prefix)
+                && method_in(&facts.method, &r.methods)
         });
         let route = route_index.and_then(|i| self.routes.get(i));
         let sensitive = route.is_some_and(|r| r.sensitive) || facts.route_sensitive;
@@ -278,7 +276,7 @@ impl Policy {
 
         let rule_facts = RuleFacts {
             facts,
-            path: &path,
+            path: &facts.route_path,
             ip,
             client: &client,
         };
@@ -473,7 +471,7 @@ impl Policy {
     /// IPv6 address truncated to the bundle's subject prefix (`2001:db8:1:2::/64`).
     pub fn ip_subject_key(&self, ip: IpAddr) -> String {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V4(v4) => dotted_quad(v4),
             IpAddr::V6(v6) => Ipv6Net::new(v6, self.ipv6_prefix)
                 .map(|n| n.trunc().to_string())
                 .unwrap_or_else(|_| v6.to_string()),
@@ -756,5 +754,37 @@ fn category_code(category: CrawlerCategory) -> &'static str {
 impl From<Level> for usize {
     fn from(level: Level) -> usize {
         level as usize
+    }
+}
+
+/// `a.b.c.d`, as `Ipv4Addr`'s `Display` writes it, without the formatting machinery (this runs
+/// for every rate-limited request).
+fn dotted_quad(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn dotted_quad_writes_what_display_writes(bits in any::<u32>()) {
+            let ip = std::net::Ipv4Addr::from(bits);
+            prop_assert_eq!(super::dotted_quad(ip), ip.to_string());
+        }
     }
 }

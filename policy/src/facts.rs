@@ -74,6 +74,9 @@ pub struct Facts {
     pub method: String,
     /// Path and query, as sent.
     pub path: String,
+    /// [`normalize_path`] of `path`, computed once by [`Facts::from_parts`]: what `routes` and
+    /// the challenge's verify path match. Whoever changes `path` afterwards recomputes it.
+    pub route_path: String,
     /// `:authority` or `host`.
     pub authority: String,
     /// Headers in order; names lower case, values raw bytes; a name may repeat.
@@ -115,16 +118,23 @@ impl Facts {
         edge: &EdgeHeaderNames,
     ) -> Self
     where
-        N: AsRef<str>,
+        N: Into<String>,
         V: Into<Vec<u8>>,
     {
+        // Lower-cased in place: an adapter's owned names (already lower case from Envoy) are
+        // not copied.
         let headers: Vec<(String, Vec<u8>)> = headers
             .into_iter()
-            .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.into()))
+            .map(|(n, v)| {
+                let mut name: String = n.into();
+                name.make_ascii_lowercase();
+                (name, v.into())
+            })
             .collect();
         let mut facts = Facts {
             method: method.to_owned(),
             path: path.to_owned(),
+            route_path: normalize_path(path),
             authority: String::new(),
             headers,
             client_ip: client_ip.map(|ip| ip.to_canonical()),

@@ -168,8 +168,15 @@ impl Policy {
                     RateKeyV1::User => "user",
                     RateKeyV1::Route => "route",
                 };
+                // Joined without `format!`: this runs for every passing request.
+                let mut key = String::with_capacity(b.name.len() + kind.len() + subject.len() + 2);
+                key.push_str(&b.name);
+                key.push('|');
+                key.push_str(kind);
+                key.push('|');
+                key.push_str(&subject);
                 Some(RateKey {
-                    key: format!("{}|{kind}|{subject}", b.name),
+                    key,
                     budget: Budget::at_level(b, verdict.level),
                 })
             })
