@@ -893,7 +893,7 @@ fn remote_context(answer: &signalbox_wire::ContextAnswerV1) -> signalbox_policy:
             decision: s.decision.as_ref().map(|d| ManualDecision {
                 action: match d.action {
                     ManualActionV1::Ban => ManualAction::Ban,
-                    ManualActionV1::Captcha => ManualAction::Captcha,
+                    ManualActionV1::Challenge => ManualAction::Challenge,
                     ManualActionV1::Throttle => ManualAction::Throttle,
                     ManualActionV1::Allow => ManualAction::Allow,
                 },

@@ -731,7 +731,7 @@ fn manual_decision(action: crate::facts::ManualAction) -> Decision {
     use crate::facts::ManualAction;
     match action {
         ManualAction::Ban => Decision::Block,
-        ManualAction::Captcha => Decision::Challenge,
+        ManualAction::Challenge => Decision::Challenge,
         ManualAction::Throttle => Decision::Throttle,
         ManualAction::Allow => Decision::Pass,
     }

@@ -247,7 +247,7 @@ pub enum ManualAction {
     /// Block until expiry.
     Ban,
     /// Challenge until expiry.
-    Captcha,
+    Challenge,
     /// Throttle until expiry.
     Throttle,
     /// Pass until expiry, whatever the score.

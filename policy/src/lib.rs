@@ -46,6 +46,7 @@ mod iprange;
 pub mod page;
 mod policy;
 pub mod ratelimit;
+pub mod scoring;
 pub mod signing;
 pub mod trust;
 pub mod ua;

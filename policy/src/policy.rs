@@ -243,6 +243,7 @@ pub struct Policy {
     pub(crate) rate_budgets: Vec<RateBudget>,
     pub(crate) cache: CacheSettings,
     pub(crate) challenge: ChallengeSettings,
+    pub(crate) scoring: crate::scoring::ScoringSettings,
     pub(crate) ipv6_prefix: u8,
     pub(crate) warnings: Vec<FieldError>,
 }
@@ -389,6 +390,11 @@ impl Policy {
         &self.challenge
     }
 
+    /// How the score cache scores events (`scoring`).
+    pub fn scoring(&self) -> &crate::scoring::ScoringSettings {
+        &self.scoring
+    }
+
     /// IPv6 subject prefix length.
     pub fn ipv6_prefix(&self) -> u8 {
         self.ipv6_prefix
@@ -411,10 +417,10 @@ impl Policy {
 
 /// Collects field errors while a bundle is validated.
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -422,7 +428,7 @@ impl Errors {
     }
 
     /// A 0..=100 points value.
-    fn points(&mut self, path: impl Into<String>, value: u32) -> u8 {
+    pub(crate) fn points(&mut self, path: impl Into<String>, value: u32) -> u8 {
         match u8::try_from(value) {
             Ok(v) if v <= 100 => v,
             _ => {
@@ -432,7 +438,7 @@ impl Errors {
         }
     }
 
-    fn non_empty_name(&mut self, path: impl Into<String>, name: &str) {
+    pub(crate) fn non_empty_name(&mut self, path: impl Into<String>, name: &str) {
         let ok = !name.is_empty()
             && name.len() <= 64
             && name
@@ -559,6 +565,7 @@ impl TryFrom<BundleV1> for Policy {
             cache,
             challenge,
             subjects,
+            scoring,
         } = bundle;
         let mut errors = Errors::default();
 
@@ -892,6 +899,7 @@ impl TryFrom<BundleV1> for Policy {
 
         let cache = compile_cache(&mut errors, &cache);
         let challenge = compile_challenge(&mut errors, &challenge);
+        let scoring = crate::scoring::compile(&mut errors, &scoring);
         let ipv6_prefix = match u8::try_from(subjects.ipv6_prefix) {
             Ok(p) if (32..=128).contains(&p) => p,
             _ => {
@@ -941,6 +949,7 @@ impl TryFrom<BundleV1> for Policy {
             rate_budgets: compiled_budgets,
             cache,
             challenge,
+            scoring,
             ipv6_prefix,
             warnings,
         })

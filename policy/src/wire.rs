@@ -64,6 +64,10 @@ pub struct BundleV1 {
     /// How subjects (client IPs) are keyed.
     #[serde(default)]
     pub subjects: SubjectsV1,
+    /// How the score cache turns events into a subject's score (decay, trend, spikes,
+    /// velocity and sequence patterns). Edges ignore it.
+    #[serde(default)]
+    pub scoring: ScoringV1,
 }
 
 /// Enforcement mode.
@@ -763,4 +767,105 @@ impl Default for SubjectsV1 {
     fn default() -> Self {
         Self { ipv6_prefix: 64 }
     }
+}
+
+/// How the score cache scores a subject from its events: each event adds its points, which
+/// halve every `half_life_seconds`; the score is their sum, capped at 100.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringV1 {
+    /// An event's points halve every this many seconds.
+    pub half_life_seconds: u32,
+    /// The short window of the trend: events are also counted with this half-life, and the
+    /// trend compares that short rate with the long one (`half_life_seconds`).
+    pub trend_half_life_seconds: u32,
+    /// Rising when the short rate is at least this percent of the long rate.
+    pub rising_ratio_percent: u32,
+    /// Falling when the short rate is at most this percent of the long rate.
+    pub falling_ratio_percent: u32,
+    /// A spike: one batch of events raises the score by at least this much. The subject then
+    /// carries the `spike` factor for `trend_half_life_seconds`.
+    pub spike_delta: u32,
+    /// How long an edge may keep a context answer, seconds.
+    pub context_ttl_seconds: u32,
+    /// Points of an event that does not say its own impact, by severity.
+    pub severity_points: SeverityPointsV1,
+    /// "At least N events of one type within W": each adds a factor with its own code.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub velocity: Vec<VelocityV1>,
+    /// "Types A, then B, then C for one subject within W" (e.g. password reset, email change,
+    /// MFA disabled): each adds a factor with its own code.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceV1>,
+}
+
+impl Default for ScoringV1 {
+    fn default() -> Self {
+        Self {
+            half_life_seconds: 86_400,
+            trend_half_life_seconds: 3_600,
+            rising_ratio_percent: 200,
+            falling_ratio_percent: 50,
+            spike_delta: 30,
+            context_ttl_seconds: 30,
+            severity_points: SeverityPointsV1::default(),
+            velocity: Vec::new(),
+            sequences: Vec::new(),
+        }
+    }
+}
+
+/// Default points per event severity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeverityPointsV1 {
+    /// `low`.
+    pub low: u32,
+    /// `medium`.
+    pub medium: u32,
+    /// `high`.
+    pub high: u32,
+    /// `critical`.
+    pub critical: u32,
+}
+
+impl Default for SeverityPointsV1 {
+    fn default() -> Self {
+        Self {
+            low: 5,
+            medium: 15,
+            high: 30,
+            critical: 60,
+        }
+    }
+}
+
+/// A velocity pattern: at least `at_least` events of `event_type` within `within_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VelocityV1 {
+    /// The factor's code (`velocity.<code>`).
+    pub code: String,
+    /// The event type counted.
+    pub event_type: String,
+    /// How many events.
+    pub at_least: u32,
+    /// Within how many seconds.
+    pub within_seconds: u32,
+    /// Points the factor adds (decaying like an event's).
+    pub points: u32,
+}
+
+/// A sequence pattern: `event_types` in this order for one subject within `within_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceV1 {
+    /// The factor's code (`sequence.<code>`).
+    pub code: String,
+    /// The event types, in order (2 to 8).
+    pub event_types: Vec<String>,
+    /// Within how many seconds from the first to the last.
+    pub within_seconds: u32,
+    /// Points the factor adds (decaying like an event's).
+    pub points: u32,
 }

@@ -183,7 +183,7 @@ proptest! {
         difficulty in 1u8..=32,
         remote_score in proptest::option::of(0u32..=100),
         manual in proptest::option::of(prop_oneof![
-            Just(ManualAction::Ban), Just(ManualAction::Captcha),
+            Just(ManualAction::Ban), Just(ManualAction::Challenge),
             Just(ManualAction::Throttle), Just(ManualAction::Allow)
         ]),
         use_golden in any::<bool>(),

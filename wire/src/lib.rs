@@ -43,7 +43,7 @@ pub enum ManualActionV1 {
     /// Block.
     Ban,
     /// Challenge.
-    Captcha,
+    Challenge,
     /// Throttle.
     Throttle,
     /// Pass, whatever the score.
@@ -279,7 +279,7 @@ mod tests {
                 scope: ScopeV1::Range,
                 key: "203.0.113.0/24".into(),
                 decision: Some(ManualDecisionV1 {
-                    action: ManualActionV1::Captcha,
+                    action: ManualActionV1::Challenge,
                     expires_at: 1,
                     reason: None,
                 }),

@@ -111,7 +111,7 @@ fn fixed_remote(now: u64) -> RemoteContext {
         user: Some(SubjectContext {
             score: 250,
             decision: Some(ManualDecision {
-                action: ManualAction::Captcha,
+                action: ManualAction::Challenge,
                 expires_at: now + 60,
             }),
         }),
@@ -346,7 +346,7 @@ pub fn check_verdict(policy: &Policy, verdict: &Verdict) {
 /// | 1 | flags: bit 0 IPv6 client; bit 1 bundle 1 (else 0); bits 2-3 clearance (1 valid, 2 invalid, else as the cookie says); bit 4 remote IP context; bit 5 remote user context |
 /// | 8 | `now`, u64 little-endian |
 /// | 4 or 16 | client IP, network order |
-/// | 9 per remote subject (IP, then user, as flagged) | score u32 LE; manual action (1 ban, 2 captcha, 3 throttle, 4 allow, else none); expiry as an i32 LE offset from `now` |
+/// | 9 per remote subject (IP, then user, as flagged) | score u32 LE; manual action (1 ban, 2 challenge, 3 throttle, 4 allow, else none); expiry as an i32 LE offset from `now` |
 /// | rest | fields separated by `0xFF`: method, path, then header name, value, name, value, ... (`0xFF 0x00` is a literal `0xFF` byte). Method, path and names are read as lossy UTF-8; values stay raw bytes. |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
@@ -447,7 +447,7 @@ impl Reader<'_> {
         let offset = i32::from_le_bytes(self.take());
         let action = match action {
             1 => Some(ManualAction::Ban),
-            2 => Some(ManualAction::Captcha),
+            2 => Some(ManualAction::Challenge),
             3 => Some(ManualAction::Throttle),
             4 => Some(ManualAction::Allow),
             _ => None,

@@ -1,0 +1,722 @@
+//! The HTTP service (axum on tokio): routes, bearer-token scopes, limits, errors, metrics.
+//!
+//! | route | scope | what |
+//! |---|---|---|
+//! | `GET /v1/context?ip=&user=&device=` | read | the wire context answer for a request's subjects |
+//! | `POST /v1/events` | ingest | a batch of events (all or nothing; ids make retries idempotent) |
+//! | `POST /v1/decisions` | admin | a manual decision |
+//! | `DELETE /v1/decisions/{id}` | admin | lift it |
+//! | `GET /v1/decisions` | read | the decisions in force |
+//! | `GET /v1/decisions/stream?since=CURSOR` | read | changes since a cursor (`0`: a snapshot) |
+//! | `DELETE /v1/subjects/{scope}/{key}` | admin | erase a subject's data |
+//! | `GET /metrics`, `/healthz`, `/readyz` | none | Prometheus text, liveness, readiness |
+//!
+//! Every error is JSON, `{"error": code, "message": …, "field": …}`, and never carries a
+//! store's own message (those go to the log).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{BoxError, Json, Router};
+use serde::Deserialize;
+use signalbox_policy::Policy;
+use signalbox_policy::scoring::ScoringSettings;
+use signalbox_wire::{
+    ContextAnswerV1, DecisionPageV1, ScopeV1, StreamDecisionV1, SubjectContextV1,
+};
+use tokio::sync::{Mutex, RwLock};
+use tower::ServiceBuilder;
+
+use crate::active::ActiveSet;
+use crate::auth::{Scope, Tokens};
+use crate::metrics::Metrics;
+use crate::model::{self, FieldError, IpKeying, SubjectKey};
+use crate::store::{Store, StoreError};
+
+/// How the service behaves (everything but the store and the bundle).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Who may call what.
+    pub tokens: Tokens,
+    /// How IP subjects are keyed.
+    pub ip: IpKeying,
+    /// Raw events are kept this many days.
+    pub retention_days: u32,
+    /// Log entries of lifted or expired decisions are kept this many days (a client whose
+    /// cursor is older gets `410` and resyncs).
+    pub tombstone_days: u32,
+    /// Largest stream page, bytes of JSON (about).
+    pub max_page_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// Requests in flight at once; more are shed with 503.
+    pub concurrency: usize,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+    /// Serve `GET /v1/noop` (the load run's baseline on the same stack).
+    pub bench_routes: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            tokens: Tokens::default(),
+            ip: IpKeying {
+                ipv6_prefix: 64,
+                hash_key: None,
+            },
+            retention_days: 30,
+            tombstone_days: 7,
+            max_page_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            concurrency: 1024,
+            body_limit: 1 << 20,
+            bench_routes: false,
+        }
+    }
+}
+
+/// The service's state.
+pub struct App<S> {
+    store: S,
+    policy: Arc<Policy>,
+    scoring: Arc<ScoringSettings>,
+    settings: Settings,
+    active: RwLock<ActiveSet>,
+    follow: Mutex<()>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<S: Store> App<S> {
+    /// The state for a store, a bundle (its thresholds and `scoring`) and settings.
+    pub fn new(store: S, policy: Policy, settings: Settings) -> Arc<Self> {
+        let scoring = Arc::new(policy.scoring().clone());
+        Arc::new(Self {
+            store,
+            policy: Arc::new(policy),
+            scoring,
+            settings,
+            active: RwLock::new(ActiveSet::default()),
+            follow: Mutex::new(()),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Brings the in-memory decisions up to the store's log (after a compaction the client
+    /// was behind, from scratch).
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        let _one = self.follow.lock().await;
+        let bounds = self.store.log_bounds().await?;
+        let mut from = self.active.read().await.applied_seq;
+        if from < bounds.compacted_through {
+            *self.active.write().await = ActiveSet::default();
+            from = 0;
+        }
+        loop {
+            let page = self.store.log_after(from, 10_000).await?;
+            let mut active = self.active.write().await;
+            active.apply(&page.entries);
+            from = active.applied_seq;
+            if !page.more {
+                active.caught_up_to(bounds.last_seq);
+                break;
+            }
+        }
+        self.metrics
+            .set_active_decisions(self.active.read().await.len());
+        Ok(())
+    }
+
+    /// One retention sweep.
+    pub async fn purge(&self) -> Result<crate::store::PurgeOutcome, StoreError> {
+        let now = now_ms();
+        let day_ms = 86_400_000u64;
+        self.store
+            .purge(
+                now.saturating_sub(u64::from(self.settings.retention_days) * day_ms),
+                (now / 1000).saturating_sub(u64::from(self.settings.tombstone_days) * 86_400),
+            )
+            .await
+    }
+}
+
+/// Follows the log every `every` and sweeps retention hourly, until the process ends.
+pub fn spawn_background<S: Store>(app: &Arc<App<S>>, every: Duration) {
+    let follower = Arc::clone(app);
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = follower.follow().await {
+                tracing::warn!(error = %e, "following the decision log failed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    let sweeper = Arc::clone(app);
+    tokio::spawn(async move {
+        loop {
+            match sweeper.purge().await {
+                Ok(o) => tracing::info!(
+                    events = o.events,
+                    log_entries = o.log_entries,
+                    "retention sweep"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(3_600)).await;
+        }
+    });
+}
+
+/// Every error a client can see.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 naming the field.
+    BadRequest(FieldError),
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden(Scope),
+    /// 404.
+    NotFound(&'static str),
+    /// 410: the cursor is older than the log keeps.
+    Gone,
+    /// 413.
+    TooLarge,
+    /// 503: the store failed (logged), or the service is shedding load.
+    Unavailable(&'static str),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store");
+        ApiError::Unavailable("the store is unavailable; retry")
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::BadRequest(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, field) = match self {
+            ApiError::BadRequest(e) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                e.message,
+                Some(e.field),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required".to_owned(),
+                None,
+            ),
+            ApiError::Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this token lacks the {} scope", scope.as_str()),
+                None,
+            ),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such {what}"),
+                None,
+            ),
+            ApiError::Gone => (
+                StatusCode::GONE,
+                "cursor_too_old",
+                "the log no longer reaches this cursor; resync from since=0".to_owned(),
+                None,
+            ),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is too large".to_owned(),
+                None,
+            ),
+            ApiError::Unavailable(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                why.to_owned(),
+                None,
+            ),
+        };
+        let body = match field {
+            Some(f) => serde_json::json!({"error": code, "message": message, "field": f}),
+            None => serde_json::json!({"error": code, "message": message}),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Parses a JSON body, naming the field that failed.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        let inner = e.into_inner();
+        ApiError::BadRequest(FieldError::new(field, inner.to_string()))
+    })
+}
+
+fn body_of(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::BadRequest(FieldError::new("body", "unreadable request body")),
+    })
+}
+
+/// The router with every route, limit and the metrics layer.
+pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
+    let settings = &app.settings;
+    let mut v1 = Router::new()
+        .route("/v1/context", get(context::<S>))
+        .route("/v1/events", post(events::<S>))
+        .route(
+            "/v1/decisions",
+            post(add_decision::<S>).get(list_decisions::<S>),
+        )
+        .route("/v1/decisions/{id}", delete(delete_decision::<S>))
+        .route("/v1/decisions/stream", get(stream::<S>))
+        .route("/v1/subjects/{scope}/{key}", delete(erase_subject::<S>));
+    if settings.bench_routes {
+        v1 = v1.route("/v1/noop", get(noop::<S>));
+    }
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            if e.is::<tower::timeout::error::Elapsed>() {
+                ApiError::Unavailable("the request took too long")
+            } else {
+                ApiError::Unavailable("overloaded; retry")
+            }
+        }))
+        .load_shed()
+        .concurrency_limit(settings.concurrency.max(1))
+        .timeout(settings.request_timeout);
+    v1.route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(limits)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            observe::<S>,
+        ))
+        .with_state(app)
+}
+
+async fn observe<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .observe_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+impl<S: Store> App<S> {
+    fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        match self.settings.tokens.scopes_of(presented.trim()) {
+            None => Err(ApiError::Unauthorized),
+            Some(scopes) if scopes.allows(scope) => Ok(()),
+            Some(_) => Err(ApiError::Forbidden(scope)),
+        }
+    }
+
+    fn subject_context(
+        &self,
+        state: Option<&crate::scoring::SubjectState>,
+        decision: Option<&model::Decision>,
+        now_ms: u64,
+    ) -> SubjectContextV1 {
+        let view = state.map(|s| s.view(now_ms, &self.scoring));
+        let score = view.as_ref().map_or(0, |v| v.score);
+        SubjectContextV1 {
+            score: u32::from(score),
+            level: Some(self.policy.level_of(score).as_str().to_owned()),
+            trend: view.as_ref().map(|v| v.trend),
+            factors: view
+                .map(|v| v.factors.into_iter().map(|(code, _)| code).collect())
+                .unwrap_or_default(),
+            decision: decision.map(model::Decision::manual),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ContextQuery {
+    ip: Option<String>,
+    user: Option<String>,
+    device: Option<String>,
+}
+
+async fn context<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    query: Result<Query<ContextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ContextAnswerV1>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(FieldError::new("query", e.body_text())))?;
+    if q.ip.is_none() && q.user.is_none() && q.device.is_none() {
+        return Err(FieldError::new("ip", "ask about at least one of ip, user, device").into());
+    }
+    let ip =
+        q.ip.as_deref()
+            .map(|raw| model::subject_of("ip", "ip", raw, &app.settings.ip).map(|k| (raw, k)))
+            .transpose()
+            .map_err(|e| FieldError::new("ip", e.message))?;
+    let user = q
+        .user
+        .as_deref()
+        .map(|k| model::subject_of("user", "user", k, &app.settings.ip))
+        .transpose()
+        .map_err(|e| FieldError::new("user", e.message))?;
+    let device = q
+        .device
+        .as_deref()
+        .map(|k| model::subject_of("device", "device", k, &app.settings.ip))
+        .transpose()
+        .map_err(|e| FieldError::new("device", e.message))?;
+    let keys: Vec<SubjectKey> = [ip.as_ref().map(|(_, k)| k), user.as_ref(), device.as_ref()]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut states = app.store.subjects(keys).await?.into_iter();
+    let now = now_ms();
+    let now_s = now / 1000;
+    let active = app.active.read().await;
+    let mut answer = ContextAnswerV1 {
+        ttl_seconds: app.scoring.context_ttl_seconds,
+        ..ContextAnswerV1::default()
+    };
+    if let Some((raw, key)) = &ip {
+        let state = states.next().flatten();
+        let addr = raw
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| raw.parse::<ipnet::IpNet>().ok().map(|n| n.addr()));
+        let decision = active.for_ip(addr, &key.key, now_s);
+        answer.ip = Some(app.subject_context(state.as_ref(), decision, now));
+    }
+    if let Some(key) = &user {
+        let state = states.next().flatten();
+        let decision = active.for_key(ScopeV1::User, &key.key, now_s);
+        answer.user = Some(app.subject_context(state.as_ref(), decision, now));
+    }
+    if let Some(key) = &device {
+        let state = states.next().flatten();
+        let decision = active.for_key(ScopeV1::Device, &key.key, now_s);
+        answer.device = Some(app.subject_context(state.as_ref(), decision, now));
+    }
+    Ok(Json(answer))
+}
+
+async fn noop<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    _query: Query<ContextQuery>,
+) -> Result<Json<ContextAnswerV1>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    Ok(Json(ContextAnswerV1 {
+        ip: Some(SubjectContextV1::default()),
+        ttl_seconds: app.scoring.context_ttl_seconds,
+        ..ContextAnswerV1::default()
+    }))
+}
+
+async fn events<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Ingest)?;
+    let batch: model::EventBatchIn = parse_json(&body_of(body)?)?;
+    let now = now_ms();
+    let events = model::validate_batch(batch, now, app.scoring.severity_points, &app.settings.ip)?;
+    let outcome = app
+        .store
+        .ingest(events, now, Arc::clone(&app.scoring))
+        .await?;
+    app.metrics
+        .count_events(outcome.accepted, outcome.duplicates);
+    Ok(Json(serde_json::json!({
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+    })))
+}
+
+/// A new decision id: time-ordered, 128 bits.
+fn new_id(now_ms: u64) -> Result<String, ApiError> {
+    let mut random = [0u8; 10];
+    getrandom::fill(&mut random).map_err(|_| ApiError::Unavailable("no randomness"))?;
+    let tail: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{now_ms:012x}{tail}"))
+}
+
+async fn add_decision<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let input: model::DecisionIn = parse_json(&body_of(body)?)?;
+    let now = now_ms();
+    let decision = model::validate_decision(input, new_id(now)?, now / 1000, &app.settings.ip)?;
+    let seq = app.store.add_decision(decision.clone()).await?;
+    if let Err(e) = app.follow().await {
+        tracing::warn!(error = %e, "following after a write");
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"seq": seq, "decision": decision})),
+    ))
+}
+
+async fn delete_decision<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let seq = app
+        .store
+        .delete_decision(id.clone(), now_ms() / 1000)
+        .await?
+        .ok_or(ApiError::NotFound("active decision"))?;
+    if let Err(e) = app.follow().await {
+        tracing::warn!(error = %e, "following after a write");
+    }
+    Ok(Json(
+        serde_json::json!({"id": id, "seq": seq, "removed": true}),
+    ))
+}
+
+async fn list_decisions<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    app.follow().await?;
+    let now = now_ms() / 1000;
+    let active = app.active.read().await;
+    let list: Vec<&model::Decision> = active
+        .all()
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.expires_at > now)
+        .collect();
+    Ok(Json(serde_json::json!({"decisions": list})))
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    since: Option<String>,
+}
+
+/// A stream cursor: a log position, or a snapshot being paged (`snapshot.<at>.<after>`: the
+/// snapshot reflects log position `at`, and decisions added up to `after` were sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// After this log sequence.
+    Log(u64),
+    /// Paging a snapshot taken at `at`, sent through add sequence `after`.
+    Snapshot {
+        /// The snapshot's log position.
+        at: u64,
+        /// Sent through this add sequence.
+        after: u64,
+    },
+}
+
+impl Cursor {
+    /// Parses a cursor as `since` carries it.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Some(rest) = text.strip_prefix("snapshot.") {
+            let (at, after) = rest.split_once('.')?;
+            return Some(Cursor::Snapshot {
+                at: at.parse().ok()?,
+                after: after.parse().ok()?,
+            });
+        }
+        text.parse().ok().map(Cursor::Log)
+    }
+
+    /// As the page's `cursor`.
+    pub fn render(self) -> String {
+        match self {
+            Cursor::Log(n) => n.to_string(),
+            Cursor::Snapshot { at, after } => format!("snapshot.{at}.{after}"),
+        }
+    }
+}
+
+/// Adds entries to a page until `max_bytes` (at least one entry per page).
+fn fill_page(
+    page: &mut Vec<StreamDecisionV1>,
+    entries: impl Iterator<Item = (u64, StreamDecisionV1)>,
+    max_bytes: usize,
+) -> (Option<u64>, bool) {
+    let mut bytes = 0;
+    let mut last = None;
+    for (seq, d) in entries {
+        let size = serde_json::to_vec(&d).map_or(0, |v| v.len()) + 1;
+        if !page.is_empty() && bytes + size > max_bytes {
+            return (last, true);
+        }
+        bytes += size;
+        page.push(d);
+        last = Some(seq);
+    }
+    (last, false)
+}
+
+async fn stream<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let cursor = match q.since.as_deref() {
+        None => Cursor::Log(0),
+        Some(text) => Cursor::parse(text)
+            .ok_or_else(|| FieldError::new("since", "a cursor from a previous page, or 0"))?,
+    };
+    let bounds = app.store.log_bounds().await?;
+    let etag = format!("\"{}-{}\"", cursor.render(), bounds.last_seq);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let max = app.settings.max_page_bytes;
+    let mut page = DecisionPageV1::default();
+    let next = match cursor {
+        Cursor::Log(0) | Cursor::Snapshot { .. } => {
+            let (at, after) = match cursor {
+                Cursor::Snapshot { at, after } => (at, after),
+                Cursor::Log(_) => {
+                    app.follow().await?;
+                    (app.active.read().await.applied_seq, 0)
+                }
+            };
+            if at < bounds.compacted_through {
+                return Err(ApiError::Gone);
+            }
+            let active = app.active.read().await;
+            let now = now_ms() / 1000;
+            let entries = active
+                .added_between(after, at)
+                .into_iter()
+                .filter(|(_, d)| d.expires_at > now)
+                .map(|(seq, d)| {
+                    let entry = model::LogEntry {
+                        seq,
+                        id: d.id.clone(),
+                        scope: d.scope,
+                        key: d.key.clone(),
+                        decision: Some(d.clone()),
+                        at: d.created_at,
+                    };
+                    (seq, entry.to_wire())
+                });
+            let (last, more) = fill_page(&mut page.decisions, entries, max);
+            page.more = more;
+            if more {
+                Cursor::Snapshot {
+                    at,
+                    after: last.unwrap_or(after),
+                }
+            } else {
+                Cursor::Log(at)
+            }
+        }
+        Cursor::Log(after) => {
+            if after < bounds.compacted_through || after > bounds.last_seq {
+                return Err(ApiError::Gone);
+            }
+            let log = app.store.log_after(after, 1_000).await?;
+            let entries = log.entries.iter().map(|e| (e.seq, e.to_wire()));
+            let (last, more) = fill_page(&mut page.decisions, entries, max);
+            page.more = more || log.more;
+            Cursor::Log(last.unwrap_or(after))
+        }
+    };
+    page.cursor = next.render();
+    Ok(([(header::ETAG, etag)], Json(page)).into_response())
+}
+
+async fn erase_subject<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Path((scope, key)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let subject = model::subject_of("subject", &scope, &key, &app.settings.ip)?;
+    let erased = app.store.erase_subject(subject).await?;
+    Ok(Json(serde_json::json!({"erased": erased})))
+}
+
+async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Result<&'static str, ApiError> {
+    app.store.ping().await?;
+    Ok("ready\n")
+}
+
+async fn metrics<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
