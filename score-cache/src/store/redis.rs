@@ -392,7 +392,7 @@ impl Store for RedisStore {
                     .arg("BYSCORE")
                     .arg("LIMIT")
                     .arg(0)
-                    .arg(limit.saturating_add(1))
+                    .arg(limit.saturating_add(1).min(1 << 40))
                     .query_async(&mut conn)
                     .await
                     .map_err(unavailable)

@@ -1,0 +1,455 @@
+//! One test suite, run against both stores: the embedded redb store in a temporary directory
+//! and a real `redis-server` (Debian's package) in a temporary directory. Each test goes
+//! through the router in-process (`oneshot`), as an edge, a producer and an operator would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use signalbox_score_cache::server::{self, App, Settings};
+use signalbox_score_cache::store::embedded::EmbeddedStore;
+use signalbox_score_cache::store::redis::RedisStore;
+use signalbox_score_cache::store::{AnyStore, Store};
+use tower::ServiceExt;
+
+/// A store under test and whatever keeps it alive.
+struct Fixture {
+    app: Arc<App<AnyStore>>,
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<common::Redis>,
+}
+
+impl Fixture {
+    fn router(&self) -> Router {
+        server::router(Arc::clone(&self.app))
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        tokens: common::tokens(),
+        max_page_bytes: 600,
+        ..Settings::default()
+    }
+}
+
+fn embedded() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    Fixture {
+        app: App::new(AnyStore::Embedded(store), common::policy(), settings()),
+        _dir: Some(dir),
+        _redis: None,
+    }
+}
+
+fn redis() -> Fixture {
+    let redis = common::Redis::start();
+    let store = RedisStore::open(&redis.url(), "t", Duration::from_millis(500), 30).unwrap();
+    Fixture {
+        app: App::new(AnyStore::Redis(store), common::policy(), settings()),
+        _dir: None,
+        _redis: Some(redis),
+    }
+}
+
+async fn call(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let response = router.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value, headers)
+}
+
+fn event(id: &str, scope: &str, key: &str, kind: &str, impact: u32) -> Value {
+    json!({"id": id, "subject": {"scope": scope, "key": key}, "type": kind, "severity": "medium", "impact": impact})
+}
+
+async fn post_events(router: &Router, events: Vec<Value>) -> (StatusCode, Value) {
+    let (s, v, _) = call(router, "POST", "/v1/events", Some(common::INGEST), Some(json!({"events": events}))).await;
+    (s, v)
+}
+
+async fn context(router: &Router, query: &str) -> Value {
+    let (s, v, _) = call(router, "GET", &format!("/v1/context?{query}"), Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn events_score_and_retries_count_once(f: Fixture) {
+    let r = f.router();
+    let (s, v) = post_events(
+        &r,
+        vec![
+            event("e1", "user", "u-1", "failed_login", 10),
+            event("e2", "user", "u-1", "chargeback", 25),
+            event("e3", "ip", "81.62.10.4", "abuse_report", 40),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"accepted": 3, "duplicates": 0}));
+    // The same batch again (a producer's retry): acknowledged, not counted.
+    let (_, v) = post_events(&r, vec![event("e1", "user", "u-1", "failed_login", 10)]).await;
+    assert_eq!(v, json!({"accepted": 0, "duplicates": 1}));
+    let c = context(&r, "user=u-1&ip=81.62.10.4&device=d-unknown").await;
+    assert_eq!(c["user"]["score"], 35);
+    // One batch added 35 points, above the bundle's spike delta (30).
+    assert_eq!(
+        c["user"]["factors"],
+        json!(["event.chargeback", "event.failed_login", "spike"])
+    );
+    assert_eq!(c["ip"]["score"], 40);
+    assert_eq!(c["ip"]["level"], "medium");
+    assert_eq!(c["device"]["score"], 0);
+    assert_eq!(c["ttl_seconds"], 15);
+    // An IPv4-mapped address is the same subject.
+    let c = context(&r, "ip=::ffff:81.62.10.4").await;
+    assert_eq!(c["ip"]["score"], 40);
+}
+
+async fn patterns_add_their_factors(f: Fixture) {
+    let r = f.router();
+    let burst: Vec<Value> = (0..3)
+        .map(|i| event(&format!("b{i}"), "user", "victim", "failed_login", 1))
+        .collect();
+    post_events(&r, burst).await;
+    for (i, kind) in ["password_reset", "email_change", "mfa_disabled"].iter().enumerate() {
+        post_events(&r, vec![event(&format!("s{i}"), "user", "victim", kind, 1)]).await;
+    }
+    let c = context(&r, "user=victim").await;
+    let factors = c["user"]["factors"].as_array().unwrap();
+    let codes: Vec<&str> = factors.iter().map(|f| f.as_str().unwrap()).collect();
+    assert_eq!(codes.first(), Some(&"sequence.account_takeover"), "{c}");
+    assert!(codes.contains(&"velocity.login_burst"), "{c}");
+    // 3 + 3 event points, 20 velocity, 50 sequence.
+    assert_eq!(c["user"]["score"], 76, "{c}");
+    assert!(codes.contains(&"spike"), "{c}");
+}
+
+async fn a_bad_batch_is_refused_whole_naming_the_field(f: Fixture) {
+    let r = f.router();
+    let (s, v) = post_events(
+        &r,
+        vec![
+            event("ok-1", "user", "u-2", "failed_login", 10),
+            json!({"id": "bad", "subject": {"scope": "planet", "key": "x"}, "type": "t", "severity": "low"}),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "events[1].subject.scope");
+    let (s, v, _) = call(&r, "POST", "/v1/events", Some(common::INGEST), Some(json!({"events": [{"id": 1}]}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["field"], "events[0].id", "{v}");
+    let (s, v) = post_events(&r, vec![event("big", "user", "u-2", "failed_login", 101)]).await;
+    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("events[0].impact")));
+    // Nothing of the refused batches was stored.
+    assert_eq!(context(&r, "user=u-2").await["user"]["score"], 0);
+    let (s, v, _) = call(&r, "GET", "/v1/context?ip=300.1.1.1", Some(common::READ), None).await;
+    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("ip")));
+}
+
+async fn tokens_and_scopes(f: Fixture) {
+    let r = f.router();
+    let (s, v, _) = call(&r, "GET", "/v1/context?ip=1.2.3.4", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (s, _, _) = call(&r, "GET", "/v1/context?ip=1.2.3.4", Some("guess"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // An edge's read token cannot post events or decisions.
+    let (s, v, _) = call(&r, "POST", "/v1/events", Some(common::READ), Some(json!({"events": []}))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let body = json!({"action": "ban", "scope": "ip", "key": "1.2.3.4", "duration_seconds": 60});
+    let (s, _, _) = call(&r, "POST", "/v1/decisions", Some(common::INGEST), Some(body.clone())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = call(&r, "POST", "/v1/decisions", Some(common::ADMIN), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+async fn add_decision(r: &Router, action: &str, scope: &str, key: &str) -> String {
+    let body = json!({"action": action, "scope": scope, "key": key, "duration_seconds": 3600, "reason": "test", "origin": "suite"});
+    let (s, v, _) = call(r, "POST", "/v1/decisions", Some(common::ADMIN), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["decision"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn decisions_reach_context_by_precedence(f: Fixture) {
+    let r = f.router();
+    add_decision(&r, "ban", "range", "81.62.0.0/16").await;
+    let allow = add_decision(&r, "allow", "ip", "81.62.10.4").await;
+    add_decision(&r, "challenge", "user", "u-3").await;
+    let c = context(&r, "ip=81.62.10.4&user=u-3").await;
+    assert_eq!(c["ip"]["decision"]["action"], "allow");
+    assert_eq!(c["user"]["decision"]["action"], "challenge");
+    assert_eq!(context(&r, "ip=81.62.99.1").await["ip"]["decision"]["action"], "ban");
+    let (s, _, _) = call(&r, "DELETE", &format!("/v1/decisions/{allow}"), Some(common::ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(context(&r, "ip=81.62.10.4").await["ip"]["decision"]["action"], "ban");
+    let (s, v, _) = call(&r, "DELETE", &format!("/v1/decisions/{allow}"), Some(common::ADMIN), None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/decisions",
+        Some(common::ADMIN),
+        Some(json!({"action": "ban", "scope": "range", "key": "10.0.0.0/40", "duration_seconds": 60})),
+    )
+    .await;
+    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("key")));
+    let (s, v, _) = call(&r, "GET", "/v1/decisions", Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["decisions"].as_array().unwrap().len(), 2);
+}
+
+/// Follows the stream from `cursor` to the end: the client's set of decision ids.
+async fn follow_stream(
+    r: &Router,
+    mut cursor: String,
+    mut held: std::collections::BTreeSet<String>,
+) -> (String, std::collections::BTreeSet<String>) {
+    for _ in 0..10_000 {
+        let (s, page, _) = call(r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+        if s == StatusCode::GONE {
+            held.clear();
+            cursor = "0".into();
+            continue;
+        }
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for d in page["decisions"].as_array().unwrap() {
+            let id = d["id"].as_str().unwrap().to_owned();
+            if d["removed"].as_bool() == Some(true) {
+                held.remove(&id);
+            } else {
+                held.insert(id);
+            }
+        }
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if page["more"].as_bool() != Some(true) {
+            return (cursor, held);
+        }
+    }
+    panic!("the stream never ended");
+}
+
+async fn active_ids(r: &Router) -> std::collections::BTreeSet<String> {
+    let (_, v, _) = call(r, "GET", "/v1/decisions", Some(common::READ), None).await;
+    v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn the_stream_pages_snapshots_deltas_and_etags(f: Fixture) {
+    let r = f.router();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(add_decision(&r, "ban", "ip", &format!("192.0.2.{i}")).await);
+    }
+    // A snapshot in several pages (600-byte pages in these tests).
+    let (s, first, headers) = call(&r, "GET", "/v1/decisions/stream?since=0", Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(first["more"], true, "{first}");
+    assert!(first["cursor"].as_str().unwrap().starts_with("snapshot."));
+    assert!(headers.get("etag").is_some());
+    let (cursor, held) = follow_stream(&r, "0".into(), Default::default()).await;
+    assert_eq!(held, active_ids(&r).await);
+    // Nothing new: the same ETag gives 304.
+    let (s, _, headers) = call(&r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+    let req = Request::builder()
+        .uri(format!("/v1/decisions/stream?since={cursor}"))
+        .header("authorization", format!("Bearer {}", common::READ))
+        .header("if-none-match", &etag)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(r.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_MODIFIED);
+    // Deltas: a removal and an addition after the cursor.
+    call(&r, "DELETE", &format!("/v1/decisions/{}", ids[3]), Some(common::ADMIN), None).await;
+    add_decision(&r, "throttle", "user", "u-9").await;
+    let (_, held) = follow_stream(&r, cursor, held).await;
+    assert_eq!(held, active_ids(&r).await);
+    assert!(!held.contains(&ids[3]));
+    let (s, v, _) = call(&r, "GET", "/v1/decisions/stream?since=banana", Some(common::READ), None).await;
+    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("since")));
+    let (s, _, _) = call(&r, "GET", "/v1/decisions/stream?since=999999", Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::GONE);
+}
+
+async fn compaction_sends_old_cursors_back_to_a_snapshot(f: Fixture) {
+    let r = f.router();
+    let a = add_decision(&r, "ban", "ip", "198.51.100.1").await;
+    add_decision(&r, "ban", "ip", "198.51.100.2").await;
+    let (cursor, held) = follow_stream(&r, "0".into(), Default::default()).await;
+    call(&r, "DELETE", &format!("/v1/decisions/{a}"), Some(common::ADMIN), None).await;
+    // Tombstones older than "now + 1 minute" go (the other decision lasts an hour).
+    let purged = f
+        .app
+        .store()
+        .purge(0, server::now_ms() / 1000 + 60)
+        .await
+        .unwrap();
+    assert_eq!(purged.log_entries, 2, "the lifted decision's add and its tombstone");
+    let (s, _, _) = call(&r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+    assert_eq!(s, StatusCode::GONE, "the old cursor would miss the removal");
+    let (_, held_after) = follow_stream(&r, cursor, held).await;
+    assert_eq!(held_after, active_ids(&r).await);
+    assert_eq!(held_after.len(), 1);
+}
+
+async fn erasure_and_history(f: Fixture) {
+    let r = f.router();
+    post_events(&r, vec![event("h1", "device", "dev-1", "abuse_report", 30)]).await;
+    post_events(&r, vec![event("h2", "device", "dev-1", "failed_login", 5)]).await;
+    let key = signalbox_score_cache::model::SubjectKey {
+        scope: signalbox_wire::ScopeV1::Device,
+        key: "dev-1".into(),
+    };
+    let history = f.app.store().events_of(key.clone(), 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    let (s, v, _) = call(&r, "DELETE", "/v1/subjects/device/dev-1", Some(common::ADMIN), None).await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({"erased": true})));
+    assert_eq!(context(&r, "device=dev-1").await["device"]["score"], 0);
+    assert!(f.app.store().events_of(key, 10).await.unwrap().is_empty());
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::embedded()).await })*
+        }
+        mod redis_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::redis()).await })*
+        }
+    };
+}
+
+suite!(
+    events_score_and_retries_count_once,
+    patterns_add_their_factors,
+    a_bad_batch_is_refused_whole_naming_the_field,
+    tokens_and_scopes,
+    decisions_reach_context_by_precedence,
+    the_stream_pages_snapshots_deltas_and_etags,
+    compaction_sends_old_cursors_back_to_a_snapshot,
+    erasure_and_history,
+);
+
+/// One step of the property test: add a decision, lift one, or let a client follow.
+#[derive(Debug, Clone)]
+enum Op {
+    Add,
+    Lift(usize),
+    Follow(usize),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => Just(Op::Add),
+            2 => any::<usize>().prop_map(Op::Lift),
+            2 => (0usize..3).prop_map(Op::Follow),
+        ],
+        1..40,
+    )
+}
+
+/// Three clients join at different times and follow from their own cursors; each ends with
+/// exactly the decisions in force.
+async fn clients_converge(f: Fixture, ops: Vec<Op>) {
+    let r = f.router();
+    let mut live: Vec<String> = Vec::new();
+    let mut clients: Vec<Option<(String, std::collections::BTreeSet<String>)>> = vec![None; 3];
+    for (n, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Add => live.push(add_decision(&r, "ban", "ip", &format!("203.0.113.{}", n % 250)).await),
+            Op::Lift(i) if !live.is_empty() => {
+                let id = live.remove(i % live.len());
+                call(&r, "DELETE", &format!("/v1/decisions/{id}"), Some(common::ADMIN), None).await;
+            }
+            Op::Lift(_) => {}
+            Op::Follow(c) => {
+                let (cursor, held) = clients[c].take().unwrap_or(("0".into(), Default::default()));
+                clients[c] = Some(follow_stream(&r, cursor, held).await);
+            }
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = live.into_iter().collect();
+    assert_eq!(active_ids(&r).await, expected);
+    for c in clients.iter_mut() {
+        let (cursor, held) = c.take().unwrap_or(("0".into(), Default::default()));
+        let (_, held) = follow_stream(&r, cursor, held).await;
+        assert_eq!(held, expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stream_clients_converge_embedded(ops in ops()) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { clients_converge(embedded(), ops).await });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stream_clients_converge_redis(ops in ops()) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { clients_converge(redis(), ops).await });
+    }
+}
+
+/// Two cache nodes on one Redis: a decision posted to one is in the other's stream and
+/// context answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_redis() {
+    let redis = common::Redis::start();
+    let node = || {
+        let store = RedisStore::open(&redis.url(), "t", Duration::from_millis(500), 30).unwrap();
+        App::new(AnyStore::Redis(store), common::policy(), settings())
+    };
+    let (a, b) = (node(), node());
+    let (ra, rb) = (server::router(Arc::clone(&a)), server::router(Arc::clone(&b)));
+    let id = add_decision(&ra, "ban", "user", "mallory").await;
+    let (_, held) = follow_stream(&rb, "0".into(), Default::default()).await;
+    assert!(held.contains(&id));
+    b.follow().await.unwrap();
+    assert_eq!(context(&rb, "user=mallory").await["user"]["decision"]["action"], "ban");
+    post_events(&rb, vec![event("x1", "user", "mallory", "chargeback", 33)]).await;
+    assert_eq!(context(&ra, "user=mallory").await["user"]["score"], 33);
+}
