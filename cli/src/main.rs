@@ -1,6 +1,7 @@
 //! `signalbox` — the command-line tool for security engineers: lint, build and test policy
 //! bundles, and evaluate request logs against them.
 
+mod cache;
 mod files;
 mod keys;
 
@@ -54,6 +55,12 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
+    /// Manual decisions in the score cache (ban, challenge, throttle, allow).
+    #[command(subcommand)]
+    Decisions(cache::DecisionsCommand),
+    /// Events for the score cache (failed logins, chargebacks, …).
+    #[command(subcommand)]
+    Events(cache::EventsCommand),
     /// Time the shared evaluation loop natively (the native half of `signalbox-harness
     /// bench`); prints one JSON line: ns per request (median of the samples) and the checksum.
     #[command(hide = true)]
@@ -216,6 +223,8 @@ fn main() -> ExitCode {
             labels.as_deref(),
             now,
         ),
+        Command::Decisions(command) => cache::decisions(command),
+        Command::Events(command) => cache::events(command),
         Command::BenchEval {
             bundle,
             requests,

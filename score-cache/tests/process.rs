@@ -5,7 +5,12 @@
 //! CI runs quick versions. The full runs are the same tests with more rounds:
 //! `SIGNALBOX_CRASH_ROUNDS=30 SIGNALBOX_CRASH_CLIENTS=8 cargo test --release -p signalbox-score-cache --test process -- --nocapture`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -40,14 +45,19 @@ fn serves_the_api(cache: &CacheProcess) {
         port,
         "/v1/decisions",
         ADMIN,
-        &json!({"action": "ban", "scope": "country", "key": "ch", "duration_seconds": 600}).to_string(),
+        &json!({"action": "ban", "scope": "country", "key": "ch", "duration_seconds": 600})
+            .to_string(),
     )
     .unwrap();
     assert_eq!(s, 201, "{body}");
     let (s, body) = common::get(port, "/v1/context?ip=203.0.113.9&user=carol", Some(READ)).unwrap();
     assert_eq!(s, 200, "{body}");
     let answer: signalbox_wire::ContextAnswerV1 = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer.ip.unwrap().score, 30, "high severity: the bundle's 30 points");
+    assert_eq!(
+        answer.ip.unwrap().score,
+        30,
+        "high severity: the bundle's 30 points"
+    );
     assert_eq!(answer.user.unwrap().score, 5);
     let (s, body) = common::get(port, "/v1/decisions/stream?since=0", Some(READ)).unwrap();
     assert_eq!(s, 200);
@@ -57,10 +67,16 @@ fn serves_the_api(cache: &CacheProcess) {
     let (s, body) = common::get(port, "/metrics", None).unwrap();
     assert_eq!(s, 200);
     assert!(body.contains("signalbox_cache_requests_total"), "{body}");
-    assert!(body.contains("signalbox_cache_events_total{outcome=\"accepted\"} 2"), "{body}");
+    assert!(
+        body.contains("signalbox_cache_events_total{outcome=\"accepted\"} 2"),
+        "{body}"
+    );
     assert_eq!(common::get(port, "/readyz", None).unwrap().0, 200);
     let (s, body) = common::get(port, "/v1/context?ip=1.2.3.4", None).unwrap();
-    assert_eq!((s, json_of(&body)["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (s, json_of(&body)["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
 }
 
 #[test]
@@ -144,21 +160,34 @@ fn crash_run(port: u16, rounds: usize, clients: usize, mut kill: impl FnMut()) {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap();
-    assert!(acked.events.len() > rounds, "the clients got too little through to mean anything");
+    assert!(
+        acked.events.len() > rounds,
+        "the clients got too little through to mean anything"
+    );
     // Every acknowledged event: exactly once.
     let subjects: Vec<&String> = acked.events.iter().collect();
     for chunk in subjects.chunks(1) {
         let subject = chunk[0];
-        let (s, body) = common::get(port, &format!("/v1/context?user={subject}"), Some(READ)).unwrap();
+        let (s, body) =
+            common::get(port, &format!("/v1/context?user={subject}"), Some(READ)).unwrap();
         assert_eq!(s, 200, "{body}");
         let score = json_of(&body)["user"]["score"].as_u64();
-        assert_eq!(score, Some(10), "{subject}: 0 means lost, 20 counted twice ({body})");
+        assert_eq!(
+            score,
+            Some(10),
+            "{subject}: 0 means lost, 20 counted twice ({body})"
+        );
     }
     // Every acknowledged decision: in the stream, once.
     let mut seen = Vec::new();
     let mut cursor = "0".to_owned();
     loop {
-        let (s, body) = common::get(port, &format!("/v1/decisions/stream?since={cursor}"), Some(READ)).unwrap();
+        let (s, body) = common::get(
+            port,
+            &format!("/v1/decisions/stream?since={cursor}"),
+            Some(READ),
+        )
+        .unwrap();
         assert_eq!(s, 200, "{body}");
         let page: signalbox_wire::DecisionPageV1 = serde_json::from_str(&body).unwrap();
         seen.extend(page.decisions.into_iter().map(|d| d.id));
@@ -184,7 +213,8 @@ fn crash_run(port: u16, rounds: usize, clients: usize, mut kill: impl FnMut()) {
 fn kill_9_loses_no_acknowledged_write_embedded() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
-    let mut cache = CacheProcess::start(work.path(), &["--data".into(), data.display().to_string()]);
+    let mut cache =
+        CacheProcess::start(work.path(), &["--data".into(), data.display().to_string()]);
     let port = cache.port;
     let rounds = env_number("SIGNALBOX_CRASH_ROUNDS", 3);
     let clients = env_number("SIGNALBOX_CRASH_CLIENTS", 4);
@@ -209,7 +239,12 @@ fn redis_killed_under_load() {
     let work = tempfile::tempdir().unwrap();
     let cache = CacheProcess::start(
         work.path(),
-        &["--redis".into(), redis.url(), "--store-timeout-ms".into(), "200".into()],
+        &[
+            "--redis".into(),
+            redis.url(),
+            "--store-timeout-ms".into(),
+            "200".into(),
+        ],
     );
     let port = cache.port;
     let stop = Arc::new(AtomicBool::new(false));
@@ -222,8 +257,12 @@ fn redis_killed_under_load() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let started = Instant::now();
-                    let status = common::get(port, &format!("/v1/context?ip=10.{i}.{}.{}", n / 250 % 250, n % 250), Some(READ))
-                        .map_or(0, |(s, _)| s);
+                    let status = common::get(
+                        port,
+                        &format!("/v1/context?ip=10.{i}.{}.{}", n / 250 % 250, n % 250),
+                        Some(READ),
+                    )
+                    .map_or(0, |(s, _)| s);
                     statuses.lock().unwrap().push((status, started.elapsed()));
                 }
             })
@@ -247,13 +286,22 @@ fn redis_killed_under_load() {
         l.join().unwrap();
     }
     let unavailable: Vec<&(u16, Duration)> = during.iter().filter(|(s, _)| *s == 503).collect();
-    assert!(!unavailable.is_empty(), "no 503 while Redis was down: {during:?}");
+    assert!(
+        !unavailable.is_empty(),
+        "no 503 while Redis was down: {during:?}"
+    );
     assert!(
         during.iter().all(|(s, _)| *s == 200 || *s == 503),
         "only 200 (before the kill) or 503: {:?}",
-        during.iter().filter(|(s, _)| *s != 200 && *s != 503).collect::<Vec<_>>()
+        during
+            .iter()
+            .filter(|(s, _)| *s != 200 && *s != 503)
+            .collect::<Vec<_>>()
     );
-    assert!(recovered, "the cache did not serve again after Redis came back");
+    assert!(
+        recovered,
+        "the cache did not serve again after Redis came back"
+    );
     let mut slow: Vec<Duration> = unavailable.iter().map(|(_, d)| *d).collect();
     slow.sort();
     println!(
@@ -263,5 +311,9 @@ fn redis_killed_under_load() {
         slow[slow.len() / 2],
         slow[slow.len() - 1]
     );
-    assert_eq!(common::get(port, "/healthz", None).unwrap().0, 200, "the process is alive");
+    assert_eq!(
+        common::get(port, "/healthz", None).unwrap().0,
+        200,
+        "the process is alive"
+    );
 }

@@ -2,7 +2,12 @@
 //! and a real `redis-server` (Debian's package) in a temporary directory. Each test goes
 //! through the router in-process (`oneshot`), as an edge, a producer and an operator would.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -93,12 +98,26 @@ fn event(id: &str, scope: &str, key: &str, kind: &str, impact: u32) -> Value {
 }
 
 async fn post_events(router: &Router, events: Vec<Value>) -> (StatusCode, Value) {
-    let (s, v, _) = call(router, "POST", "/v1/events", Some(common::INGEST), Some(json!({"events": events}))).await;
+    let (s, v, _) = call(
+        router,
+        "POST",
+        "/v1/events",
+        Some(common::INGEST),
+        Some(json!({"events": events})),
+    )
+    .await;
     (s, v)
 }
 
 async fn context(router: &Router, query: &str) -> Value {
-    let (s, v, _) = call(router, "GET", &format!("/v1/context?{query}"), Some(common::READ), None).await;
+    let (s, v, _) = call(
+        router,
+        "GET",
+        &format!("/v1/context?{query}"),
+        Some(common::READ),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v
 }
@@ -141,7 +160,10 @@ async fn patterns_add_their_factors(f: Fixture) {
         .map(|i| event(&format!("b{i}"), "user", "victim", "failed_login", 1))
         .collect();
     post_events(&r, burst).await;
-    for (i, kind) in ["password_reset", "email_change", "mfa_disabled"].iter().enumerate() {
+    for (i, kind) in ["password_reset", "email_change", "mfa_disabled"]
+        .iter()
+        .enumerate()
+    {
         post_events(&r, vec![event(&format!("s{i}"), "user", "victim", kind, 1)]).await;
     }
     let c = context(&r, "user=victim").await;
@@ -166,28 +188,68 @@ async fn a_bad_batch_is_refused_whole_naming_the_field(f: Fixture) {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["field"], "events[1].subject.scope");
-    let (s, v, _) = call(&r, "POST", "/v1/events", Some(common::INGEST), Some(json!({"events": [{"id": 1}]}))).await;
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/events",
+        Some(common::INGEST),
+        Some(json!({"events": [{"id": 1}]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["field"], "events[0].id", "{v}");
     let (s, v) = post_events(&r, vec![event("big", "user", "u-2", "failed_login", 101)]).await;
-    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("events[0].impact")));
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("events[0].impact"))
+    );
     // Nothing of the refused batches was stored.
     assert_eq!(context(&r, "user=u-2").await["user"]["score"], 0);
-    let (s, v, _) = call(&r, "GET", "/v1/context?ip=300.1.1.1", Some(common::READ), None).await;
-    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("ip")));
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/context?ip=300.1.1.1",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ip"))
+    );
 }
 
 async fn tokens_and_scopes(f: Fixture) {
     let r = f.router();
     let (s, v, _) = call(&r, "GET", "/v1/context?ip=1.2.3.4", None, None).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
     let (s, _, _) = call(&r, "GET", "/v1/context?ip=1.2.3.4", Some("guess"), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // An edge's read token cannot post events or decisions.
-    let (s, v, _) = call(&r, "POST", "/v1/events", Some(common::READ), Some(json!({"events": []}))).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/events",
+        Some(common::READ),
+        Some(json!({"events": []})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let body = json!({"action": "ban", "scope": "ip", "key": "1.2.3.4", "duration_seconds": 60});
-    let (s, _, _) = call(&r, "POST", "/v1/decisions", Some(common::INGEST), Some(body.clone())).await;
+    let (s, _, _) = call(
+        &r,
+        "POST",
+        "/v1/decisions",
+        Some(common::INGEST),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, _) = call(&r, "POST", "/v1/decisions", Some(common::ADMIN), Some(body)).await;
     assert_eq!(s, StatusCode::CREATED);
@@ -208,12 +270,35 @@ async fn decisions_reach_context_by_precedence(f: Fixture) {
     let c = context(&r, "ip=81.62.10.4&user=u-3").await;
     assert_eq!(c["ip"]["decision"]["action"], "allow");
     assert_eq!(c["user"]["decision"]["action"], "challenge");
-    assert_eq!(context(&r, "ip=81.62.99.1").await["ip"]["decision"]["action"], "ban");
-    let (s, _, _) = call(&r, "DELETE", &format!("/v1/decisions/{allow}"), Some(common::ADMIN), None).await;
+    assert_eq!(
+        context(&r, "ip=81.62.99.1").await["ip"]["decision"]["action"],
+        "ban"
+    );
+    let (s, _, _) = call(
+        &r,
+        "DELETE",
+        &format!("/v1/decisions/{allow}"),
+        Some(common::ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(context(&r, "ip=81.62.10.4").await["ip"]["decision"]["action"], "ban");
-    let (s, v, _) = call(&r, "DELETE", &format!("/v1/decisions/{allow}"), Some(common::ADMIN), None).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        context(&r, "ip=81.62.10.4").await["ip"]["decision"]["action"],
+        "ban"
+    );
+    let (s, v, _) = call(
+        &r,
+        "DELETE",
+        &format!("/v1/decisions/{allow}"),
+        Some(common::ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     let (s, v, _) = call(
         &r,
         "POST",
@@ -222,7 +307,10 @@ async fn decisions_reach_context_by_precedence(f: Fixture) {
         Some(json!({"action": "ban", "scope": "range", "key": "10.0.0.0/40", "duration_seconds": 60})),
     )
     .await;
-    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("key")));
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("key"))
+    );
     let (s, v, _) = call(&r, "GET", "/v1/decisions", Some(common::READ), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["decisions"].as_array().unwrap().len(), 2);
@@ -235,7 +323,14 @@ async fn follow_stream(
     mut held: std::collections::BTreeSet<String>,
 ) -> (String, std::collections::BTreeSet<String>) {
     for _ in 0..10_000 {
-        let (s, page, _) = call(r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+        let (s, page, _) = call(
+            r,
+            "GET",
+            &format!("/v1/decisions/stream?since={cursor}"),
+            Some(common::READ),
+            None,
+        )
+        .await;
         if s == StatusCode::GONE {
             held.clear();
             cursor = "0".into();
@@ -275,7 +370,14 @@ async fn the_stream_pages_snapshots_deltas_and_etags(f: Fixture) {
         ids.push(add_decision(&r, "ban", "ip", &format!("192.0.2.{i}")).await);
     }
     // A snapshot in several pages (600-byte pages in these tests).
-    let (s, first, headers) = call(&r, "GET", "/v1/decisions/stream?since=0", Some(common::READ), None).await;
+    let (s, first, headers) = call(
+        &r,
+        "GET",
+        "/v1/decisions/stream?since=0",
+        Some(common::READ),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(first["more"], true, "{first}");
     assert!(first["cursor"].as_str().unwrap().starts_with("snapshot."));
@@ -283,7 +385,14 @@ async fn the_stream_pages_snapshots_deltas_and_etags(f: Fixture) {
     let (cursor, held) = follow_stream(&r, "0".into(), Default::default()).await;
     assert_eq!(held, active_ids(&r).await);
     // Nothing new: the same ETag gives 304.
-    let (s, _, headers) = call(&r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+    let (s, _, headers) = call(
+        &r,
+        "GET",
+        &format!("/v1/decisions/stream?since={cursor}"),
+        Some(common::READ),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
     let req = Request::builder()
@@ -292,16 +401,43 @@ async fn the_stream_pages_snapshots_deltas_and_etags(f: Fixture) {
         .header("if-none-match", &etag)
         .body(Body::empty())
         .unwrap();
-    assert_eq!(r.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        r.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::NOT_MODIFIED
+    );
     // Deltas: a removal and an addition after the cursor.
-    call(&r, "DELETE", &format!("/v1/decisions/{}", ids[3]), Some(common::ADMIN), None).await;
+    call(
+        &r,
+        "DELETE",
+        &format!("/v1/decisions/{}", ids[3]),
+        Some(common::ADMIN),
+        None,
+    )
+    .await;
     add_decision(&r, "throttle", "user", "u-9").await;
     let (_, held) = follow_stream(&r, cursor, held).await;
     assert_eq!(held, active_ids(&r).await);
     assert!(!held.contains(&ids[3]));
-    let (s, v, _) = call(&r, "GET", "/v1/decisions/stream?since=banana", Some(common::READ), None).await;
-    assert_eq!((s, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("since")));
-    let (s, _, _) = call(&r, "GET", "/v1/decisions/stream?since=999999", Some(common::READ), None).await;
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/stream?since=banana",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("since"))
+    );
+    let (s, _, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/stream?since=999999",
+        Some(common::READ),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::GONE);
 }
 
@@ -310,7 +446,14 @@ async fn compaction_sends_old_cursors_back_to_a_snapshot(f: Fixture) {
     let a = add_decision(&r, "ban", "ip", "198.51.100.1").await;
     add_decision(&r, "ban", "ip", "198.51.100.2").await;
     let (cursor, held) = follow_stream(&r, "0".into(), Default::default()).await;
-    call(&r, "DELETE", &format!("/v1/decisions/{a}"), Some(common::ADMIN), None).await;
+    call(
+        &r,
+        "DELETE",
+        &format!("/v1/decisions/{a}"),
+        Some(common::ADMIN),
+        None,
+    )
+    .await;
     // Tombstones older than "now + 1 minute" go (the other decision lasts an hour).
     let purged = f
         .app
@@ -318,8 +461,18 @@ async fn compaction_sends_old_cursors_back_to_a_snapshot(f: Fixture) {
         .purge(0, server::now_ms() / 1000 + 60)
         .await
         .unwrap();
-    assert_eq!(purged.log_entries, 2, "the lifted decision's add and its tombstone");
-    let (s, _, _) = call(&r, "GET", &format!("/v1/decisions/stream?since={cursor}"), Some(common::READ), None).await;
+    assert_eq!(
+        purged.log_entries, 2,
+        "the lifted decision's add and its tombstone"
+    );
+    let (s, _, _) = call(
+        &r,
+        "GET",
+        &format!("/v1/decisions/stream?since={cursor}"),
+        Some(common::READ),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::GONE, "the old cursor would miss the removal");
     let (_, held_after) = follow_stream(&r, cursor, held).await;
     assert_eq!(held_after, active_ids(&r).await);
@@ -336,7 +489,14 @@ async fn erasure_and_history(f: Fixture) {
     };
     let history = f.app.store().events_of(key.clone(), 10).await.unwrap();
     assert_eq!(history.len(), 2);
-    let (s, v, _) = call(&r, "DELETE", "/v1/subjects/device/dev-1", Some(common::ADMIN), None).await;
+    let (s, v, _) = call(
+        &r,
+        "DELETE",
+        "/v1/subjects/device/dev-1",
+        Some(common::ADMIN),
+        None,
+    )
+    .await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"erased": true})));
     assert_eq!(context(&r, "device=dev-1").await["device"]["score"], 0);
     assert!(f.app.store().events_of(key, 10).await.unwrap().is_empty());
@@ -393,14 +553,25 @@ async fn clients_converge(f: Fixture, ops: Vec<Op>) {
     let mut clients: Vec<Option<(String, std::collections::BTreeSet<String>)>> = vec![None; 3];
     for (n, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Add => live.push(add_decision(&r, "ban", "ip", &format!("203.0.113.{}", n % 250)).await),
+            Op::Add => {
+                live.push(add_decision(&r, "ban", "ip", &format!("203.0.113.{}", n % 250)).await)
+            }
             Op::Lift(i) if !live.is_empty() => {
                 let id = live.remove(i % live.len());
-                call(&r, "DELETE", &format!("/v1/decisions/{id}"), Some(common::ADMIN), None).await;
+                call(
+                    &r,
+                    "DELETE",
+                    &format!("/v1/decisions/{id}"),
+                    Some(common::ADMIN),
+                    None,
+                )
+                .await;
             }
             Op::Lift(_) => {}
             Op::Follow(c) => {
-                let (cursor, held) = clients[c].take().unwrap_or(("0".into(), Default::default()));
+                let (cursor, held) = clients[c]
+                    .take()
+                    .unwrap_or(("0".into(), Default::default()));
                 clients[c] = Some(follow_stream(&r, cursor, held).await);
             }
         }
@@ -444,12 +615,18 @@ async fn two_nodes_share_one_redis() {
         App::new(AnyStore::Redis(store), common::policy(), settings())
     };
     let (a, b) = (node(), node());
-    let (ra, rb) = (server::router(Arc::clone(&a)), server::router(Arc::clone(&b)));
+    let (ra, rb) = (
+        server::router(Arc::clone(&a)),
+        server::router(Arc::clone(&b)),
+    );
     let id = add_decision(&ra, "ban", "user", "mallory").await;
     let (_, held) = follow_stream(&rb, "0".into(), Default::default()).await;
     assert!(held.contains(&id));
     b.follow().await.unwrap();
-    assert_eq!(context(&rb, "user=mallory").await["user"]["decision"]["action"], "ban");
+    assert_eq!(
+        context(&rb, "user=mallory").await["user"]["decision"]["action"],
+        "ban"
+    );
     post_events(&rb, vec![event("x1", "user", "mallory", "chargeback", 33)]).await;
     assert_eq!(context(&ra, "user=mallory").await["user"]["score"], 33);
 }

@@ -1,0 +1,382 @@
+//! `signalbox decisions …` and `signalbox events send`: the score cache's API from a shell, in
+//! the spirit of CrowdSec's `cscli decisions`. Human-readable output by default, the cache's
+//! JSON with `--json`. Exit codes: 0 done, 1 the cache refused the request (its message is
+//! printed), 3 the cache is unreachable or unavailable, 2 anything else (usage, files).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the cache is and which token to present.
+#[derive(Args, Clone)]
+pub struct CacheArgs {
+    /// The score cache's base URL.
+    #[arg(
+        long,
+        env = "SIGNALBOX_CACHE_URL",
+        default_value = "http://127.0.0.1:7900"
+    )]
+    cache: String,
+    /// The environment variable holding the bearer token (never a flag: it would show in
+    /// `ps` and shell history).
+    #[arg(long, default_value = "SIGNALBOX_TOKEN")]
+    token_env: String,
+    /// Print the cache's JSON answer instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `signalbox decisions …`
+#[derive(Subcommand)]
+pub enum DecisionsCommand {
+    /// Add a manual decision.
+    Add {
+        /// `ban`, `challenge`, `throttle` or `allow`.
+        #[arg(long)]
+        action: String,
+        /// `ip`, `range`, `user`, `device`, `country` or `asn`.
+        #[arg(long)]
+        scope: String,
+        /// The address, CIDR, key, country code or AS number.
+        #[arg(long)]
+        key: String,
+        /// How long: `90s`, `15m`, `4h`, `7d`, or seconds.
+        #[arg(long, default_value = "4h")]
+        duration: String,
+        /// Why (shown to operators, never to clients).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who decides (default `cli`).
+        #[arg(long, default_value = "cli")]
+        origin: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// List the decisions in force.
+    List {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Lift a decision by id.
+    Delete {
+        /// The decision's id (from `add` or `list`).
+        id: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+/// `signalbox events …`
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Send events: one from flags, or a JSONL file of events in the API's shape.
+    Send {
+        /// A JSONL file, one event per line (`{"id":…,"subject":{"scope":…,"key":…},"type":…,"severity":…}`).
+        #[arg(long, conflicts_with_all = ["subject", "event_type"])]
+        file: Option<PathBuf>,
+        /// `scope:key`, e.g. `user:alice` or `ip:203.0.113.9`.
+        #[arg(long, required_unless_present = "file")]
+        subject: Option<String>,
+        /// The event type, e.g. `failed_login`.
+        #[arg(long = "type", required_unless_present = "file")]
+        event_type: Option<String>,
+        /// `low`, `medium`, `high` or `critical`.
+        #[arg(long, default_value = "medium")]
+        severity: String,
+        /// Points (0–100); the bundle's points for the severity when absent.
+        #[arg(long)]
+        impact: Option<u32>,
+        /// The event id (makes a retry idempotent); random when absent.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+/// What went wrong talking to the cache.
+enum Failure {
+    /// The cache answered 4xx.
+    Refused(u16, Value),
+    /// It could not be reached, or answered 5xx.
+    Unavailable(String),
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &CacheArgs) -> Result<Self> {
+        let token = std::env::var(&args.token_env)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("set {} to the cache token", args.token_env))?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Self {
+            agent,
+            base: args.cache.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let result = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(b.to_string()),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            _ => self.agent.get(&url).header("authorization", &auth).call(),
+        };
+        let mut response = result.map_err(|e| Failure::Unavailable(format!("{url}: {e}")))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        match status {
+            200..=299 => Ok(value),
+            400..=499 => Err(Failure::Refused(status, value)),
+            _ => Err(Failure::Unavailable(format!(
+                "{url}: {status} {}",
+                value["message"].as_str().unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+/// Prints the outcome and picks the exit code.
+fn finish(
+    result: Result<Value, Failure>,
+    json_out: bool,
+    summary: impl Fn(&Value) -> String,
+) -> ExitCode {
+    match result {
+        Ok(v) => {
+            if json_out {
+                println!("{v}");
+            } else {
+                println!("{}", summary(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Refused(status, v)) => {
+            if json_out {
+                println!("{v}");
+            }
+            let field = v["field"]
+                .as_str()
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default();
+            eprintln!(
+                "refused ({status}): {}{field}",
+                v["message"].as_str().unwrap_or("no message")
+            );
+            ExitCode::from(1)
+        }
+        Err(Failure::Unavailable(why)) => {
+            eprintln!("the score cache is unavailable: {why}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// `90s`, `15m`, `4h`, `7d`, or seconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (text.get(..i).unwrap_or_default(), c),
+        _ => (text, 's'),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("duration {text:?}: a number with s, m, h or d"))?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        other => bail!("duration {text:?}: unknown unit {other:?} (s, m, h, d)"),
+    };
+    Ok(n.saturating_mul(unit))
+}
+
+fn decision_line(d: &Value) -> String {
+    format!(
+        "{}  {:<9} {:<7} {:<40} until {}{}",
+        d["id"].as_str().unwrap_or("?"),
+        d["action"].as_str().unwrap_or("?"),
+        d["scope"].as_str().unwrap_or("?"),
+        d["key"].as_str().unwrap_or("?"),
+        d["expires_at"].as_u64().unwrap_or(0),
+        d["reason"]
+            .as_str()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default()
+    )
+}
+
+/// Runs a `decisions` subcommand.
+pub fn decisions(command: DecisionsCommand) -> Result<ExitCode> {
+    match command {
+        DecisionsCommand::Add {
+            action,
+            scope,
+            key,
+            duration,
+            reason,
+            origin,
+            cache,
+        } => {
+            let body = json!({
+                "action": action, "scope": scope, "key": key,
+                "duration_seconds": parse_duration(&duration)?,
+                "reason": reason, "origin": origin,
+            });
+            let client = Client::new(&cache)?;
+            Ok(finish(
+                client.send("POST", "/v1/decisions", Some(&body)),
+                cache.json,
+                |v| format!("added {}", decision_line(&v["decision"])),
+            ))
+        }
+        DecisionsCommand::List { cache } => {
+            let client = Client::new(&cache)?;
+            Ok(finish(
+                client.send("GET", "/v1/decisions", None),
+                cache.json,
+                |v| {
+                    let list = v["decisions"].as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        "no decisions in force".to_owned()
+                    } else {
+                        list.iter()
+                            .map(decision_line)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                },
+            ))
+        }
+        DecisionsCommand::Delete { id, cache } => {
+            let client = Client::new(&cache)?;
+            Ok(finish(
+                client.send("DELETE", &format!("/v1/decisions/{id}"), None),
+                cache.json,
+                |_| format!("lifted {id}"),
+            ))
+        }
+    }
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Runs an `events` subcommand.
+pub fn events(command: EventsCommand) -> Result<ExitCode> {
+    let EventsCommand::Send {
+        file,
+        subject,
+        event_type,
+        severity,
+        impact,
+        id,
+        cache,
+    } = command;
+    let events: Vec<Value> = match file {
+        Some(path) => {
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?,
+            );
+            reader
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                .map(|(i, l)| {
+                    let line = l?;
+                    serde_json::from_str(&line)
+                        .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
+                })
+                .collect::<Result<_>>()?
+        }
+        None => {
+            let subject = subject.unwrap_or_default();
+            let Some((scope, key)) = subject.split_once(':') else {
+                bail!("--subject: scope:key, e.g. user:alice");
+            };
+            let mut event = json!({
+                "id": id.map_or_else(random_id, Ok)?,
+                "subject": {"scope": scope, "key": key},
+                "type": event_type.unwrap_or_default(),
+                "severity": severity,
+            });
+            if let (Some(i), Some(map)) = (impact, event.as_object_mut()) {
+                map.insert("impact".into(), json!(i));
+            }
+            vec![event]
+        }
+    };
+    let client = Client::new(&cache)?;
+    let mut last = json!({"accepted": 0, "duplicates": 0});
+    let (mut accepted, mut duplicates) = (0, 0);
+    for chunk in events.chunks(1_000) {
+        let body = json!({"events": chunk});
+        match client.send("POST", "/v1/events", Some(&body)) {
+            Ok(v) => {
+                accepted += v["accepted"].as_u64().unwrap_or(0);
+                duplicates += v["duplicates"].as_u64().unwrap_or(0);
+                last = json!({"accepted": accepted, "duplicates": duplicates});
+            }
+            Err(e) => return Ok(finish(Err(e), cache.json, |_| String::new())),
+        }
+    }
+    Ok(finish(Ok(last), cache.json, |v| {
+        format!(
+            "{} accepted, {} already stored",
+            v["accepted"].as_u64().unwrap_or(0),
+            v["duplicates"].as_u64().unwrap_or(0)
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        assert_eq!(parse_duration("4h").unwrap(), 14_400);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert_eq!(parse_duration("120").unwrap(), 120);
+        assert!(parse_duration("4w").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
