@@ -161,10 +161,15 @@ impl Client {
             400..=499 => Err(Failure::Refused(status, value)),
             _ => Err(Failure::Unavailable(format!(
                 "{url}: {status} {}",
-                value["message"].as_str().unwrap_or_default()
+                at(&value, "message").as_str().unwrap_or_default()
             ))),
         }
     }
+}
+
+/// A field of a JSON answer (`null` when absent).
+fn at<'a>(value: &'a Value, key: &str) -> &'a Value {
+    value.get(key).unwrap_or(&Value::Null)
 }
 
 /// Prints the outcome and picks the exit code.
@@ -186,13 +191,13 @@ fn finish(
             if json_out {
                 println!("{v}");
             }
-            let field = v["field"]
+            let field = at(&v, "field")
                 .as_str()
                 .map(|f| format!(" ({f})"))
                 .unwrap_or_default();
             eprintln!(
                 "refused ({status}): {}{field}",
-                v["message"].as_str().unwrap_or("no message")
+                at(&v, "message").as_str().unwrap_or("no message")
             );
             ExitCode::from(1)
         }
@@ -226,12 +231,12 @@ pub fn parse_duration(text: &str) -> Result<u64> {
 fn decision_line(d: &Value) -> String {
     format!(
         "{}  {:<9} {:<7} {:<40} until {}{}",
-        d["id"].as_str().unwrap_or("?"),
-        d["action"].as_str().unwrap_or("?"),
-        d["scope"].as_str().unwrap_or("?"),
-        d["key"].as_str().unwrap_or("?"),
-        d["expires_at"].as_u64().unwrap_or(0),
-        d["reason"]
+        at(d, "id").as_str().unwrap_or("?"),
+        at(d, "action").as_str().unwrap_or("?"),
+        at(d, "scope").as_str().unwrap_or("?"),
+        at(d, "key").as_str().unwrap_or("?"),
+        at(d, "expires_at").as_u64().unwrap_or(0),
+        at(d, "reason")
             .as_str()
             .map(|r| format!("  ({r})"))
             .unwrap_or_default()
@@ -259,7 +264,7 @@ pub fn decisions(command: DecisionsCommand) -> Result<ExitCode> {
             Ok(finish(
                 client.send("POST", "/v1/decisions", Some(&body)),
                 cache.json,
-                |v| format!("added {}", decision_line(&v["decision"])),
+                |v| format!("added {}", decision_line(at(v, "decision"))),
             ))
         }
         DecisionsCommand::List { cache } => {
@@ -268,7 +273,7 @@ pub fn decisions(command: DecisionsCommand) -> Result<ExitCode> {
                 client.send("GET", "/v1/decisions", None),
                 cache.json,
                 |v| {
-                    let list = v["decisions"].as_array().cloned().unwrap_or_default();
+                    let list = at(v, "decisions").as_array().cloned().unwrap_or_default();
                     if list.is_empty() {
                         "no decisions in force".to_owned()
                     } else {
@@ -348,8 +353,8 @@ pub fn events(command: EventsCommand) -> Result<ExitCode> {
         let body = json!({"events": chunk});
         match client.send("POST", "/v1/events", Some(&body)) {
             Ok(v) => {
-                accepted += v["accepted"].as_u64().unwrap_or(0);
-                duplicates += v["duplicates"].as_u64().unwrap_or(0);
+                accepted += at(&v, "accepted").as_u64().unwrap_or(0);
+                duplicates += at(&v, "duplicates").as_u64().unwrap_or(0);
                 last = json!({"accepted": accepted, "duplicates": duplicates});
             }
             Err(e) => return Ok(finish(Err(e), cache.json, |_| String::new())),
@@ -358,8 +363,8 @@ pub fn events(command: EventsCommand) -> Result<ExitCode> {
     Ok(finish(Ok(last), cache.json, |v| {
         format!(
             "{} accepted, {} already stored",
-            v["accepted"].as_u64().unwrap_or(0),
-            v["duplicates"].as_u64().unwrap_or(0)
+            at(v, "accepted").as_u64().unwrap_or(0),
+            at(v, "duplicates").as_u64().unwrap_or(0)
         )
     }))
 }
