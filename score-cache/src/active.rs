@@ -24,6 +24,8 @@ pub struct ActiveSet {
     pub applied_seq: u64,
     /// Every active decision by id, with the sequence that added it.
     by_id: HashMap<String, (u64, Decision)>,
+    /// Add sequence → id, for snapshot pages in log order.
+    by_seq: BTreeMap<u64, String>,
     /// (scope, key) → ids.
     by_key: HashMap<(ScopeV1, String), Vec<String>>,
     /// Range decisions: prefix length → truncated network → ids.
@@ -67,13 +69,15 @@ impl ActiveSet {
                 .or_default()
                 .push(d.id.clone());
         }
+        self.by_seq.insert(seq, d.id.clone());
         self.by_id.insert(d.id.clone(), (seq, d));
     }
 
     fn remove(&mut self, id: &str) {
-        let Some((_, d)) = self.by_id.remove(id) else {
+        let Some((seq, d)) = self.by_id.remove(id) else {
             return;
         };
+        self.by_seq.remove(&seq);
         let drop_id = |ids: &mut Vec<String>| ids.retain(|i| i != id);
         if d.scope == ScopeV1::Range {
             if let Ok(net) = d.key.parse::<IpNet>()
@@ -135,19 +139,19 @@ impl ActiveSet {
     }
 
     /// The active decisions added after `after` and at or below `through`, oldest first.
-    pub fn added_between(&self, after: u64, through: u64) -> Vec<(u64, &Decision)> {
-        let mut out: Vec<(u64, &Decision)> = self
-            .by_id
-            .values()
-            .filter(|(seq, _)| *seq > after && *seq <= through)
-            .map(|(seq, d)| (*seq, d))
-            .collect();
-        out.sort_by_key(|(seq, _)| *seq);
-        out
+    pub fn added_between(
+        &self,
+        after: u64,
+        through: u64,
+    ) -> impl Iterator<Item = (u64, &Decision)> {
+        self.by_seq
+            .range(after.saturating_add(1)..=through.max(after))
+            .filter(move |_| through > after)
+            .filter_map(|(seq, id)| self.by_id.get(id).map(|(_, d)| (*seq, d)))
     }
 
     /// Every active decision, oldest first.
-    pub fn all(&self) -> Vec<(u64, &Decision)> {
+    pub fn all(&self) -> impl Iterator<Item = (u64, &Decision)> {
         self.added_between(0, u64::MAX)
     }
 }

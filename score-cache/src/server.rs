@@ -28,9 +28,7 @@ use axum::{BoxError, Json, Router};
 use serde::Deserialize;
 use signalbox_policy::Policy;
 use signalbox_policy::scoring::ScoringSettings;
-use signalbox_wire::{
-    ContextAnswerV1, DecisionPageV1, ScopeV1, StreamDecisionV1, SubjectContextV1,
-};
+use signalbox_wire::{ContextAnswerV1, ScopeV1, StreamDecisionV1, SubjectContextV1};
 use tokio::sync::{Mutex, RwLock};
 use tower::ServiceBuilder;
 
@@ -548,7 +546,6 @@ async fn list_decisions<S: Store>(
     let active = app.active.read().await;
     let list: Vec<&model::Decision> = active
         .all()
-        .into_iter()
         .map(|(_, d)| d)
         .filter(|d| d.expires_at > now)
         .collect();
@@ -597,24 +594,56 @@ impl Cursor {
     }
 }
 
-/// Adds entries to a page until `max_bytes` (at least one entry per page).
-fn fill_page(
-    page: &mut Vec<StreamDecisionV1>,
-    entries: impl Iterator<Item = (u64, StreamDecisionV1)>,
+/// A stream page being written: each decision is serialized once, straight into the body
+/// (a `DecisionPageV1` in JSON), until about `max_bytes` (at least one decision per page).
+struct PageWriter {
+    body: Vec<u8>,
+    count: usize,
     max_bytes: usize,
-) -> (Option<u64>, bool) {
-    let mut bytes = 0;
-    let mut last = None;
-    for (seq, d) in entries {
-        let size = serde_json::to_vec(&d).map_or(0, |v| v.len()) + 1;
-        if !page.is_empty() && bytes + size > max_bytes {
-            return (last, true);
+}
+
+impl PageWriter {
+    fn new(max_bytes: usize) -> Self {
+        let mut body = Vec::with_capacity(max_bytes.min(4 << 20) + 256);
+        body.extend_from_slice(b"{\"decisions\":[");
+        Self {
+            body,
+            count: 0,
+            max_bytes,
         }
-        bytes += size;
-        page.push(d);
-        last = Some(seq);
     }
-    (last, false)
+
+    /// Adds entries until the page is full: the last sequence added, and whether any was left.
+    fn fill(
+        &mut self,
+        entries: impl Iterator<Item = (u64, StreamDecisionV1)>,
+    ) -> (Option<u64>, bool) {
+        let mut last = None;
+        for (seq, d) in entries {
+            if self.count > 0 && self.body.len() >= self.max_bytes {
+                return (last, true);
+            }
+            if self.count > 0 {
+                self.body.push(b',');
+            }
+            if serde_json::to_writer(&mut self.body, &d).is_err() {
+                continue;
+            }
+            self.count += 1;
+            last = Some(seq);
+        }
+        (last, false)
+    }
+
+    fn finish(mut self, cursor: &str, more: bool) -> Vec<u8> {
+        self.body.extend_from_slice(b"],\"cursor\":");
+        let _ = serde_json::to_writer(&mut self.body, cursor);
+        if more {
+            self.body.extend_from_slice(b",\"more\":true");
+        }
+        self.body.push(b'}');
+        self.body
+    }
 }
 
 async fn stream<S: Store>(
@@ -638,7 +667,8 @@ async fn stream<S: Store>(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let max = app.settings.max_page_bytes;
-    let mut page = DecisionPageV1::default();
+    let mut page = PageWriter::new(max);
+    let more;
     let next = match cursor {
         Cursor::Log(0) | Cursor::Snapshot { .. } => {
             let (at, after) = match cursor {
@@ -655,21 +685,19 @@ async fn stream<S: Store>(
             let now = now_ms() / 1000;
             let entries = active
                 .added_between(after, at)
-                .into_iter()
                 .filter(|(_, d)| d.expires_at > now)
                 .map(|(seq, d)| {
-                    let entry = model::LogEntry {
-                        seq,
+                    let wire = StreamDecisionV1 {
                         id: d.id.clone(),
                         scope: d.scope,
                         key: d.key.clone(),
-                        decision: Some(d.clone()),
-                        at: d.created_at,
+                        decision: Some(d.manual()),
+                        removed: false,
                     };
-                    (seq, entry.to_wire())
+                    (seq, wire)
                 });
-            let (last, more) = fill_page(&mut page.decisions, entries, max);
-            page.more = more;
+            let (last, left) = page.fill(entries);
+            more = left;
             if more {
                 Cursor::Snapshot {
                     at,
@@ -685,13 +713,20 @@ async fn stream<S: Store>(
             }
             let log = app.store.log_after(after, 1_000).await?;
             let entries = log.entries.iter().map(|e| (e.seq, e.to_wire()));
-            let (last, more) = fill_page(&mut page.decisions, entries, max);
-            page.more = more || log.more;
+            let (last, left) = page.fill(entries);
+            more = left || log.more;
             Cursor::Log(last.unwrap_or(after))
         }
     };
-    page.cursor = next.render();
-    Ok(([(header::ETAG, etag)], Json(page)).into_response())
+    let body = page.finish(&next.render(), more);
+    Ok((
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn erase_subject<S: Store>(
