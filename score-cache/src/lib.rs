@@ -24,3 +24,4 @@ pub mod model;
 pub mod scoring;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -76,6 +76,12 @@ struct ServeArgs {
     /// How often every node re-reads the decision log, ms.
     #[arg(long, default_value_t = 500)]
     follow_ms: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve `GET /v1/noop` (the load run's baseline).
     #[arg(long, hide = true)]
     bench_routes: bool,
@@ -172,17 +178,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!(error = %e, "the store does not answer yet; serving 503 until it does");
     }
     server::spawn_background(&app, Duration::from_millis(args.follow_ms.max(50)));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(signalbox_score_cache::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, revision, "signalbox-cache serving");
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %local, scheme, revision, "signalbox-cache serving");
     // Tests and scripts read this line to learn the port.
-    println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, server::router(app))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    println!("listening on {scheme}://{local}");
+    let router = server::router(app);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tls {
+        Some(config) => {
+            let listener = signalbox_score_cache::tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }
 

@@ -317,3 +317,92 @@ fn redis_killed_under_load() {
         "the process is alive"
     );
 }
+
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `--tls-cert` / `--tls-key`: HTTPS with a certificate a client verifies (made here with the
+/// `openssl` command), plain HTTP refused on that port.
+#[test]
+fn serves_https_with_a_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let data = work.path().join("data");
+    let cache = CacheProcess::start(
+        work.path(),
+        &[
+            "--data".into(),
+            data.display().to_string(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ],
+    );
+    let base = format!("https://127.0.0.1:{}", cache.port);
+    let cacert = cert.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&["--cacert", &cacert, &format!("{base}/healthz")]).0 != 0 {
+        assert!(Instant::now() < deadline, "no HTTPS answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let auth = format!("authorization: Bearer {READ}");
+    let (code, body) = curl(&[
+        "--cacert",
+        &cacert,
+        "-H",
+        &auth,
+        &format!("{base}/v1/context?ip=192.0.2.1"),
+    ]);
+    assert_eq!(code, 0, "{body}");
+    let answer: signalbox_wire::ContextAnswerV1 = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.ip.unwrap().score, 0);
+    // Without the certificate as a root, curl refuses the server (exit 60): it is really TLS.
+    let (code, body) = curl(&["-H", &auth, &format!("{base}/v1/context?ip=192.0.2.1")]);
+    assert_eq!(code, 60, "{body}");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", cache.port)]);
+    assert_ne!(code, 0);
+}
