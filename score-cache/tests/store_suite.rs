@@ -203,6 +203,29 @@ async fn a_bad_batch_is_refused_whole_naming_the_field(f: Fixture) {
         (s, v["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("events[0].impact"))
     );
+    let too_many: Vec<Value> = (0..1_001)
+        .map(|i| event(&format!("m{i}"), "user", "u-2", "failed_login", 1))
+        .collect();
+    let (s, v) = post_events(&r, too_many).await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("events"))
+    );
+    let huge = json!({"events": [event("h", "user", "u-2", "failed_login", 1)], "pad": "x".repeat(1_100_000)});
+    let (s, v, _) = call(&r, "POST", "/v1/events", Some(common::INGEST), Some(huge)).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+    );
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/events",
+        Some(common::INGEST),
+        Some(json!("not an object")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     // Nothing of the refused batches was stored.
     assert_eq!(context(&r, "user=u-2").await["user"]["score"], 0);
     let (s, v, _) = call(
