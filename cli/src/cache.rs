@@ -13,6 +13,9 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 /// Where the cache is and which token to present.
+///
+/// (`policy push` sends the file's bytes as they are: a JSON string value given to `send`
+/// goes out raw.)
 #[derive(Args, Clone)]
 pub struct CacheArgs {
     /// The score cache's base URL.
@@ -142,6 +145,15 @@ impl Client {
                 .header("authorization", &auth)
                 .header("content-type", "application/json")
                 .send(b.to_string()),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(match b {
+                    Value::String(raw) => raw.clone(),
+                    other => other.to_string(),
+                }),
             ("DELETE", _) => self
                 .agent
                 .delete(&url)
@@ -367,6 +379,89 @@ pub fn events(command: EventsCommand) -> Result<ExitCode> {
             at(v, "duplicates").as_u64().unwrap_or(0)
         )
     }))
+}
+
+fn revisions(v: &Value) -> String {
+    let rev = |k: &str| {
+        at(v, k)
+            .as_u64()
+            .map_or_else(|| "none".to_owned(), |r| r.to_string())
+    };
+    format!(
+        "stable revision {}, canary revision {}{}",
+        rev("stable_revision"),
+        rev("canary_revision"),
+        at(v, "canary_percent")
+            .as_u64()
+            .map(|p| format!(" at {p}%"))
+            .unwrap_or_default()
+    )
+}
+
+/// `signalbox policy push FILE [--canary PERCENT]`.
+pub fn push(file: &std::path::Path, canary: Option<u8>, cache: &CacheArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let client = Client::new(cache)?;
+    let result = match canary {
+        None => client.send("PUT", "/v1/bundle", Some(&Value::String(text))),
+        Some(percent) => {
+            let bundle: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", file.display()))?;
+            let body = json!({"bundle": bundle, "percent": percent});
+            client.send("PUT", "/v1/bundle/canary", Some(&body))
+        }
+    };
+    Ok(finish(result, cache.json, |v| {
+        format!("pushed: {}", revisions(v))
+    }))
+}
+
+/// `signalbox policy promote` (`promote`) or `signalbox policy abort`.
+pub fn promote(cache: &CacheArgs, promote: bool) -> Result<ExitCode> {
+    let client = Client::new(cache)?;
+    let result = if promote {
+        client.send("POST", "/v1/bundle/promote", Some(&json!({})))
+    } else {
+        client.send("DELETE", "/v1/bundle/canary", None)
+    };
+    let verb = if promote { "promoted" } else { "aborted" };
+    Ok(finish(result, cache.json, |v| {
+        format!("{verb}: {}", revisions(v))
+    }))
+}
+
+/// `signalbox fleet`.
+pub fn fleet(cache: &CacheArgs) -> Result<ExitCode> {
+    let client = Client::new(cache)?;
+    Ok(finish(
+        client.send("GET", "/v1/fleet", None),
+        cache.json,
+        |v| {
+            let mut lines = vec![revisions(v)];
+            for n in at(v, "nodes").as_array().cloned().unwrap_or_default() {
+                lines.push(format!(
+                    "{:<30} stable {:<6} canary {:<6} skew {:>6} ms  last seen {}{}{}",
+                    at(&n, "node_id").as_str().unwrap_or("?"),
+                    at(&n, "stable_revision").as_u64().unwrap_or(0),
+                    at(&n, "canary_revision")
+                        .as_u64()
+                        .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    at(&n, "clock_skew_ms").as_i64().unwrap_or(0),
+                    at(&n, "last_seen").as_u64().unwrap_or(0),
+                    if at(&n, "stale").as_bool() == Some(true) {
+                        "  STALE"
+                    } else {
+                        ""
+                    },
+                    at(&n, "last_error")
+                        .as_str()
+                        .map(|e| format!("  error: {e}"))
+                        .unwrap_or_default(),
+                ));
+            }
+            lines.join("\n")
+        },
+    ))
 }
 
 #[cfg(test)]

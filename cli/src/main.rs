@@ -61,6 +61,11 @@ enum Command {
     /// Events for the score cache (failed logins, chargebacks, …).
     #[command(subcommand)]
     Events(cache::EventsCommand),
+    /// The edges that poll the score cache: revisions, last error, clock skew, staleness.
+    Fleet {
+        #[command(flatten)]
+        cache: cache::CacheArgs,
+    },
     /// Time the shared evaluation loop natively (the native half of `signalbox-harness
     /// bench`); prints one JSON line: ns per request (median of the samples) and the checksum.
     #[command(hide = true)]
@@ -85,6 +90,27 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Push a signed bundle (the envelope `policy sign` writes) to the score cache as the
+    /// stable bundle, or with --canary as a canary for that percent of clients.
+    Push {
+        /// The signed bundle file.
+        file: PathBuf,
+        /// Stage it as a canary for this percent of clients (1–100).
+        #[arg(long)]
+        canary: Option<u8>,
+        #[command(flatten)]
+        cache: cache::CacheArgs,
+    },
+    /// Make the canary the stable bundle.
+    Promote {
+        #[command(flatten)]
+        cache: cache::CacheArgs,
+    },
+    /// Abort the canary (the stable bundle keeps serving).
+    Abort {
+        #[command(flatten)]
+        cache: cache::CacheArgs,
+    },
     /// Validate a bundle; print every error with its field path.
     Lint {
         /// Bundle file (YAML or JSON).
@@ -171,6 +197,14 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Policy(PolicyCommand::Push {
+            file,
+            canary,
+            cache,
+        }) => cache::push(&file, canary, &cache),
+        Command::Policy(PolicyCommand::Promote { cache }) => cache::promote(&cache, true),
+        Command::Policy(PolicyCommand::Abort { cache }) => cache::promote(&cache, false),
+        Command::Fleet { cache } => cache::fleet(&cache),
         Command::Policy(PolicyCommand::Lint { file, now }) => {
             lint(&file, now.unwrap_or_else(unix_now))
         }

@@ -21,6 +21,7 @@
 
 pub mod breaker;
 pub mod buckets;
+pub mod canary;
 pub mod config;
 pub mod record;
 pub mod reply;

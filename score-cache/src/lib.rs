@@ -19,6 +19,7 @@
 
 pub mod active;
 pub mod auth;
+pub mod bundles;
 pub mod metrics;
 pub mod model;
 pub mod scoring;

@@ -52,12 +52,16 @@ struct ServeArgs {
     /// --allow-unsigned (`signalbox policy build` turns YAML with includes into JSON).
     #[arg(long)]
     bundle: PathBuf,
-    /// Trusted public keys for a signed bundle (`signalbox keygen` writes them).
+    /// Trusted public keys for signed bundles, this one and pushed ones (`signalbox policy
+    /// keygen` writes them).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
-    /// Accept a plain, unsigned bundle.
+    /// Accept plain, unsigned bundles (this one, and pushed ones; development only).
     #[arg(long)]
     allow_unsigned: bool,
+    /// An edge that has not reported for this long is stale in `GET /v1/fleet`, seconds.
+    #[arg(long, default_value_t = 120)]
+    fleet_stale_seconds: u64,
     /// The tokens file (see `signalbox_score_cache::auth`).
     #[arg(long)]
     tokens: PathBuf,
@@ -98,10 +102,8 @@ struct KeyEntry {
     public: String,
 }
 
-fn load_policy(args: &ServeArgs) -> Result<signalbox_policy::Policy> {
-    let bytes = std::fs::read(&args.bundle)
-        .with_context(|| format!("reading {}", args.bundle.display()))?;
-    let keys = match &args.trusted_keys {
+fn trusted_keys(args: &ServeArgs) -> Result<TrustedKeys> {
+    Ok(match &args.trusted_keys {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -114,11 +116,16 @@ fn load_policy(args: &ServeArgs) -> Result<signalbox_policy::Policy> {
             )?
         }
         None => TrustedKeys::from_base64([])?,
-    };
+    })
+}
+
+fn load_policy(args: &ServeArgs, keys: &TrustedKeys) -> Result<signalbox_policy::Policy> {
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("reading {}", args.bundle.display()))?;
     let now = server::now_ms() / 1000;
     load_bundle(
         &bytes,
-        &keys,
+        keys,
         &LoadContext {
             now,
             active_revision: None,
@@ -129,7 +136,8 @@ fn load_policy(args: &ServeArgs) -> Result<signalbox_policy::Policy> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let policy = load_policy(&args)?;
+    let keys = trusted_keys(&args)?;
+    let policy = load_policy(&args, &keys)?;
     let tokens = Tokens::from_file(&args.tokens, |v| std::env::var(v).ok())?;
     let hash_key = match &args.ip_hash_key_env {
         Some(var) => Some(
@@ -151,6 +159,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tombstone_days: args.tombstone_days,
         concurrency: args.concurrency,
         bench_routes: args.bench_routes,
+        bundle_keys: keys,
+        allow_unsigned_bundles: args.allow_unsigned,
+        fleet_stale_seconds: args.fleet_stale_seconds,
         ..Settings::default()
     };
     let timeout = Duration::from_millis(args.store_timeout_ms);

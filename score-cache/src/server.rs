@@ -60,6 +60,12 @@ pub struct Settings {
     pub body_limit: usize,
     /// Serve `GET /v1/noop` (the load run's baseline on the same stack).
     pub bench_routes: bool,
+    /// Keys a pushed bundle must be signed with.
+    pub bundle_keys: signalbox_policy::signing::TrustedKeys,
+    /// Accept pushed bundles that are not signed (development only).
+    pub allow_unsigned_bundles: bool,
+    /// An edge that has not reported for this long is stale in `/v1/fleet`.
+    pub fleet_stale_seconds: u64,
 }
 
 impl Default for Settings {
@@ -77,6 +83,9 @@ impl Default for Settings {
             concurrency: 1024,
             body_limit: 1 << 20,
             bench_routes: false,
+            bundle_keys: signalbox_policy::signing::TrustedKeys::default(),
+            allow_unsigned_bundles: false,
+            fleet_stale_seconds: 120,
         }
     }
 }
@@ -200,6 +209,8 @@ pub enum ApiError {
     Gone,
     /// 413.
     TooLarge,
+    /// 409: a pushed bundle was refused (its reason), or there is no canary to promote.
+    Conflict(String),
     /// 503: the store failed (logged), or the service is shedding load.
     Unavailable(&'static str),
 }
@@ -250,6 +261,7 @@ impl IntoResponse for ApiError {
                 "the log no longer reaches this cursor; resync from since=0".to_owned(),
                 None,
             ),
+            ApiError::Conflict(why) => (StatusCode::CONFLICT, "refused", why, None),
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
@@ -309,7 +321,14 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/decisions/{id}", delete(delete_decision::<S>))
         .route("/v1/decisions/stream", get(stream::<S>))
-        .route("/v1/subjects/{scope}/{key}", delete(erase_subject::<S>));
+        .route("/v1/subjects/{scope}/{key}", delete(erase_subject::<S>))
+        .route("/v1/bundle", get(get_bundle::<S>).put(put_bundle::<S>))
+        .route(
+            "/v1/bundle/canary",
+            axum::routing::put(put_canary::<S>).delete(abort_canary::<S>),
+        )
+        .route("/v1/bundle/promote", post(promote_canary::<S>))
+        .route("/v1/fleet", get(fleet::<S>).post(report::<S>));
     if settings.bench_routes {
         v1 = v1.route("/v1/noop", get(noop::<S>));
     }
@@ -754,4 +773,253 @@ async fn metrics<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+impl<S: Store> App<S> {
+    async fn bundle_state(
+        &self,
+    ) -> Result<(Option<Vec<u8>>, crate::bundles::BundleState), ApiError> {
+        let raw = self
+            .store
+            .get_blob(crate::bundles::STATE_KEY.to_owned())
+            .await?;
+        let state = match &raw {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| StoreError::Format(format!("bundle state: {e}")))?,
+            None => crate::bundles::BundleState::default(),
+        };
+        Ok((raw, state))
+    }
+
+    /// Changes the bundle state with compare-and-swap (another node may change it at once).
+    async fn update_bundles(
+        &self,
+        change: impl Fn(&crate::bundles::BundleState) -> Result<crate::bundles::BundleState, ApiError>,
+    ) -> Result<crate::bundles::BundleState, ApiError> {
+        for _ in 0..8 {
+            let (raw, state) = self.bundle_state().await?;
+            let next = change(&state)?;
+            let bytes = serde_json::to_vec(&next)
+                .map_err(|e| StoreError::Format(format!("bundle state: {e}")))?;
+            if self
+                .store
+                .swap_blob(crate::bundles::STATE_KEY.to_owned(), raw, bytes)
+                .await?
+            {
+                return Ok(next);
+            }
+        }
+        Err(ApiError::Unavailable("bundle state contended; retry"))
+    }
+
+    fn verify_pushed(
+        &self,
+        text: &str,
+        above: u64,
+    ) -> Result<crate::bundles::StoredBundle, ApiError> {
+        crate::bundles::verify(
+            text,
+            &self.settings.bundle_keys,
+            self.settings.allow_unsigned_bundles,
+            now_ms() / 1000,
+            above,
+        )
+        .map(|(stored, _)| stored)
+        .map_err(ApiError::Conflict)
+    }
+}
+
+fn bundle_summary(state: &crate::bundles::BundleState) -> serde_json::Value {
+    serde_json::json!({
+        "stable_revision": state.stable.as_ref().map(|b| b.revision),
+        "canary_revision": state.canary.as_ref().map(|(b, _)| b.revision),
+        "canary_percent": state.canary.as_ref().map(|(_, p)| *p),
+    })
+}
+
+async fn get_bundle<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let (_, state) = app.bundle_state().await?;
+    let etag = state.etag();
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let envelope = state
+        .envelope()
+        .ok_or(ApiError::NotFound("bundle (none pushed yet)"))?;
+    Ok(([(header::ETAG, etag)], Json(envelope)).into_response())
+}
+
+async fn put_bundle<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let body = body_of(body)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| FieldError::new("body", "a bundle is UTF-8 JSON"))?
+        .to_owned();
+    let state = app
+        .update_bundles(|state| {
+            let stored = app.verify_pushed(&text, state.highest())?;
+            Ok(crate::bundles::BundleState {
+                offered: stored.revision,
+                stable: Some(stored),
+                canary: None,
+            })
+        })
+        .await?;
+    tracing::info!(revision = ?state.stable.as_ref().map(|b| b.revision), "stable bundle pushed");
+    Ok(Json(bundle_summary(&state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryIn {
+    bundle: serde_json::Value,
+    percent: u8,
+}
+
+async fn put_canary<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let input: CanaryIn = parse_json(&body_of(body)?)?;
+    if !(1..=100).contains(&input.percent) {
+        return Err(FieldError::new("percent", "must be 1..=100").into());
+    }
+    let text = match input.bundle {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let state = app
+        .update_bundles(|state| {
+            let Some(stable) = &state.stable else {
+                return Err(ApiError::Conflict(
+                    "push a stable bundle before a canary".into(),
+                ));
+            };
+            let stored = app.verify_pushed(&text, state.highest().max(stable.revision))?;
+            Ok(crate::bundles::BundleState {
+                offered: stored.revision,
+                stable: state.stable.clone(),
+                canary: Some((stored, input.percent)),
+            })
+        })
+        .await?;
+    Ok(Json(bundle_summary(&state)))
+}
+
+async fn promote_canary<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let state = app
+        .update_bundles(|state| match &state.canary {
+            Some((canary, _)) => Ok(crate::bundles::BundleState {
+                stable: Some(canary.clone()),
+                canary: None,
+                offered: state.highest(),
+            }),
+            None => Err(ApiError::Conflict("no canary to promote".into())),
+        })
+        .await?;
+    Ok(Json(bundle_summary(&state)))
+}
+
+async fn abort_canary<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Admin)?;
+    let state = app
+        .update_bundles(|state| {
+            if state.canary.is_none() {
+                return Err(ApiError::Conflict("no canary to abort".into()));
+            }
+            Ok(crate::bundles::BundleState {
+                stable: state.stable.clone(),
+                canary: None,
+                offered: state.highest(),
+            })
+        })
+        .await?;
+    Ok(Json(bundle_summary(&state)))
+}
+
+async fn report<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let report: signalbox_wire::FleetReportV1 = parse_json(&body_of(body)?)?;
+    if report.node_id.is_empty() || report.node_id.len() > model::MAX_KEY_BYTES {
+        return Err(FieldError::new("node_id", "1..=256 bytes").into());
+    }
+    if report.last_error.as_ref().is_some_and(|e| e.len() > 2_048) {
+        return Err(FieldError::new("last_error", "at most 2,048 bytes").into());
+    }
+    let key = format!("{}{}", crate::bundles::FLEET_PREFIX, report.node_id);
+    let entry = crate::bundles::FleetEntry {
+        report,
+        received_at: now_ms() / 1000,
+    };
+    let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::Format(e.to_string()))?;
+    for _ in 0..8 {
+        let current = app.store.get_blob(key.clone()).await?;
+        if app
+            .store
+            .swap_blob(key.clone(), current, bytes.clone())
+            .await?
+        {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    Err(ApiError::Unavailable("fleet report contended; retry"))
+}
+
+async fn fleet<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let now = now_ms() / 1000;
+    let (_, state) = app.bundle_state().await?;
+    let nodes: Vec<serde_json::Value> = app
+        .store
+        .list_blobs(crate::bundles::FLEET_PREFIX.to_owned())
+        .await?
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice::<crate::bundles::FleetEntry>(&bytes).ok())
+        .map(|e| {
+            let stale = now.saturating_sub(e.received_at) > app.settings.fleet_stale_seconds;
+            serde_json::json!({
+                "node_id": e.report.node_id,
+                "stable_revision": e.report.stable_revision,
+                "canary_revision": e.report.canary_revision,
+                "last_error": e.report.last_error,
+                "clock_skew_ms": e.report.clock_skew_ms,
+                "reported_at": e.report.reported_at,
+                "last_seen": e.received_at,
+                "stale": stale,
+            })
+        })
+        .collect();
+    let mut out = bundle_summary(&state);
+    if let Some(map) = out.as_object_mut() {
+        map.insert("nodes".into(), serde_json::Value::Array(nodes));
+    }
+    Ok(Json(out))
 }

@@ -177,3 +177,69 @@ fn decisions_and_events_from_the_shell() {
     let out = run(port, common::READ, &["decisions", "list"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
 }
+
+#[test]
+fn policy_push_canary_promote_abort_and_fleet_from_the_shell() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    // This cache accepts unsigned bundles (--allow-unsigned), so plain JSON can be pushed here;
+    // signed pushes and refusals are covered in tests/store_suite.rs.
+    let cache =
+        common::CacheProcess::start(work.path(), &["--data".into(), data.display().to_string()]);
+    let port = cache.port;
+    let bundle = |rev: u64| {
+        let path = work.path().join(format!("b{rev}.json"));
+        std::fs::write(
+            &path,
+            format!(r#"{{"format_version":1,"revision":{rev},"min_engine_version":"0.1.0"}}"#),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let out = run(port, common::ADMIN, &["policy", "push", &bundle(10)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("stable revision 10"), "{}", text(&out));
+    let out = run(port, common::ADMIN, &["policy", "push", &bundle(9)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("lower than the active revision 10"),
+        "{}",
+        text(&out)
+    );
+    let out = run(
+        port,
+        common::ADMIN,
+        &["policy", "push", &bundle(11), "--canary", "10"],
+    );
+    assert!(
+        text(&out).contains("canary revision 11 at 10%"),
+        "{}",
+        text(&out)
+    );
+    let out = run(port, common::ADMIN, &["policy", "abort"]);
+    assert!(
+        text(&out).contains("aborted: stable revision 10, canary revision none"),
+        "{}",
+        text(&out)
+    );
+    let out = run(
+        port,
+        common::ADMIN,
+        &["policy", "push", &bundle(12), "--canary", "50"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(port, common::ADMIN, &["policy", "promote", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stable_revision"], 12);
+
+    let report = serde_json::json!({"node_id": "envoy-1/signalbox", "stable_revision": 12, "clock_skew_ms": 3,
+        "reported_at": 1, "last_error": "bundle revision 9 refused"});
+    let (s, _) = common::post(port, "/v1/fleet", common::READ, &report.to_string()).unwrap();
+    assert_eq!(s, 204);
+    let out = run(port, common::READ, &["fleet"]);
+    let listing = text(&out);
+    assert!(
+        listing.contains("envoy-1/signalbox") && listing.contains("bundle revision 9 refused"),
+        "{listing}"
+    );
+}

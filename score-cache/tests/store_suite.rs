@@ -653,3 +653,267 @@ async fn two_nodes_share_one_redis() {
     post_events(&rb, vec![event("x1", "user", "mallory", "chargeback", 33)]).await;
     assert_eq!(context(&ra, "user=mallory").await["user"]["score"], 33);
 }
+
+mod bundles {
+    use super::*;
+    use signalbox_policy::signing::{
+        TrustedKeys, public_key_base64, sign, signing_key_from_base64,
+    };
+
+    const SEED: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
+    fn signed(revision: u64, expires: &str) -> String {
+        let key = signing_key_from_base64(SEED).unwrap();
+        let bundle = json!({"format_version": 1, "revision": revision, "min_engine_version": "0.1.0", "expires_at": expires});
+        serde_json::to_string(&sign(bundle.to_string().as_bytes(), "k1", &key)).unwrap()
+    }
+
+    async fn put(r: &Router, path: &str, body: String) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method("PUT")
+            .uri(path)
+            .header("authorization", format!("Bearer {}", common::ADMIN))
+            .body(Body::from(body))
+            .unwrap();
+        let response = r.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn keyed(settings: Settings) -> Settings {
+        let key = signing_key_from_base64(SEED).unwrap();
+        let public = public_key_base64(&key);
+        Settings {
+            bundle_keys: TrustedKeys::from_base64([("k1", public.as_str())]).unwrap(),
+            ..settings
+        }
+    }
+
+    pub(super) fn embedded_keyed() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        Fixture {
+            app: App::new(
+                AnyStore::Embedded(store),
+                common::policy(),
+                keyed(settings()),
+            ),
+            _dir: Some(dir),
+            _redis: None,
+        }
+    }
+
+    pub(super) fn redis_keyed() -> Fixture {
+        let redis = common::Redis::start();
+        let store = RedisStore::open(&redis.url(), "t", Duration::from_millis(500), 30).unwrap();
+        Fixture {
+            app: App::new(AnyStore::Redis(store), common::policy(), keyed(settings())),
+            _dir: None,
+            _redis: Some(redis),
+        }
+    }
+
+    pub(super) async fn push_canary_promote_abort(f: Fixture) {
+        let r = f.router();
+        let future = "2099-01-01T00:00:00Z";
+        let (s, _, _) = call(&r, "GET", "/v1/bundle", Some(common::READ), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // Unsigned, tampered, expired: refused with the reason.
+        let plain =
+            json!({"format_version": 1, "revision": 5, "min_engine_version": "0.1.0"}).to_string();
+        let (s, v) = put(&r, "/v1/bundle", plain).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        assert!(v["message"].as_str().unwrap().contains("not signed"), "{v}");
+        let mut tampered: Value = serde_json::from_str(&signed(5, future)).unwrap();
+        let other: Value = serde_json::from_str(&signed(50, future)).unwrap();
+        tampered["payload"] = other["payload"].clone();
+        let (s, v) = put(&r, "/v1/bundle", tampered.to_string()).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        assert!(
+            v["message"].as_str().unwrap().contains("does not verify"),
+            "{v}"
+        );
+        let (s, v) = put(&r, "/v1/bundle", signed(5, "2020-01-01T00:00:00Z")).await;
+        assert!(
+            s == StatusCode::CONFLICT && v["message"].as_str().unwrap().contains("expired"),
+            "{v}"
+        );
+        // A good one.
+        let (s, v) = put(&r, "/v1/bundle", signed(7, future)).await;
+        assert_eq!(
+            (s, v["stable_revision"].as_u64()),
+            (StatusCode::OK, Some(7)),
+            "{v}"
+        );
+        // Never back, never sideways.
+        let (s, v) = put(&r, "/v1/bundle", signed(6, future)).await;
+        assert!(
+            s == StatusCode::CONFLICT && v["message"].as_str().unwrap().contains("lower"),
+            "{v}"
+        );
+        let (s, _) = put(&r, "/v1/bundle", signed(7, future)).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        // A 10% canary, seen by edges with an ETag.
+        let body = json!({"bundle": signed(8, future), "percent": 10}).to_string();
+        let (s, v) = put(&r, "/v1/bundle/canary", body).await;
+        assert_eq!(
+            (s, v["canary_revision"].as_u64()),
+            (StatusCode::OK, Some(8)),
+            "{v}"
+        );
+        let (s, env, headers) = call(&r, "GET", "/v1/bundle", Some(common::READ), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let envelope: signalbox_wire::BundleEnvelopeV1 = serde_json::from_value(env).unwrap();
+        assert_eq!(envelope.canary.as_ref().unwrap().percent, 10);
+        let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+        let req = Request::builder()
+            .uri("/v1/bundle")
+            .header("authorization", format!("Bearer {}", common::READ))
+            .header("if-none-match", &etag)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            r.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::NOT_MODIFIED
+        );
+        // Abort: the stable revision stays 7.
+        let (s, v, _) = call(&r, "DELETE", "/v1/bundle/canary", Some(common::ADMIN), None).await;
+        assert_eq!(
+            (
+                s,
+                v["stable_revision"].as_u64(),
+                v["canary_revision"].as_u64()
+            ),
+            (StatusCode::OK, Some(7), None)
+        );
+        // A canary below the highest revision ever offered (8) is refused; 9 goes, then promote.
+        let (s, _) = put(
+            &r,
+            "/v1/bundle/canary",
+            json!({"bundle": signed(8, future), "percent": 10}).to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _) = put(
+            &r,
+            "/v1/bundle/canary",
+            json!({"bundle": signed(9, future), "percent": 101}).to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _) = put(
+            &r,
+            "/v1/bundle/canary",
+            json!({"bundle": signed(9, future), "percent": 25}).to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, v, _) = call(&r, "POST", "/v1/bundle/promote", Some(common::ADMIN), None).await;
+        assert_eq!(
+            (
+                s,
+                v["stable_revision"].as_u64(),
+                v["canary_revision"].as_u64()
+            ),
+            (StatusCode::OK, Some(9), None)
+        );
+        let (s, _, _) = call(&r, "POST", "/v1/bundle/promote", Some(common::ADMIN), None).await;
+        assert_eq!(s, StatusCode::CONFLICT, "nothing left to promote");
+        // Edges cannot push.
+        let req = Request::builder()
+            .method("PUT")
+            .uri("/v1/bundle")
+            .header("authorization", format!("Bearer {}", common::READ))
+            .body(Body::from(signed(10, future)))
+            .unwrap();
+        assert_eq!(
+            r.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    pub(super) async fn fleet_reports_and_staleness(f: Fixture) {
+        let r = f.router();
+        for (node, stable, error) in [
+            ("edge-a", 7, None),
+            ("edge-b", 6, Some("bundle revision 5 refused: lower")),
+        ] {
+            let report = json!({"node_id": node, "stable_revision": stable, "last_error": error,
+                "clock_skew_ms": -12, "reported_at": server::now_ms() / 1000});
+            let (s, v, _) = call(&r, "POST", "/v1/fleet", Some(common::READ), Some(report)).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+        }
+        // A node last heard from ten minutes ago (written as the store keeps it).
+        let old = signalbox_score_cache::bundles::FleetEntry {
+            report: signalbox_wire::FleetReportV1 {
+                node_id: "edge-old".into(),
+                stable_revision: 3,
+                canary_revision: None,
+                last_error: None,
+                clock_skew_ms: 0,
+                reported_at: server::now_ms() / 1000 - 600,
+            },
+            received_at: server::now_ms() / 1000 - 600,
+        };
+        let stored = f
+            .app
+            .store()
+            .swap_blob(
+                "fleet/edge-old".into(),
+                None,
+                serde_json::to_vec(&old).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(stored);
+        let (s, v, _) = call(&r, "GET", "/v1/fleet", Some(common::READ), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let nodes = v["nodes"].as_array().unwrap();
+        let by = |id: &str| nodes.iter().find(|n| n["node_id"] == id).unwrap().clone();
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(by("edge-a")["stale"], false);
+        assert_eq!(
+            by("edge-b")["last_error"],
+            "bundle revision 5 refused: lower"
+        );
+        assert_eq!(by("edge-old")["stale"], true);
+        let (s, v, _) = call(
+            &r,
+            "POST",
+            "/v1/fleet",
+            Some(common::READ),
+            Some(json!({"node_id": "", "stable_revision": 1, "reported_at": 1})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("node_id"))
+        );
+    }
+}
+
+mod bundles_embedded_store {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_canary_promote_abort() {
+        super::bundles::push_canary_promote_abort(super::bundles::embedded_keyed()).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fleet_reports_and_staleness() {
+        super::bundles::fleet_reports_and_staleness(super::bundles::embedded_keyed()).await
+    }
+}
+
+mod bundles_redis_store {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_canary_promote_abort() {
+        super::bundles::push_canary_promote_abort(super::bundles::redis_keyed()).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fleet_reports_and_staleness() {
+        super::bundles::fleet_reports_and_staleness(super::bundles::redis_keyed()).await
+    }
+}

@@ -42,6 +42,8 @@ const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("decision_log");
 /// id of an active (not lifted) decision → the seq that added it.
 const DECISION_IDS: TableDefinition<&str, u64> = TableDefinition::new("decision_ids");
+/// Small named values: the bundles, fleet reports.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 
 const LAST_SEQ: &str = "last_seq";
 const COMPACTED_THROUGH: &str = "compacted_through";
@@ -80,6 +82,12 @@ enum Write {
         tombstones_before: u64,
         reply: oneshot::Sender<Result<PurgeOutcome, StoreError>>,
     },
+    Swap {
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 /// What a write computed inside the transaction, sent once the commit is durable.
@@ -94,6 +102,7 @@ enum Answer {
         Option<u64>,
     ),
     Erase(oneshot::Sender<Result<bool, StoreError>>, bool),
+    Swap(oneshot::Sender<Result<bool, StoreError>>, bool),
     Purge(
         oneshot::Sender<Result<PurgeOutcome, StoreError>>,
         PurgeOutcome,
@@ -108,6 +117,7 @@ impl Answer {
             Answer::Delete(r, v) => drop(r.send(Ok(v))),
             Answer::Erase(r, v) => drop(r.send(Ok(v))),
             Answer::Purge(r, v) => drop(r.send(Ok(v))),
+            Answer::Swap(r, v) => drop(r.send(Ok(v))),
         }
     }
 
@@ -119,6 +129,7 @@ impl Answer {
             Answer::Delete(r, _) => drop(r.send(Err(e()))),
             Answer::Erase(r, _) => drop(r.send(Err(e()))),
             Answer::Purge(r, _) => drop(r.send(Err(e()))),
+            Answer::Swap(r, _) => drop(r.send(Err(e()))),
         }
     }
 }
@@ -178,6 +189,7 @@ impl EmbeddedStore {
             txn.open_table(EVENT_IDS).map_err(unavailable)?;
             txn.open_table(LOG).map_err(unavailable)?;
             txn.open_table(DECISION_IDS).map_err(unavailable)?;
+            txn.open_table(BLOBS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -270,6 +282,7 @@ fn commit(db: &Database, batch: Vec<Write>) -> Result<Vec<Answer>, Failed> {
                     Write::DeleteDecision { reply, .. } => Answer::Delete(reply, None),
                     Write::Erase { reply, .. } => Answer::Erase(reply, false),
                     Write::Purge { reply, .. } => Answer::Purge(reply, PurgeOutcome::default()),
+                    Write::Swap { reply, .. } => Answer::Swap(reply, false),
                 });
             }
             Err((answers, message))
@@ -298,6 +311,20 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
 /// One write inside the open transaction. A failure here aborts the whole commit.
 fn apply(txn: &redb::WriteTransaction, write: Write) -> Result<Answer, redb::Error> {
     Ok(match write {
+        Write::Swap {
+            key,
+            expected,
+            value,
+            reply,
+        } => {
+            let mut blobs = txn.open_table(BLOBS)?;
+            let current = blobs.get(key.as_str())?.map(|v| v.value().to_vec());
+            let swapped = current == expected;
+            if swapped {
+                blobs.insert(key.as_str(), value.as_slice())?;
+            }
+            Answer::Swap(reply, swapped)
+        }
         Write::Ingest {
             events,
             now_ms,
@@ -577,5 +604,43 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.begin_read().map(drop).map_err(unavailable)
+    }
+
+    async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(BLOBS).map_err(unavailable)?;
+        Ok(table
+            .get(key.as_str())
+            .map_err(unavailable)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    async fn swap_blob(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.submit(|reply| Write::Swap {
+            key,
+            expected,
+            value,
+            reply,
+        })
+        .await
+    }
+
+    async fn list_blobs(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(BLOBS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in table.range(prefix.as_str()..).map_err(unavailable)? {
+            let (k, v) = r.map_err(unavailable)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }

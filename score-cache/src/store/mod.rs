@@ -132,6 +132,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A small named value (the bundles, a fleet report), if set.
+    fn get_blob(
+        &self,
+        key: String,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Sets `key` to `value` if it is still `expected` (`None`: absent); `false` when another
+    /// writer got there first. Durable like every write.
+    fn swap_blob(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every value whose key starts with `prefix`.
+    fn list_blobs(
+        &self,
+        prefix: String,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
 /// The two stores behind one type, for the server and the binary.
@@ -193,6 +214,20 @@ impl Store for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())
+    }
+    async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.get_blob(key))
+    }
+    async fn swap_blob(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.swap_blob(key, expected, value))
+    }
+    async fn list_blobs(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        dispatch!(self, s => s.list_blobs(prefix))
     }
 }
 

@@ -78,6 +78,19 @@ redis.call('ZADD', KEYS[2], seq, seq .. '|' .. ARGV[3])
 return seq
 ";
 
+/// Sets a blob if it is still ARGV[1] (`ARGV[3] == "0"`: expected absent). KEYS: the hash;
+/// ARGV: expected, field, expected-present flag, value. Returns 1 when set.
+const SWAP_SCRIPT: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[2])
+if ARGV[3] == '0' then
+  if current ~= false then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+return 1
+";
+
 impl RedisStore {
     /// Connects lazily (the cache starts, and `/readyz` says not ready, while Redis is down);
     /// `timeout` bounds every call.
@@ -135,6 +148,10 @@ impl RedisStore {
 
     fn subject_key(&self, subject: &SubjectKey) -> String {
         format!("{}:{{s:{}}}", self.prefix, subject.storage_key())
+    }
+
+    fn blobs(&self) -> String {
+        format!("{}:{{blobs}}", self.prefix)
     }
 
     fn decisions(&self, part: &str) -> String {
@@ -514,6 +531,49 @@ impl Store for RedisStore {
             }
         }
         Ok(outcome)
+    }
+
+    async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.deadline(async { conn.hget(self.blobs(), &key).await.map_err(unavailable) })
+            .await
+    }
+
+    async fn swap_blob(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let present = if expected.is_some() { "1" } else { "0" };
+        let set: i64 = self
+            .deadline(async {
+                redis::Script::new(SWAP_SCRIPT)
+                    .key(self.blobs())
+                    .arg(expected.unwrap_or_default())
+                    .arg(&key)
+                    .arg(present)
+                    .arg(value)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(set == 1)
+    }
+
+    async fn list_blobs(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, Vec<u8>)> = self
+            .deadline(async { conn.hgetall(self.blobs()).await.map_err(unavailable) })
+            .await?;
+        let mut out: Vec<(String, Vec<u8>)> = all
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
