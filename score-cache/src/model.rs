@@ -54,6 +54,23 @@ impl SubjectKey {
     }
 }
 
+impl SubjectKey {
+    /// Parses a storage key (`<scope>:<key>`).
+    pub fn from_storage_key(text: &str) -> Option<Self> {
+        let (scope, key) = text.split_once(':')?;
+        let scope = match scope {
+            "ip" => ScopeV1::Ip,
+            "user" => ScopeV1::User,
+            "device" => ScopeV1::Device,
+            _ => return None,
+        };
+        Some(Self {
+            scope,
+            key: key.to_owned(),
+        })
+    }
+}
+
 /// The wire name of a scope.
 pub fn scope_name(scope: ScopeV1) -> &'static str {
     match scope {

@@ -314,21 +314,25 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     let settings = &app.settings;
     let mut v1 = Router::new()
         .route("/v1/context", get(context::<S>))
-        .route("/v1/events", post(events::<S>))
         .route(
             "/v1/decisions",
             post(add_decision::<S>).get(list_decisions::<S>),
         )
         .route("/v1/decisions/{id}", delete(delete_decision::<S>))
         .route("/v1/decisions/stream", get(stream::<S>))
-        .route("/v1/subjects/{scope}/{key}", delete(erase_subject::<S>))
         .route("/v1/bundle", get(get_bundle::<S>).put(put_bundle::<S>))
         .route(
             "/v1/bundle/canary",
             axum::routing::put(put_canary::<S>).delete(abort_canary::<S>),
         )
         .route("/v1/bundle/promote", post(promote_canary::<S>))
-        .route("/v1/fleet", get(fleet::<S>).post(report::<S>));
+        .route("/v1/fleet", get(fleet::<S>).post(report::<S>))
+        .route("/v1/scores", get(scores::<S>))
+        .route(
+            "/v1/subjects/{scope}/{key}",
+            get(subject::<S>).delete(erase_subject::<S>),
+        )
+        .route("/v1/events", get(list_events::<S>).post(events::<S>));
     if settings.bench_routes {
         v1 = v1.route("/v1/noop", get(noop::<S>));
     }
@@ -1022,4 +1026,236 @@ async fn fleet<S: Store>(
         map.insert("nodes".into(), serde_json::Value::Array(nodes));
     }
     Ok(Json(out))
+}
+
+type Params = std::collections::HashMap<String, String>;
+
+/// A query parameter parsed as `T`, naming it when it does not parse.
+fn param<T: std::str::FromStr>(
+    params: &Params,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| ApiError::BadRequest(FieldError::new(name, format!("must be {what}"))))
+        })
+        .transpose()
+}
+
+fn page_and_limit(params: &Params) -> Result<(usize, usize), ApiError> {
+    let page = param::<usize>(params, "page", "a page number from 1")?.unwrap_or(1);
+    let limit = param::<usize>(params, "limit", "1..=200")?.unwrap_or(50);
+    if page == 0 {
+        return Err(FieldError::new("page", "must be a page number from 1").into());
+    }
+    if !(1..=200).contains(&limit) {
+        return Err(FieldError::new("limit", "must be 1..=200").into());
+    }
+    Ok((page, limit))
+}
+
+fn trend_name(t: signalbox_wire::TrendV1) -> &'static str {
+    match t {
+        signalbox_wire::TrendV1::Rising => "rising",
+        signalbox_wire::TrendV1::Steady => "steady",
+        signalbox_wire::TrendV1::Falling => "falling",
+    }
+}
+
+/// `GET /v1/scores`: subjects ranked by risk, filtered, paged, with a summary of all that
+/// match. A full scan of the subjects (fine for thousands; an index is future work).
+async fn scores<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let min = param::<u8>(&params, "min_score", "0..=100")?.unwrap_or(0);
+    let max = param::<u8>(&params, "max_score", "0..=100")?.unwrap_or(100);
+    if min > 100 || max > 100 || min > max {
+        return Err(FieldError::new("min_score", "0..=100 and not above max_score").into());
+    }
+    let level = params.get("level").map(String::as_str);
+    if let Some(l) = level
+        && !["low", "medium", "high", "critical"].contains(&l)
+    {
+        return Err(FieldError::new("level", "one of low, medium, high, critical").into());
+    }
+    let trend = params.get("trend").map(String::as_str);
+    if let Some(t) = trend
+        && !["rising", "steady", "falling"].contains(&t)
+    {
+        return Err(FieldError::new("trend", "one of rising, steady, falling").into());
+    }
+    let search = params.get("search").map(|s| s.to_ascii_lowercase());
+    let (page, limit) = page_and_limit(&params)?;
+    let now = now_ms();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut scored: Vec<(u8, serde_json::Value)> = app
+        .store
+        .all_subjects()
+        .await?
+        .into_iter()
+        .filter_map(|(key, state)| {
+            let view = state.view(now, &app.scoring);
+            let lvl = app.policy.level_of(view.score).as_str();
+            let keep = view.score >= min
+                && view.score <= max
+                && level.is_none_or(|l| l == lvl)
+                && trend.is_none_or(|t| t == trend_name(view.trend))
+                && search
+                    .as_ref()
+                    .is_none_or(|q| key.key.to_ascii_lowercase().contains(q.as_str()));
+            keep.then(|| {
+                (
+                    view.score,
+                    serde_json::json!({
+                        "scope": model::scope_name(key.scope), "key": key.key, "score": view.score,
+                        "level": lvl, "trend": trend_name(view.trend),
+                        "factors": view.factors.iter().map(|(c, p)| serde_json::json!({"code": c, "points": p})).collect::<Vec<_>>(),
+                        "last_event_ms": view.last_event_ms,
+                    }),
+                )
+            })
+        })
+        .collect();
+    scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
+    let total = scored.len();
+    let sum: u64 = scored.iter().map(|(s, _)| u64::from(*s)).sum();
+    let count_level = |l: &str| {
+        scored
+            .iter()
+            .filter(|(s, _)| app.policy.level_of(*s).as_str() == l)
+            .count()
+    };
+    let (high, critical) = (count_level("high"), count_level("critical"));
+    rows.extend(
+        scored
+            .into_iter()
+            .skip((page - 1).saturating_mul(limit))
+            .take(limit)
+            .map(|(_, v)| v),
+    );
+    Ok(Json(serde_json::json!({
+        "subjects": rows,
+        "page": page, "limit": limit, "total": total,
+        "summary": {
+            "average_score": if total == 0 { 0.0 } else { sum as f64 / total as f64 },
+            "high_risk": high, "critical_risk": critical,
+        },
+    })))
+}
+
+/// `GET /v1/subjects/{scope}/{key}`: score, factors with points, score history (the score
+/// just after each stored event, replayed), recent events and the decision in force.
+async fn subject<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Path((scope, key)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let subject = model::subject_of("subject", &scope, &key, &app.settings.ip)?;
+    let state = app
+        .store
+        .subjects(vec![subject.clone()])
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let mut events = app.store.events_of(subject.clone(), 500).await?;
+    let now = now_ms();
+    let view = state.unwrap_or_default().view(now, &app.scoring);
+    events.sort_by_key(|e| (e.at_ms, e.received_ms));
+    let mut replay = crate::scoring::SubjectState::default();
+    let history: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let one = [crate::scoring::Event {
+                event_type: &e.event_type,
+                points: e.points,
+                at_ms: e.at_ms,
+            }];
+            replay.apply(&one, e.at_ms, &app.scoring);
+            serde_json::json!({"at_ms": e.at_ms, "score": replay.view(e.at_ms, &app.scoring).score})
+        })
+        .collect();
+    events.reverse();
+    events.truncate(50);
+    let active = app.active.read().await;
+    let decision = match subject.scope {
+        ScopeV1::Ip => active.for_ip(key.parse().ok(), &subject.key, now / 1000),
+        other => active.for_key(other, &subject.key, now / 1000),
+    };
+    Ok(Json(serde_json::json!({
+        "scope": model::scope_name(subject.scope), "key": subject.key,
+        "score": view.score, "level": app.policy.level_of(view.score).as_str(),
+        "trend": trend_name(view.trend),
+        "factors": view.factors.iter().map(|(c, p)| serde_json::json!({"code": c, "points": p})).collect::<Vec<_>>(),
+        "history": history,
+        "events": events,
+        "decision": decision,
+    })))
+}
+
+/// `GET /v1/events?subject=scope:key&type=&severity=&from=&to=&page=&limit=`, newest first.
+async fn list_events<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let subjects: Vec<SubjectKey> = match params.get("subject") {
+        Some(text) => {
+            let (scope, key) = text
+                .split_once(':')
+                .ok_or_else(|| FieldError::new("subject", "scope:key, e.g. user:alice"))?;
+            vec![
+                model::subject_of("subject", scope, key, &app.settings.ip)
+                    .map_err(|e| FieldError::new("subject", e.message))?,
+            ]
+        }
+        None => app
+            .store
+            .all_subjects()
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect(),
+    };
+    let severity = params.get("severity").map(String::as_str);
+    if let Some(sv) = severity
+        && !["low", "medium", "high", "critical"].contains(&sv)
+    {
+        return Err(FieldError::new("severity", "one of low, medium, high, critical").into());
+    }
+    let from = param::<u64>(&params, "from", "unix milliseconds")?.unwrap_or(0);
+    let to = param::<u64>(&params, "to", "unix milliseconds")?.unwrap_or(u64::MAX);
+    let kind = params.get("type");
+    let (page, limit) = page_and_limit(&params)?;
+    let mut found = Vec::new();
+    for s in subjects {
+        for e in app.store.events_of(s, 10_000).await? {
+            let sev = serde_json::to_value(e.severity).ok();
+            let keep = e.at_ms >= from
+                && e.at_ms <= to
+                && kind.is_none_or(|k| *k == e.event_type)
+                && severity.is_none_or(|sv| sev.as_ref().and_then(|v| v.as_str()) == Some(sv));
+            if keep {
+                found.push(e);
+            }
+        }
+    }
+    found.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then_with(|| a.id.cmp(&b.id)));
+    let total = found.len();
+    let rows: Vec<model::Event> = found
+        .into_iter()
+        .skip((page - 1).saturating_mul(limit))
+        .take(limit)
+        .collect();
+    Ok(Json(
+        serde_json::json!({"events": rows, "page": page, "limit": limit, "total": total}),
+    ))
 }

@@ -525,6 +525,148 @@ async fn erasure_and_history(f: Fixture) {
     assert!(f.app.store().events_of(key, 10).await.unwrap().is_empty());
 }
 
+async fn people_read_scores_subjects_and_events(f: Fixture) {
+    let r = f.router();
+    post_events(
+        &r,
+        vec![
+            event("q1", "user", "alice", "chargeback", 60),
+            event("q2", "user", "alice", "failed_login", 25),
+            event("q3", "user", "bob", "failed_login", 10),
+            event("q4", "ip", "192.0.2.77", "abuse_report", 40),
+        ],
+    )
+    .await;
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/scores?min_score=30",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let keys: Vec<&str> = v["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["alice", "192.0.2.77"],
+        "ranked by score, bob filtered out"
+    );
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["summary"]["critical_risk"], 1, "{v}");
+    assert_eq!(v["summary"]["average_score"], 62.5);
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/scores?search=BO&limit=1",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(v["subjects"][0]["key"], "bob");
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/scores?level=critical",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 1);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("min_score=x", "min_score"),
+        ("level=red", "level"),
+        ("trend=up", "trend"),
+        ("page=0", "page"),
+    ] {
+        let (s, v, _) = call(
+            &r,
+            "GET",
+            &format!("/v1/scores?{query}"),
+            Some(common::READ),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, v["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{query}"
+        );
+    }
+    add_decision(&r, "challenge", "user", "alice").await;
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/subjects/user/alice",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["score"], 85);
+    assert_eq!(
+        v["factors"][0],
+        json!({"code": "event.chargeback", "points": 60})
+    );
+    assert_eq!(v["history"].as_array().unwrap().len(), 2);
+    assert_eq!(v["history"][1]["score"], 85);
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+    assert_eq!(v["decision"]["action"], "challenge");
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/events?subject=user:alice&type=chargeback",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["events"][0]["id"], "q1");
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/events?type=failed_login&limit=1",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (v["total"].as_u64(), v["events"].as_array().unwrap().len()),
+        (Some(2), 1)
+    );
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/events?severity=urgent",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("severity"))
+    );
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/events?from=yesterday",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("from"))
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod embedded_store {
@@ -547,6 +689,7 @@ suite!(
     the_stream_pages_snapshots_deltas_and_etags,
     compaction_sends_old_cursors_back_to_a_snapshot,
     erasure_and_history,
+    people_read_scores_subjects_and_events,
 );
 
 /// One step of the property test: add a decision, lift one, or let a client follow.

@@ -606,6 +606,22 @@ impl Store for EmbeddedStore {
         self.db.begin_read().map(drop).map_err(unavailable)
     }
 
+    async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SUBJECTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(unavailable)? {
+            let (k, v) = r.map_err(unavailable)?;
+            if let (Some(key), Some(state)) = (
+                SubjectKey::from_storage_key(k.value()),
+                SubjectState::decode(v.value()),
+            ) {
+                out.push((key, state));
+            }
+        }
+        Ok(out)
+    }
+
     async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(BLOBS).map_err(unavailable)?;

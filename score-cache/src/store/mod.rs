@@ -133,6 +133,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the backend answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Every subject with stored state, in storage-key order (the people-facing listing; a
+    /// full scan).
+    fn all_subjects(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(SubjectKey, SubjectState)>, StoreError>> + Send;
+
     /// A small named value (the bundles, a fleet report), if set.
     fn get_blob(
         &self,
@@ -217,6 +223,9 @@ impl Store for AnyStore {
     }
     async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         dispatch!(self, s => s.get_blob(key))
+    }
+    async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
+        dispatch!(self, s => s.all_subjects())
     }
     async fn swap_blob(
         &self,

@@ -533,6 +533,36 @@ impl Store for RedisStore {
         Ok(outcome)
     }
 
+    async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:{{s:*}}", self.prefix);
+        let keys: Vec<String> = self
+            .deadline(async {
+                let mut iter: redis::AsyncIter<'_, String> =
+                    conn.scan_match(&pattern).await.map_err(unavailable)?;
+                let mut keys = Vec::new();
+                while let Some(k) = iter.next_item().await {
+                    keys.push(k.map_err(unavailable)?);
+                }
+                Ok(keys)
+            })
+            .await?;
+        let head = format!("{}:{{s:", self.prefix);
+        let subjects: Vec<SubjectKey> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&head)?.strip_suffix('}'))
+            .filter_map(SubjectKey::from_storage_key)
+            .collect();
+        let states = self.subjects(subjects.clone()).await?;
+        let mut out: Vec<(SubjectKey, SubjectState)> = subjects
+            .into_iter()
+            .zip(states)
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect();
+        out.sort_by_key(|(k, _)| k.storage_key());
+        Ok(out)
+    }
+
     async fn get_blob(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.conn.clone();
         self.deadline(async { conn.hget(self.blobs(), &key).await.map_err(unavailable) })
