@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Accept plain, unsigned bundles (this one, and pushed ones; development only).
     #[arg(long)]
     allow_unsigned: bool,
+    /// Days edges' verdict records are kept.
+    #[arg(long, default_value_t = 14)]
+    log_retention_days: u32,
     /// An edge that has not reported for this long is stale in `GET /v1/fleet`, seconds.
     #[arg(long, default_value_t = 120)]
     fleet_stale_seconds: u64,
@@ -162,6 +165,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         bundle_keys: keys,
         allow_unsigned_bundles: args.allow_unsigned,
         fleet_stale_seconds: args.fleet_stale_seconds,
+        log_retention_days: args.log_retention_days,
         ..Settings::default()
     };
     let timeout = Duration::from_millis(args.store_timeout_ms);

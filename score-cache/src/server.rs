@@ -66,6 +66,8 @@ pub struct Settings {
     pub allow_unsigned_bundles: bool,
     /// An edge that has not reported for this long is stale in `/v1/fleet`.
     pub fleet_stale_seconds: u64,
+    /// Edges' verdict records are kept this many days.
+    pub log_retention_days: u32,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             bundle_keys: signalbox_policy::signing::TrustedKeys::default(),
             allow_unsigned_bundles: false,
             fleet_stale_seconds: 120,
+            log_retention_days: 14,
         }
     }
 }
@@ -158,6 +161,13 @@ impl<S: Store> App<S> {
     pub async fn purge(&self) -> Result<crate::store::PurgeOutcome, StoreError> {
         let now = now_ms();
         let day_ms = 86_400_000u64;
+        let records = self
+            .store
+            .purge_records(now.saturating_sub(u64::from(self.settings.log_retention_days) * day_ms))
+            .await?;
+        if records > 0 {
+            tracing::info!(records, "decision log records past retention removed");
+        }
         self.store
             .purge(
                 now.saturating_sub(u64::from(self.settings.retention_days) * day_ms),
@@ -327,6 +337,10 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/bundle/promote", post(promote_canary::<S>))
         .route("/v1/fleet", get(fleet::<S>).post(report::<S>))
+        .route(
+            "/v1/decisions/log",
+            get(read_log::<S>).post(append_log::<S>),
+        )
         .route("/v1/scores", get(scores::<S>))
         .route(
             "/v1/subjects/{scope}/{key}",
@@ -1257,5 +1271,94 @@ async fn list_events<S: Store>(
         .collect();
     Ok(Json(
         serde_json::json!({"events": rows, "page": page, "limit": limit, "total": total}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordsIn {
+    records: Vec<signalbox_wire::DecisionRecordV1>,
+}
+
+const DECISIONS: [&str; 4] = ["pass", "challenge", "throttle", "block"];
+
+/// `POST /v1/decisions/log`: edges ship their verdict records (non-pass verdicts and a sample
+/// of passes) in batches of at most 1,000; all or nothing.
+async fn append_log<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let input: RecordsIn = parse_json(&body_of(body)?)?;
+    if input.records.len() > model::MAX_BATCH {
+        return Err(FieldError::new("records", "at most 1000 records per batch").into());
+    }
+    for (i, r) in input.records.iter().enumerate() {
+        let at = |f: &str| format!("records[{i}].{f}");
+        if r.request_id.is_empty() || r.request_id.len() > model::MAX_KEY_BYTES {
+            return Err(FieldError::new(at("request_id"), "1..=256 bytes").into());
+        }
+        if r.node_id.is_empty() || r.node_id.len() > model::MAX_KEY_BYTES {
+            return Err(FieldError::new(at("node_id"), "1..=256 bytes").into());
+        }
+        if !DECISIONS.contains(&r.decision.as_str()) {
+            return Err(
+                FieldError::new(at("decision"), "one of pass, challenge, throttle, block").into(),
+            );
+        }
+        if r.path.len() > 2_048 || r.reasons.len() > 64 || r.rules.len() > 64 {
+            return Err(FieldError::new(
+                at("path"),
+                "a record is capped: path 2 KiB, 64 reasons, 64 rules",
+            )
+            .into());
+        }
+    }
+    let n = input.records.len();
+    app.store.append_records(input.records).await?;
+    Ok(Json(serde_json::json!({"accepted": n})))
+}
+
+/// `GET /v1/decisions/log?decision=&reason=&class=&route=&revision=&from=&to=&page=&limit=`,
+/// newest first.
+async fn read_log<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let decision = params.get("decision").map(String::as_str);
+    if let Some(d) = decision
+        && !DECISIONS.contains(&d)
+    {
+        return Err(FieldError::new("decision", "one of pass, challenge, throttle, block").into());
+    }
+    let reason = params.get("reason");
+    let class = params.get("class");
+    let route = params.get("route");
+    let revision = param::<u64>(&params, "revision", "a revision number")?;
+    let from = param::<u64>(&params, "from", "unix milliseconds")?.unwrap_or(0);
+    let to = param::<u64>(&params, "to", "unix milliseconds")?.unwrap_or(u64::MAX / 2);
+    let (page, limit) = page_and_limit(&params)?;
+    let all = app.store.records(from, to, 1_000_000).await?;
+    let matching: Vec<&signalbox_wire::DecisionRecordV1> = all
+        .iter()
+        .filter(|r| {
+            decision.is_none_or(|d| r.decision == d)
+                && reason.is_none_or(|code| r.reasons.iter().any(|x| &x.code == code))
+                && class.is_none_or(|c| r.client.split(';').next() == Some(c.as_str()))
+                && route.is_none_or(|name| r.route.as_ref() == Some(name))
+                && revision.is_none_or(|rev| r.revision == rev)
+        })
+        .collect();
+    let total = matching.len();
+    let rows: Vec<&signalbox_wire::DecisionRecordV1> = matching
+        .into_iter()
+        .skip((page - 1).saturating_mul(limit))
+        .take(limit)
+        .collect();
+    Ok(Json(
+        serde_json::json!({"records": rows, "page": page, "limit": limit, "total": total}),
     ))
 }

@@ -667,6 +667,122 @@ async fn people_read_scores_subjects_and_events(f: Fixture) {
     );
 }
 
+fn record(id: &str, at_ms: u64, decision: &str, class: &str, reason: &str, revision: u64) -> Value {
+    json!({"request_id": id, "at_ms": at_ms, "node_id": "edge-1", "revision": revision,
+        "decision": decision, "score": 70, "level": "high",
+        "reasons": [{"code": reason, "points": 25}], "client": class,
+        "method": "GET", "path": "/login", "route": "login", "ip_hash": "ab12", "ip_lists": ["hosting"]})
+}
+
+async fn the_decision_log_keeps_filters_and_expires_records(f: Fixture) {
+    let r = f.router();
+    let now = server::now_ms();
+    let batch = json!({"records": [
+        record("r1", now - 3_000, "challenge", "automation", "ua.automation", 7),
+        record("r2", now - 2_000, "block", "spoofed_bot;bot=\"googlebot\"", "crawler.spoofed", 7),
+        record("r3", now - 1_000, "pass", "browser", "ip.hosting", 8),
+        record("old", now - 30 * 86_400_000, "block", "automation", "ua.automation", 6),
+    ]});
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/decisions/log",
+        Some(common::READ),
+        Some(batch),
+    )
+    .await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (StatusCode::OK, Some(4)),
+        "{v}"
+    );
+    let ids = |v: &Value| -> Vec<String> {
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        &format!("/v1/decisions/log?from={}", now - 10_000),
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&v), ["r3", "r2", "r1"], "newest first");
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/log?decision=block",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&v), ["r2", "old"]);
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/log?class=spoofed_bot",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&v), ["r2"]);
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/log?reason=ua.automation&revision=7",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&v), ["r1"]);
+    let (_, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/log?route=login&limit=1&page=2",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (ids(&v), v["total"].as_u64()),
+        (vec!["r2".to_owned()], Some(4))
+    );
+    let (s, v, _) = call(
+        &r,
+        "GET",
+        "/v1/decisions/log?decision=maybe",
+        Some(common::READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("decision"))
+    );
+    let bad = json!({"records": [record("ok", now, "pass", "browser", "x", 1), record("bad", now, "allow", "browser", "x", 1)]});
+    let (s, v, _) = call(
+        &r,
+        "POST",
+        "/v1/decisions/log",
+        Some(common::READ),
+        Some(bad),
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("records[1].decision"))
+    );
+    // Retention (14 days by default): the month-old record goes, and nothing of the refused batch was stored.
+    f.app.purge().await.unwrap();
+    let (_, v, _) = call(&r, "GET", "/v1/decisions/log", Some(common::READ), None).await;
+    assert_eq!(ids(&v), ["r3", "r2", "r1"]);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod embedded_store {
@@ -690,6 +806,7 @@ suite!(
     compaction_sends_old_cursors_back_to_a_snapshot,
     erasure_and_history,
     people_read_scores_subjects_and_events,
+    the_decision_log_keeps_filters_and_expires_records,
 );
 
 /// One step of the property test: add a decision, lift one, or let a client follow.

@@ -42,6 +42,8 @@ const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("decision_log");
 /// id of an active (not lifted) decision → the seq that added it.
 const DECISION_IDS: TableDefinition<&str, u64> = TableDefinition::new("decision_ids");
+/// `<at_ms, 20 digits>\0<node>\0<request id>` → an edge's verdict record as JSON.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("decision_records");
 /// Small named values: the bundles, fleet reports.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 
@@ -81,6 +83,14 @@ enum Write {
         events_before_ms: u64,
         tombstones_before: u64,
         reply: oneshot::Sender<Result<PurgeOutcome, StoreError>>,
+    },
+    Records {
+        records: Vec<signalbox_wire::DecisionRecordV1>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    PurgeRecords {
+        before_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Swap {
         key: String,
@@ -190,6 +200,7 @@ impl EmbeddedStore {
             txn.open_table(LOG).map_err(unavailable)?;
             txn.open_table(DECISION_IDS).map_err(unavailable)?;
             txn.open_table(BLOBS).map_err(unavailable)?;
+            txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -283,6 +294,8 @@ fn commit(db: &Database, batch: Vec<Write>) -> Result<Vec<Answer>, Failed> {
                     Write::Erase { reply, .. } => Answer::Erase(reply, false),
                     Write::Purge { reply, .. } => Answer::Purge(reply, PurgeOutcome::default()),
                     Write::Swap { reply, .. } => Answer::Swap(reply, false),
+                    Write::Records { reply, .. } => Answer::Swap(reply, false),
+                    Write::PurgeRecords { reply, .. } => Answer::Add(reply, 0),
                 });
             }
             Err((answers, message))
@@ -311,6 +324,26 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
 /// One write inside the open transaction. A failure here aborts the whole commit.
 fn apply(txn: &redb::WriteTransaction, write: Write) -> Result<Answer, redb::Error> {
     Ok(match write {
+        Write::Records { records, reply } => {
+            let mut table = txn.open_table(RECORDS)?;
+            for r in &records {
+                let key = format!("{:020}\0{}\0{}", r.at_ms, r.node_id, r.request_id);
+                table.insert(key.as_str(), to_json(r)?.as_slice())?;
+            }
+            Answer::Swap(reply, true)
+        }
+        Write::PurgeRecords { before_ms, reply } => {
+            let mut table = txn.open_table(RECORDS)?;
+            let end = format!("{before_ms:020}");
+            let old: Vec<String> = table
+                .range(..end.as_str())?
+                .map(|r| r.map(|(k, _)| k.value().to_owned()))
+                .collect::<Result<_, _>>()?;
+            for k in &old {
+                table.remove(k.as_str())?;
+            }
+            Answer::Add(reply, old.len() as u64)
+        }
         Write::Swap {
             key,
             expected,
@@ -604,6 +637,45 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.begin_read().map(drop).map_err(unavailable)
+    }
+
+    async fn append_records(
+        &self,
+        records: Vec<signalbox_wire::DecisionRecordV1>,
+    ) -> Result<(), StoreError> {
+        self.submit(|reply| Write::Records { records, reply })
+            .await
+            .map(drop)
+    }
+
+    async fn records(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<signalbox_wire::DecisionRecordV1>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let (from, to) = (format!("{from_ms:020}"), format!("{:020}\u{1}", to_ms));
+        let mut out = Vec::new();
+        for r in table
+            .range(from.as_str()..to.as_str())
+            .map_err(unavailable)?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = r.map_err(unavailable)?;
+            if let Ok(record) = serde_json::from_slice(v.value()) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_records(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.submit(|reply| Write::PurgeRecords { before_ms, reply })
+            .await
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {

@@ -139,6 +139,26 @@ pub trait Store: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(SubjectKey, SubjectState)>, StoreError>> + Send;
 
+    /// Appends edges' verdict records to the decision log (durable, like every write).
+    fn append_records(
+        &self,
+        records: Vec<signalbox_wire::DecisionRecordV1>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Verdict records with `from_ms <= at_ms <= to_ms`, newest first, at most `limit`.
+    fn records(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<signalbox_wire::DecisionRecordV1>, StoreError>> + Send;
+
+    /// Removes verdict records older than `before_ms`; how many.
+    fn purge_records(
+        &self,
+        before_ms: u64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// A small named value (the bundles, a fleet report), if set.
     fn get_blob(
         &self,
@@ -226,6 +246,23 @@ impl Store for AnyStore {
     }
     async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
         dispatch!(self, s => s.all_subjects())
+    }
+    async fn append_records(
+        &self,
+        records: Vec<signalbox_wire::DecisionRecordV1>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_records(records))
+    }
+    async fn records(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<signalbox_wire::DecisionRecordV1>, StoreError> {
+        dispatch!(self, s => s.records(from_ms, to_ms, limit))
+    }
+    async fn purge_records(&self, before_ms: u64) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.purge_records(before_ms))
     }
     async fn swap_blob(
         &self,

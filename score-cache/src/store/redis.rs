@@ -150,6 +150,10 @@ impl RedisStore {
         format!("{}:{{s:{}}}", self.prefix, subject.storage_key())
     }
 
+    fn records_key(&self) -> String {
+        format!("{}:{{records}}", self.prefix)
+    }
+
     fn blobs(&self) -> String {
         format!("{}:{{blobs}}", self.prefix)
     }
@@ -531,6 +535,62 @@ impl Store for RedisStore {
             }
         }
         Ok(outcome)
+    }
+
+    async fn append_records(
+        &self,
+        records: Vec<signalbox_wire::DecisionRecordV1>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for r in &records {
+            let member = serde_json::to_string(r).map_err(unavailable)?;
+            pipe.zadd(self.records_key(), member, r.at_ms);
+        }
+        let mut conn = self.conn.clone();
+        self.deadline(async { pipe.query_async::<()>(&mut conn).await.map_err(unavailable) })
+            .await
+    }
+
+    async fn records(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<signalbox_wire::DecisionRecordV1>, StoreError> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = self
+            .deadline(async {
+                redis::cmd("ZRANGE")
+                    .arg(self.records_key())
+                    .arg(to_ms)
+                    .arg(from_ms)
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(1 << 40))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect())
+    }
+
+    async fn purge_records(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        self.deadline(async {
+            conn.zrembyscore(self.records_key(), 0, before_ms.saturating_sub(1))
+                .await
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
