@@ -96,8 +96,9 @@ impl Default for Settings {
 /// The service's state.
 pub struct App<S> {
     store: S,
-    policy: Arc<Policy>,
-    scoring: Arc<ScoringSettings>,
+    /// The bundle whose thresholds and `scoring` apply: `--bundle` at start, then the pushed
+    /// stable bundle once it is newer (every node adopts it on its follow tick).
+    active_policy: std::sync::RwLock<(Arc<Policy>, Arc<ScoringSettings>)>,
     settings: Settings,
     active: RwLock<ActiveSet>,
     follow: Mutex<()>,
@@ -118,8 +119,7 @@ impl<S: Store> App<S> {
         let scoring = Arc::new(policy.scoring().clone());
         Arc::new(Self {
             store,
-            policy: Arc::new(policy),
-            scoring,
+            active_policy: std::sync::RwLock::new((Arc::new(policy), scoring)),
             settings,
             active: RwLock::new(ActiveSet::default()),
             follow: Mutex::new(()),
@@ -130,6 +130,58 @@ impl<S: Store> App<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The bundle in force here.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.active_policy.read() {
+            Ok(g) => Arc::clone(&g.0),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().0),
+        }
+    }
+
+    /// Its `scoring` settings.
+    pub fn scoring(&self) -> Arc<ScoringSettings> {
+        match self.active_policy.read() {
+            Ok(g) => Arc::clone(&g.1),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().1),
+        }
+    }
+
+    /// Adopts the pushed stable bundle when it is newer than the one in force (verified again,
+    /// as every bundle this node uses is). Called after a push or promote and on every follow
+    /// tick, so every node on one store moves to it.
+    pub async fn adopt_pushed_bundle(&self) -> Result<(), ApiError> {
+        let (_, state) = self.bundle_state().await?;
+        let Some(stable) = state.stable else {
+            return Ok(());
+        };
+        if stable.revision <= self.policy().revision() {
+            return Ok(());
+        }
+        match crate::bundles::verify(
+            &stable.text,
+            &self.settings.bundle_keys,
+            self.settings.allow_unsigned_bundles,
+            now_ms() / 1000,
+            0,
+        ) {
+            Ok((_, policy)) => {
+                let scoring = Arc::new(policy.scoring().clone());
+                let revision = policy.revision();
+                if let Ok(mut g) = self.active_policy.write() {
+                    *g = (Arc::new(policy), scoring);
+                }
+                tracing::info!(
+                    revision,
+                    "scoring and thresholds now from the pushed stable bundle"
+                );
+            }
+            Err(why) => {
+                tracing::warn!(%why, "the stored stable bundle no longer verifies here; keeping the one in force")
+            }
+        }
+        Ok(())
     }
 
     /// Brings the in-memory decisions up to the store's log (after a compaction the client
@@ -184,6 +236,9 @@ pub fn spawn_background<S: Store>(app: &Arc<App<S>>, every: Duration) {
         loop {
             if let Err(e) = follower.follow().await {
                 tracing::warn!(error = %e, "following the decision log failed");
+            }
+            if let Err(e) = follower.adopt_pushed_bundle().await {
+                tracing::warn!(error = ?e, "reading the pushed bundle failed");
             }
             tokio::time::sleep(every).await;
         }
@@ -409,11 +464,11 @@ impl<S: Store> App<S> {
         decision: Option<&model::Decision>,
         now_ms: u64,
     ) -> SubjectContextV1 {
-        let view = state.map(|s| s.view(now_ms, &self.scoring));
+        let view = state.map(|s| s.view(now_ms, &self.scoring()));
         let score = view.as_ref().map_or(0, |v| v.score);
         SubjectContextV1 {
             score: u32::from(score),
-            level: Some(self.policy.level_of(score).as_str().to_owned()),
+            level: Some(self.policy().level_of(score).as_str().to_owned()),
             trend: view.as_ref().map(|v| v.trend),
             factors: view
                 .map(|v| v.factors.into_iter().map(|(code, _)| code).collect())
@@ -468,7 +523,7 @@ async fn context<S: Store>(
     let now_s = now / 1000;
     let active = app.active.read().await;
     let mut answer = ContextAnswerV1 {
-        ttl_seconds: app.scoring.context_ttl_seconds,
+        ttl_seconds: app.scoring().context_ttl_seconds,
         ..ContextAnswerV1::default()
     };
     if let Some((raw, key)) = &ip {
@@ -501,7 +556,7 @@ async fn noop<S: Store>(
     app.authorize(&headers, Scope::Read)?;
     Ok(Json(ContextAnswerV1 {
         ip: Some(SubjectContextV1::default()),
-        ttl_seconds: app.scoring.context_ttl_seconds,
+        ttl_seconds: app.scoring().context_ttl_seconds,
         ..ContextAnswerV1::default()
     }))
 }
@@ -514,10 +569,11 @@ async fn events<S: Store>(
     app.authorize(&headers, Scope::Ingest)?;
     let batch: model::EventBatchIn = parse_json(&body_of(body)?)?;
     let now = now_ms();
-    let events = model::validate_batch(batch, now, app.scoring.severity_points, &app.settings.ip)?;
+    let events =
+        model::validate_batch(batch, now, app.scoring().severity_points, &app.settings.ip)?;
     let outcome = app
         .store
-        .ingest(events, now, Arc::clone(&app.scoring))
+        .ingest(events, now, Arc::clone(&app.scoring()))
         .await?;
     app.metrics
         .count_events(outcome.accepted, outcome.duplicates);
@@ -896,6 +952,7 @@ async fn put_bundle<S: Store>(
         })
         .await?;
     tracing::info!(revision = ?state.stable.as_ref().map(|b| b.revision), "stable bundle pushed");
+    app.adopt_pushed_bundle().await?;
     Ok(Json(bundle_summary(&state)))
 }
 
@@ -953,6 +1010,7 @@ async fn promote_canary<S: Store>(
             None => Err(ApiError::Conflict("no canary to promote".into())),
         })
         .await?;
+    app.adopt_pushed_bundle().await?;
     Ok(Json(bundle_summary(&state)))
 }
 
@@ -1114,8 +1172,8 @@ async fn scores<S: Store>(
         .await?
         .into_iter()
         .filter_map(|(key, state)| {
-            let view = state.view(now, &app.scoring);
-            let lvl = app.policy.level_of(view.score).as_str();
+            let view = state.view(now, &app.scoring());
+            let lvl = app.policy().level_of(view.score).as_str();
             let keep = view.score >= min
                 && view.score <= max
                 && level.is_none_or(|l| l == lvl)
@@ -1142,7 +1200,7 @@ async fn scores<S: Store>(
     let count_level = |l: &str| {
         scored
             .iter()
-            .filter(|(s, _)| app.policy.level_of(*s).as_str() == l)
+            .filter(|(s, _)| app.policy().level_of(*s).as_str() == l)
             .count()
     };
     let (high, critical) = (count_level("high"), count_level("critical"));
@@ -1181,7 +1239,7 @@ async fn subject<S: Store>(
         .flatten();
     let mut events = app.store.events_of(subject.clone(), 500).await?;
     let now = now_ms();
-    let view = state.unwrap_or_default().view(now, &app.scoring);
+    let view = state.unwrap_or_default().view(now, &app.scoring());
     events.sort_by_key(|e| (e.at_ms, e.received_ms));
     let mut replay = crate::scoring::SubjectState::default();
     let history: Vec<serde_json::Value> = events
@@ -1192,8 +1250,8 @@ async fn subject<S: Store>(
                 points: e.points,
                 at_ms: e.at_ms,
             }];
-            replay.apply(&one, e.at_ms, &app.scoring);
-            serde_json::json!({"at_ms": e.at_ms, "score": replay.view(e.at_ms, &app.scoring).score})
+            replay.apply(&one, e.at_ms, &app.scoring());
+            serde_json::json!({"at_ms": e.at_ms, "score": replay.view(e.at_ms, &app.scoring()).score})
         })
         .collect();
     events.reverse();
@@ -1205,7 +1263,7 @@ async fn subject<S: Store>(
     };
     Ok(Json(serde_json::json!({
         "scope": model::scope_name(subject.scope), "key": subject.key,
-        "score": view.score, "level": app.policy.level_of(view.score).as_str(),
+        "score": view.score, "level": app.policy().level_of(view.score).as_str(),
         "trend": trend_name(view.trend),
         "factors": view.factors.iter().map(|(c, p)| serde_json::json!({"code": c, "points": p})).collect::<Vec<_>>(),
         "history": history,

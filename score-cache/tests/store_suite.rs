@@ -982,6 +982,11 @@ mod bundles {
         let future = "2099-01-01T00:00:00Z";
         let (s, _, _) = call(&r, "GET", "/v1/bundle", Some(common::READ), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(
+            context(&r, "user=someone").await["ttl_seconds"],
+            15,
+            "the start bundle's"
+        );
         // Unsigned, tampered, expired: refused with the reason.
         let plain =
             json!({"format_version": 1, "revision": 5, "min_engine_version": "0.1.0"}).to_string();
@@ -1083,6 +1088,10 @@ mod bundles {
         );
         let (s, _, _) = call(&r, "POST", "/v1/bundle/promote", Some(common::ADMIN), None).await;
         assert_eq!(s, StatusCode::CONFLICT, "nothing left to promote");
+        // The cache itself now scores by the promoted bundle (revision 9, default scoring:
+        // a 30 s context TTL instead of the start bundle's 15 s).
+        assert_eq!(f.app.policy().revision(), 9);
+        assert_eq!(context(&r, "user=someone").await["ttl_seconds"], 30);
         // Edges cannot push.
         let req = Request::builder()
             .method("PUT")
