@@ -214,6 +214,32 @@ impl EmbeddedStore {
         Ok(Self { db, writes, stats })
     }
 
+    /// The JSON values of `table` with keys in `from..to`, last key first, at most `limit`
+    /// (a value that does not parse is skipped).
+    fn newest_first<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(table).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in table
+            .range(from..to)
+            .map_err(unavailable)?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = r.map_err(unavailable)?;
+            if let Ok(value) = serde_json::from_slice(v.value()) {
+                out.push(value);
+            }
+        }
+        Ok(out)
+    }
+
     /// Commit statistics.
     pub fn stats(&self) -> Arc<CommitStats> {
         Arc::clone(&self.stats)
@@ -477,28 +503,9 @@ fn apply(txn: &redb::WriteTransaction, write: Write) -> Result<Answer, redb::Err
                         .and_then(|(_, v)| serde_json::from_slice(v.value()).ok())
                 })
                 .collect();
-            let lifted: std::collections::HashMap<&str, &LogEntry> = entries
-                .iter()
-                .filter(|e| e.decision.is_none())
-                .map(|e| (e.id.as_str(), e))
-                .collect();
-            let mut compacted = 0;
-            let mut doomed = Vec::new();
-            for e in &entries {
-                let gone = match (&e.decision, lifted.get(e.id.as_str())) {
-                    (None, _) => e.at < tombstones_before,
-                    (Some(_), Some(t)) => t.at < tombstones_before,
-                    (Some(d), None) => d.expires_at < tombstones_before,
-                };
-                if gone {
-                    doomed.push(e.seq);
-                    if e.decision.is_none() {
-                        compacted = compacted.max(e.seq);
-                    }
-                }
-            }
+            let (doomed, compacted) = super::compactable(&entries, tombstones_before);
             let mut active = txn.open_table(DECISION_IDS)?;
-            for e in entries.iter().filter(|e| doomed.contains(&e.seq)) {
+            for e in &doomed {
                 log.remove(e.seq)?;
                 if e.decision.is_some() {
                     active.remove(e.id.as_str())?;
@@ -552,23 +559,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn events_of(&self, subject: SubjectKey, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(EVENTS).map_err(unavailable)?;
         let key = subject.storage_key();
-        let (from, to) = (format!("{key}\0"), format!("{key}\u{1}"));
-        let mut out = Vec::new();
-        for r in table
-            .range(from.as_str()..to.as_str())
-            .map_err(unavailable)?
-            .rev()
-            .take(limit)
-        {
-            let (_, v) = r.map_err(unavailable)?;
-            if let Ok(e) = serde_json::from_slice(v.value()) {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        self.newest_first(EVENTS, &format!("{key}\0"), &format!("{key}\u{1}"), limit)
     }
 
     async fn erase_subject(&self, subject: SubjectKey) -> Result<bool, StoreError> {
@@ -654,22 +646,12 @@ impl Store for EmbeddedStore {
         to_ms: u64,
         limit: usize,
     ) -> Result<Vec<signalbox_wire::DecisionRecordV1>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(RECORDS).map_err(unavailable)?;
-        let (from, to) = (format!("{from_ms:020}"), format!("{:020}\u{1}", to_ms));
-        let mut out = Vec::new();
-        for r in table
-            .range(from.as_str()..to.as_str())
-            .map_err(unavailable)?
-            .rev()
-            .take(limit)
-        {
-            let (_, v) = r.map_err(unavailable)?;
-            if let Ok(record) = serde_json::from_slice(v.value()) {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        self.newest_first(
+            RECORDS,
+            &format!("{from_ms:020}"),
+            &format!("{to_ms:020}\u{1}"),
+            limit,
+        )
     }
 
     async fn purge_records(&self, before_ms: u64) -> Result<usize, StoreError> {

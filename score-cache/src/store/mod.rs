@@ -316,3 +316,30 @@ pub(crate) fn apply_events(
     state.apply(&scored, now_ms, scoring);
     state.encode()
 }
+
+/// What compaction removes from the decision log at `before` (unix seconds): the tombstone of
+/// every decision lifted before it and the add it cancels, and the add of every decision that
+/// expired before it without being lifted. Also the highest tombstone sequence removed: a
+/// cursor below it would miss a removal, so it can no longer be served (410).
+pub(crate) fn compactable(entries: &[LogEntry], before: u64) -> (Vec<&LogEntry>, u64) {
+    let lifted: std::collections::HashMap<&str, &LogEntry> = entries
+        .iter()
+        .filter(|e| e.decision.is_none())
+        .map(|e| (e.id.as_str(), e))
+        .collect();
+    let doomed: Vec<&LogEntry> = entries
+        .iter()
+        .filter(|e| match (&e.decision, lifted.get(e.id.as_str())) {
+            (None, _) => e.at < before,
+            (Some(_), Some(tombstone)) => tombstone.at < before,
+            (Some(d), None) => d.expires_at < before,
+        })
+        .collect();
+    let compacted_through = doomed
+        .iter()
+        .filter(|e| e.decision.is_none())
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0);
+    (doomed, compacted_through)
+}

@@ -150,6 +150,21 @@ impl RedisStore {
         format!("{}:{{s:{}}}", self.prefix, subject.storage_key())
     }
 
+    /// Every key matching `pattern` (SCAN, within one deadline).
+    async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.deadline(async {
+            let mut iter: redis::AsyncIter<'_, String> =
+                conn.scan_match(&pattern).await.map_err(unavailable)?;
+            let mut keys = Vec::new();
+            while let Some(k) = iter.next_item().await {
+                keys.push(k.map_err(unavailable)?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
     fn records_key(&self) -> String {
         format!("{}:{{records}}", self.prefix)
     }
@@ -455,19 +470,9 @@ impl Store for RedisStore {
         tombstones_before: u64,
     ) -> Result<PurgeOutcome, StoreError> {
         let mut outcome = PurgeOutcome::default();
-        let mut conn = self.conn.clone();
         // Events: every subject's sorted set, trimmed by time (idle ones also expire).
-        let pattern = format!("{}:{{s:*}}:events", self.prefix);
-        let keys: Vec<String> = self
-            .deadline(async {
-                let mut iter: redis::AsyncIter<'_, String> =
-                    conn.scan_match(&pattern).await.map_err(unavailable)?;
-                let mut keys = Vec::new();
-                while let Some(k) = iter.next_item().await {
-                    keys.push(k.map_err(unavailable)?);
-                }
-                Ok(keys)
-            })
+        let keys = self
+            .scan_keys(format!("{}:{{s:*}}:events", self.prefix))
             .await?;
         for key in keys {
             let removed: usize = self
@@ -482,22 +487,8 @@ impl Store for RedisStore {
         }
         // The decision log, as the embedded store compacts it.
         let page = self.log_after(0, usize::MAX / 2).await?;
-        let lifted: std::collections::HashMap<&str, &LogEntry> = page
-            .entries
-            .iter()
-            .filter(|e| e.decision.is_none())
-            .map(|e| (e.id.as_str(), e))
-            .collect();
-        let mut compacted = 0;
-        for e in &page.entries {
-            let gone = match (&e.decision, lifted.get(e.id.as_str())) {
-                (None, _) => e.at < tombstones_before,
-                (Some(_), Some(t)) => t.at < tombstones_before,
-                (Some(d), None) => d.expires_at < tombstones_before,
-            };
-            if !gone {
-                continue;
-            }
+        let (doomed, compacted) = super::compactable(&page.entries, tombstones_before);
+        for e in doomed {
             let mut conn = self.conn.clone();
             self.deadline(async {
                 let mut pipe = redis::pipe();
@@ -512,9 +503,6 @@ impl Store for RedisStore {
             })
             .await?;
             outcome.log_entries += 1;
-            if e.decision.is_none() {
-                compacted = compacted.max(e.seq);
-            }
         }
         if compacted > 0 {
             let mut conn = self.conn.clone();
@@ -594,19 +582,7 @@ impl Store for RedisStore {
     }
 
     async fn all_subjects(&self) -> Result<Vec<(SubjectKey, SubjectState)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}:{{s:*}}", self.prefix);
-        let keys: Vec<String> = self
-            .deadline(async {
-                let mut iter: redis::AsyncIter<'_, String> =
-                    conn.scan_match(&pattern).await.map_err(unavailable)?;
-                let mut keys = Vec::new();
-                while let Some(k) = iter.next_item().await {
-                    keys.push(k.map_err(unavailable)?);
-                }
-                Ok(keys)
-            })
-            .await?;
+        let keys = self.scan_keys(format!("{}:{{s:*}}", self.prefix)).await?;
         let head = format!("{}:{{s:", self.prefix);
         let subjects: Vec<SubjectKey> = keys
             .iter()
