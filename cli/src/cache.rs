@@ -31,7 +31,7 @@ pub struct CacheArgs {
     token_env: String,
     /// Print the cache's JSON answer instead of a summary.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// `signalbox decisions …`
@@ -428,6 +428,57 @@ pub fn promote(cache: &CacheArgs, promote: bool) -> Result<ExitCode> {
     Ok(finish(result, cache.json, |v| {
         format!("{verb}: {}", revisions(v))
     }))
+}
+
+/// The decision log's records matching `query` (`from`, `revision`, `route`, `decision`),
+/// newest first, at most `max`, fetched page by page. `Err(code)` when the cache refused or
+/// could not be reached (already reported).
+pub fn fetch_log(
+    cache: &CacheArgs,
+    query: &[(&str, String)],
+    max: usize,
+) -> Result<Result<Vec<signalbox_wire::DecisionRecordV1>, ExitCode>> {
+    const PAGE: usize = 200;
+    let client = Client::new(cache)?;
+    let mut filters = String::new();
+    for (name, value) in query {
+        filters.push('&');
+        filters.push_str(name);
+        filters.push('=');
+        filters.push_str(&percent_encode(value));
+    }
+    let mut records = Vec::new();
+    for page in 1.. {
+        let path = format!("/v1/decisions/log?page={page}&limit={PAGE}{filters}");
+        let answer = match client.send("GET", &path, None) {
+            Ok(v) => v,
+            Err(failure) => return Ok(Err(finish(Err(failure), false, |_| String::new()))),
+        };
+        let rows: Vec<signalbox_wire::DecisionRecordV1> =
+            serde_json::from_value(at(&answer, "records").clone())
+                .context("the cache's decision log answer")?;
+        let total = at(&answer, "total").as_u64().unwrap_or(0);
+        let done = rows.len() < PAGE;
+        records.extend(rows);
+        if done || records.len() >= max || records.len() as u64 >= total {
+            break;
+        }
+    }
+    records.truncate(max);
+    Ok(Ok(records))
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `signalbox fleet`.

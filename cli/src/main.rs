@@ -2,6 +2,7 @@
 //! bundles, and evaluate request logs against them.
 
 mod cache;
+mod diff;
 mod files;
 mod keys;
 
@@ -167,22 +168,10 @@ enum PolicyCommand {
         #[arg(long)]
         now: Option<u64>,
     },
-    /// How many verdicts a bundle change would flip, by decision pair, with examples.
-    Diff {
-        /// The bundle in force.
-        old: PathBuf,
-        /// The candidate.
-        new: PathBuf,
-        /// Requests to replay (JSONL, as for `eval`).
-        #[arg(long)]
-        requests: PathBuf,
-        /// Examples shown per pair.
-        #[arg(long, default_value_t = 3)]
-        examples: usize,
-        /// Evaluation time, unix seconds (default: now).
-        #[arg(long)]
-        now: Option<u64>,
-    },
+    /// How many verdicts a bundle change would flip, by decision pair, with examples: over a
+    /// request log (`OLD NEW --requests FILE`), or over the score cache's decision log, what
+    /// the edges really decided, replayed against a candidate (`NEW --log`).
+    Diff(diff::DiffArgs),
     /// Run scenario cases against a bundle, like `opa test`.
     Test {
         /// Bundle for cases that do not name their own.
@@ -231,19 +220,7 @@ fn main() -> ExitCode {
             allow_unsigned,
             now.unwrap_or_else(unix_now),
         ),
-        Command::Policy(PolicyCommand::Diff {
-            old,
-            new,
-            requests,
-            examples,
-            now,
-        }) => diff(
-            &old,
-            &new,
-            &requests,
-            examples,
-            now.unwrap_or_else(unix_now),
-        ),
+        Command::Policy(PolicyCommand::Diff(args)) => diff::diff(&args),
         Command::Eval {
             bundle,
             requests,
@@ -547,14 +524,14 @@ fn bench_eval(
     Ok(ExitCode::SUCCESS)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn read_requests(path: &Path) -> Result<Vec<RequestLine>> {
+pub(crate) fn read_requests(path: &Path) -> Result<Vec<RequestLine>> {
     files::lines(path)?
         .iter()
         .enumerate()
@@ -562,81 +539,4 @@ fn read_requests(path: &Path) -> Result<Vec<RequestLine>> {
             serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), n + 1))
         })
         .collect()
-}
-
-fn diff(old: &Path, new: &Path, requests: &Path, examples: usize, now: u64) -> Result<ExitCode> {
-    let (old_policy, new_policy) = (files::load_policy(old)?, files::load_policy(new)?);
-    let requests = read_requests(requests)?;
-    let edge = EdgeHeaderNames::conventional();
-    // (old, new) decision -> (count, examples)
-    let mut flips: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
-    let mut flipped = 0usize;
-    // (old, new) client class -> (count, examples)
-    let mut class_changes: BTreeMap<(&str, &str), (usize, Vec<String>)> = BTreeMap::new();
-    for request in &requests {
-        let facts = request.to_facts(&edge);
-        let before = old_policy.evaluate(&facts, None, now);
-        let after = new_policy.evaluate(&facts, None, now);
-        let (bc, ac) = (before.client.class, after.client.class);
-        if bc != ac {
-            let (count, shown) = class_changes.entry((bc.as_str(), ac.as_str())).or_default();
-            *count += 1;
-            if shown.len() < examples {
-                shown.push(format!(
-                    "{} {} {}: {} -> {}",
-                    request.id,
-                    request.method,
-                    request.path,
-                    before.client.header_value(),
-                    after.client.header_value()
-                ));
-            }
-        }
-        let (b, a) = (before.intended_decision(), after.intended_decision());
-        if b != a {
-            flipped += 1;
-            let (count, shown) = flips.entry((b.as_str(), a.as_str())).or_default();
-            *count += 1;
-            if shown.len() < examples {
-                shown.push(format!(
-                    "{} {} {} from {}: score {} -> {}",
-                    request.id,
-                    request.method,
-                    request.path,
-                    request
-                        .client_ip
-                        .map_or_else(|| "no address".to_owned(), |ip| ip.to_string()),
-                    before.score,
-                    after.score
-                ));
-            }
-        }
-    }
-    println!(
-        "{} of {} verdicts flip ({}: revision {} -> {}: revision {})",
-        flipped,
-        requests.len(),
-        old.display(),
-        old_policy.revision(),
-        new.display(),
-        new_policy.revision()
-    );
-    for ((b, a), (count, shown)) in &flips {
-        println!("  {b:>9} -> {a:<9} {count}");
-        for line in shown {
-            println!("      {line}");
-        }
-    }
-    println!(
-        "{} of {} client classes change",
-        class_changes.values().map(|(n, _)| n).sum::<usize>(),
-        requests.len()
-    );
-    for ((b, a), (count, shown)) in &class_changes {
-        println!("  {b:>12} -> {a:<12} {count}");
-        for line in shown {
-            println!("      {line}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -263,7 +263,8 @@ pub struct Final {
 }
 
 impl Final {
-    fn of(verdict: &Verdict, refused: bool) -> Self {
+    /// The action for `verdict` when its rate buckets `refused` the request, or not.
+    pub fn of(verdict: &Verdict, refused: bool) -> Self {
         let mut f = Final {
             decision: verdict.decision,
             shadow_decision: verdict.shadow_decision,
@@ -277,7 +278,8 @@ impl Final {
         f
     }
 
-    fn intended(&self) -> Decision {
+    /// The decision the bundle meant: the shadow decision in shadow mode, else the enforced one.
+    pub fn intended(&self) -> Decision {
         self.shadow_decision.unwrap_or(self.decision)
     }
 }
@@ -885,7 +887,7 @@ fn context_answer(body: &[u8]) -> Option<signalbox_wire::ContextAnswerV1> {
 }
 
 /// The core's remote context from the cache's answer.
-fn remote_context(answer: &signalbox_wire::ContextAnswerV1) -> signalbox_policy::RemoteContext {
+pub fn remote_context(answer: &signalbox_wire::ContextAnswerV1) -> signalbox_policy::RemoteContext {
     use signalbox_policy::{ManualAction, ManualDecision, SubjectContext};
     use signalbox_wire::ManualActionV1;
     let subject = |s: &Option<signalbox_wire::SubjectContextV1>| {

@@ -12,8 +12,10 @@ use std::net::IpAddr;
 
 use ipnet::Ipv6Net;
 
-use crate::facts::{Clearance, Facts, RemoteContext, SubjectContext, path_has_prefix};
-use crate::policy::{ClientClass, Conditions, CrawlerCategory, Mode, Policy, SubjectKind};
+use crate::facts::{Clearance, Facts, RecordedIp, RemoteContext, SubjectContext, path_has_prefix};
+use crate::policy::{
+    ClientClass, Conditions, CrawlerCategory, Mode, NamedList, Policy, SubjectKind,
+};
 use crate::ua::{self, Browser};
 use crate::verdict::{
     Client, DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,
@@ -154,8 +156,8 @@ impl Policy {
             trust: 0,
             reasons: Vec::with_capacity(8),
         };
-        let ip = facts.client_ip.map(|ip| ip.to_canonical());
-        if ip.is_none() {
+        let ip = Address::of(facts);
+        if !ip.present() {
             tally.risk(ReasonCode::Fixed("ip.missing"), s.ip_missing);
         }
         let ua = facts
@@ -236,7 +238,7 @@ impl Policy {
         for &(list, points) in &s.ip_lists {
             if let Some(l) = self.lists.get(list)
                 && points > 0
-                && ip.is_some_and(|ip| l.set.contains(ip))
+                && ip.in_list(l)
             {
                 tally.risk(ReasonCode::Named(l.code.clone()), points);
             }
@@ -523,13 +525,7 @@ impl Policy {
     /// family's fresh published ranges), spoofed (fresh ranges, IP outside them) or declared
     /// (no ranges, or ranges too old to prove anything either way: stale ranges never verify,
     /// and the category's weight and rules apply).
-    fn score_crawler(
-        &self,
-        tally: &mut Tally,
-        index: usize,
-        ip: Option<IpAddr>,
-        now: u64,
-    ) -> Client {
+    fn score_crawler(&self, tally: &mut Tally, index: usize, ip: Address<'_>, now: u64) -> Client {
         let Some(crawler) = self.crawlers.get(index) else {
             return Client::of(ClientClass::Unknown);
         };
@@ -550,7 +546,7 @@ impl Policy {
             self.score_category(tally, crawler.category);
             return named(ClientClass::DeclaredBot);
         }
-        if ip.is_some_and(|ip| self.lists.get(list).is_some_and(|l| l.set.contains(ip))) {
+        if self.lists.get(list).is_some_and(|l| ip.in_list(l)) {
             tally.trust(
                 ReasonCode::Fixed("crawler.verified"),
                 self.crawler_verified_trust,
@@ -664,12 +660,8 @@ impl Policy {
             && (c.methods.is_empty() || method_in(&f.facts.method, &c.methods))
             && (c.countries.is_empty() || f.facts.country.is_some_and(|x| c.countries.contains(&x)))
             && (c.asns.is_empty() || f.facts.asn.is_some_and(|a| c.asns.contains(&a)))
-            && c.ip_list.is_none_or(|i| {
-                self.lists
-                    .get(i)
-                    .zip(f.ip)
-                    .is_some_and(|(l, ip)| l.set.contains(ip))
-            })
+            && c.ip_list
+                .is_none_or(|i| self.lists.get(i).is_some_and(|l| f.ip.in_list(l)))
             && (c.client_class.is_empty() || c.client_class.contains(&f.client.class))
             && (c.crawler_category.is_empty()
                 || f.client
@@ -680,12 +672,12 @@ impl Policy {
     fn lookup_for(
         &self,
         facts: &Facts,
-        ip: Option<IpAddr>,
+        ip: Address<'_>,
         local: u8,
         sensitive: bool,
     ) -> Option<Lookup> {
         let present = |k: &SubjectKind| match k {
-            SubjectKind::Ip => ip.is_some(),
+            SubjectKind::Ip => ip.present(),
             SubjectKind::User => facts.user.is_some(),
             SubjectKind::Device => facts.device.is_some(),
         };
@@ -702,9 +694,9 @@ impl Policy {
             self.cache.lookup.contains(&kind)
                 || (reason == LookupReason::Always && self.cache.always_lookup.contains(&kind))
         };
-        let ip_key = ip
-            .filter(|_| wants(SubjectKind::Ip))
-            .map(|ip| self.ip_subject_key(ip));
+        let ip_key = wants(SubjectKind::Ip)
+            .then(|| ip.subject_key(self))
+            .flatten();
         let user_key = facts.user.clone().filter(|_| wants(SubjectKind::User));
         let device_key = facts.device.clone().filter(|_| wants(SubjectKind::Device));
         (ip_key.is_some() || user_key.is_some() || device_key.is_some()).then_some(Lookup {
@@ -719,8 +711,48 @@ impl Policy {
 struct RuleFacts<'a> {
     facts: &'a Facts,
     path: &'a str,
-    ip: Option<IpAddr>,
+    ip: Address<'a>,
     client: &'a Client,
+}
+
+/// The client's address as the engine tests it: an IP (live traffic), the lists it was
+/// recorded in (a replayed decision record), or none.
+#[derive(Clone, Copy)]
+enum Address<'a> {
+    Missing,
+    Ip(IpAddr),
+    Recorded(&'a RecordedIp),
+}
+
+impl<'a> Address<'a> {
+    fn of(facts: &'a Facts) -> Self {
+        match (facts.client_ip, &facts.recorded_ip) {
+            (Some(ip), _) => Address::Ip(ip.to_canonical()),
+            (None, Some(recorded)) => Address::Recorded(recorded),
+            (None, None) => Address::Missing,
+        }
+    }
+
+    fn present(self) -> bool {
+        !matches!(self, Address::Missing)
+    }
+
+    /// The subject key the score cache knows the address by.
+    fn subject_key(self, policy: &Policy) -> Option<String> {
+        match self {
+            Address::Missing => None,
+            Address::Ip(ip) => Some(policy.ip_subject_key(ip)),
+            Address::Recorded(recorded) => Some(recorded.key.clone()),
+        }
+    }
+
+    fn in_list(self, list: &NamedList) -> bool {
+        match self {
+            Address::Missing => false,
+            Address::Ip(ip) => list.set.contains(ip),
+            Address::Recorded(recorded) => recorded.lists.iter().any(|n| **n == *list.name),
+        }
+    }
 }
 
 fn method_in(method: &str, methods: &[String]) -> bool {

@@ -67,6 +67,33 @@ pub enum Clearance {
     Invalid,
 }
 
+/// The request headers the engine reads (besides the edge headers an operator names, which
+/// become [`Facts`] fields). A decision record carries these and no others, so a replay sees
+/// what the engine saw; `policy/tests/engine.rs` checks that dropping every other header
+/// changes no verdict (a property test over the header sets the scenario cases use).
+pub const SIGNAL_HEADERS: [&str; 10] = [
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "sec-ch-ua",
+    "sec-ch-ua-mobile",
+    "sec-ch-ua-platform",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+];
+
+/// A client address as a decision record keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedIp {
+    /// The keyed hash the record carries: it stands in for the address as the subject key
+    /// when a replay asks whether the score cache would have been asked.
+    pub key: String,
+    /// The names of the bundle lists that held the address.
+    pub lists: Vec<String>,
+}
+
 /// Request facts, owned, with header names in lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -86,6 +113,12 @@ pub struct Facts {
     /// and score-cache lookups are skipped, `ip.missing` adds its weight, and the clearance
     /// binds to "no address".
     pub client_ip: Option<IpAddr>,
+    /// Replaying a logged verdict only: the client had an address, known now only by its
+    /// keyed hash and the bundle lists it was in when the verdict was recorded (decision
+    /// records never hold raw IPs). With `client_ip` `None` and this `Some`, the address
+    /// counts as present and a list holds it exactly when its name is recorded. `None` for
+    /// live traffic.
+    pub recorded_ip: Option<RecordedIp>,
     /// Country from the edge header, upper case.
     pub country: Option<[u8; 2]>,
     /// AS number from the edge header.
@@ -138,6 +171,7 @@ impl Facts {
             authority: String::new(),
             headers,
             client_ip: client_ip.map(|ip| ip.to_canonical()),
+            recorded_ip: None,
             country: None,
             asn: None,
             tls_fingerprint: None,

@@ -135,6 +135,7 @@ pub(crate) struct Crawler {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
+    pub(crate) name: Arc<str>,
     pub(crate) code: Arc<str>,
     pub(crate) path_prefix: String,
     pub(crate) methods: Vec<String>,
@@ -373,6 +374,22 @@ impl Policy {
     /// The named IP lists, for reporting.
     pub fn lists(&self) -> &[NamedList] {
         &self.lists
+    }
+
+    /// The names of the bundle's IP lists that hold `ip`, in bundle order: what a decision
+    /// record keeps instead of the address.
+    pub fn lists_holding(&self, ip: std::net::IpAddr) -> Vec<String> {
+        let ip = ip.to_canonical();
+        self.lists
+            .iter()
+            .filter(|l| l.set.contains(ip))
+            .map(|l| l.name.to_string())
+            .collect()
+    }
+
+    /// The name of the route at `index` (a verdict's `route`).
+    pub fn route_name(&self, index: usize) -> Option<&str> {
+        self.routes.get(index).map(|r| &*r.name)
     }
 
     /// Rate budgets.
@@ -749,6 +766,7 @@ impl TryFrom<BundleV1> for Policy {
             errors.non_empty_name(format!("{path}.name"), name);
             errors.path_prefix(format!("{path}.path_prefix"), path_prefix);
             compiled_routes.push(Route {
+                name: Arc::from(name.as_str()),
                 code: Arc::from(format!("route.{name}")),
                 path_prefix: path_prefix.clone(),
                 methods: errors.methods(&format!("{path}.methods"), methods),

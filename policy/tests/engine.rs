@@ -752,3 +752,42 @@ fn header_values_not_only_names_must_be_a_browser_s() {
     assert!(chrome(&[("accept", "")]).contains(&"headers.no_accept".to_owned()));
     assert!(chrome(&[("accept-encoding", " ")]).contains(&"headers.no_accept_encoding".to_owned()));
 }
+
+proptest! {
+    /// A decision record keeps only [`SIGNAL_HEADERS`] and, for the address, its lists: a
+    /// replay from those must reach the verdict the live request got, with and without
+    /// context from the score cache.
+    #[test]
+    fn a_recorded_request_replays_to_the_same_verdict(facts in facts_strategy(), score in 0u32..=100) {
+        let policy = golden();
+        let mut recorded = facts.clone();
+        recorded.headers.retain(|(name, _)| SIGNAL_HEADERS.contains(&name.as_str()));
+        recorded.recorded_ip = recorded.client_ip.take().map(|ip| RecordedIp {
+            key: "hash".to_owned(),
+            lists: policy.lists_holding(ip),
+        });
+        let remote = RemoteContext {
+            ip: Some(SubjectContext { score, decision: None }),
+            ..RemoteContext::default()
+        };
+        for context in [None, Some(&remote)] {
+            let live = policy.evaluate(&facts, context, NOW);
+            let replayed = policy.evaluate(&recorded, context, NOW);
+            prop_assert_eq!(&live, &replayed);
+            prop_assert_eq!(
+                policy.assess(&facts, NOW).lookup().is_some(),
+                policy.assess(&recorded, NOW).lookup().is_some()
+            );
+        }
+    }
+}
+
+#[test]
+fn lists_holding_names_the_lists_an_address_is_in() {
+    let policy = golden();
+    let held = |ip: &str| policy.lists_holding(ip.parse().unwrap());
+    assert_eq!(held("167.99.1.2"), ["hosting"]);
+    assert_eq!(held("::ffff:2.26.97.42"), ["tor"]);
+    assert_eq!(held("2001:4860:4801::1"), ["googlebot"]);
+    assert!(held("8.8.8.8").is_empty());
+}

@@ -1372,6 +1372,29 @@ async fn append_log<S: Store>(
             )
             .into());
         }
+        if r.ip_lists.len() > 64 || r.ip_lists.iter().any(|l| l.len() > model::MAX_KEY_BYTES) {
+            return Err(
+                FieldError::new(at("ip_lists"), "at most 64 names of 1..=256 bytes").into(),
+            );
+        }
+        if let Some(facts) = &r.facts {
+            for (name, value) in &facts.headers {
+                if !signalbox_policy::SIGNAL_HEADERS.contains(&name.as_str()) {
+                    return Err(FieldError::new(
+                        at(&format!("facts.headers.{name}")),
+                        "only the headers the engine reads are recorded",
+                    )
+                    .into());
+                }
+                if value.len() > 4_096 {
+                    return Err(FieldError::new(
+                        at(&format!("facts.headers.{name}")),
+                        "at most 4 KiB",
+                    )
+                    .into());
+                }
+            }
+        }
     }
     let n = input.records.len();
     app.store.append_records(input.records).await?;

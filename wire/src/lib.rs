@@ -16,6 +16,8 @@
 //! - [`DecisionRecordV1`]: one verdict as edges log it to the cache (`POST
 //!   /v1/decisions/log`), with the facts a replay needs (IPs keyed-hashed, never raw).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A subject the cache keys risk by.
@@ -242,6 +244,71 @@ pub struct DecisionRecordV1 {
     /// The bundle lists the IP was in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_lists: Vec<String>,
+    /// A rate budget was spent: the enforced decision is the budget's throttle, which a replay
+    /// cannot reproduce (bucket state is not recorded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_limited: bool,
+    /// The rest of what the engine saw, for `policy diff --log`. Records without it are
+    /// listed but not replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<RecordFactsV1>,
+}
+
+/// What a [`DecisionRecordV1`] keeps of a request beyond its method, path and address: the
+/// headers the engine reads (`signalbox_policy::SIGNAL_HEADERS`, first value each; never
+/// cookies or credentials), the edge facts, keyed hashes of the user and device keys, the
+/// clearance's state (never the token) and the score cache's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFactsV1 {
+    /// Header name (lower case) to its first value (invalid UTF-8 replaced).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Country from the trusted edge header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// AS number from the trusted edge header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    /// TLS fingerprint from the trusted edge header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// The user key, keyed-hashed (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_hash: Option<String>,
+    /// The device key, keyed-hashed (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_hash: Option<String>,
+    /// The clearance cookie's state; absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearance: Option<RecordClearanceV1>,
+    /// The host marked the route sensitive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub route_sensitive: bool,
+    /// The client came over plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
+    /// The edge asked the score cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub context_asked: bool,
+    /// What the score cache answered (scores and decisions in force), if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextAnswerV1>,
+}
+
+/// A clearance cookie's state in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RecordClearanceV1 {
+    /// Present, not verified (no keys configured).
+    Presented,
+    /// Present and failed verification.
+    Invalid,
+    /// Verified, for a challenge of `difficulty` bits.
+    Valid {
+        /// Leading zero bits of the solved challenge.
+        difficulty: u8,
+    },
 }
 
 #[cfg(test)]
