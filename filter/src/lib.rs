@@ -24,6 +24,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{
     Action, BufferType, ContextType, GrpcStatusCode, MapType, MetricType, Status,
 };
+use signalbox_pipeline::decisions::ActiveDecisions;
+use signalbox_pipeline::link::{self, LinkCall, StreamAnswer};
 use signalbox_pipeline::{
     BucketTake, Effects, Event, LogLevel, LookupAnswer, Outcome, Pending, PendingVerify, Pipeline,
     Reply, Request, Step, breaker, buckets, config, request, rollback,
@@ -58,6 +60,9 @@ struct Metrics {
     bundle_expired: u32,
     crawler_ranges_stale: u32,
     cache_unavailable: u32,
+    stream_failures: u32,
+    decisions_active: u32,
+    decisions_unmatched: u32,
     eval_micros: u32,
     rate_limit_micros: u32,
     request_micros: u32,
@@ -80,6 +85,9 @@ impl Metrics {
             bundle_expired: m(MetricType::Counter, "signalbox.bundle.expired"),
             crawler_ranges_stale: m(MetricType::Gauge, "signalbox.crawler_ranges.stale"),
             cache_unavailable: m(MetricType::Counter, "signalbox.cache.unavailable"),
+            stream_failures: m(MetricType::Counter, "signalbox.decisions.stream_failures"),
+            decisions_active: m(MetricType::Gauge, "signalbox.decisions.active"),
+            decisions_unmatched: m(MetricType::Gauge, "signalbox.decisions.unmatched"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
             rate_limit_micros: m(MetricType::Histogram, "signalbox.rate_limit_micros"),
             request_micros: m(MetricType::Histogram, "signalbox.request_micros"),
@@ -134,6 +142,8 @@ struct Worker {
     requests: Cell<u64>,
     /// The circuit breaker's shared-data key, per plugin (two plugins in one VM have two).
     breaker_key: String,
+    /// The plugin's name, which every link key carries.
+    lineage: String,
 }
 
 impl Worker {
@@ -199,14 +209,265 @@ fn record_revision(lineage: &str, revision: u64) -> Result<(), rollback::Rollbac
     .unwrap_or(Ok(()))
 }
 
-/// The root context: loads the configuration per worker.
+/// The root context: loads the configuration per worker, and runs the worker's side of the
+/// link to the score cache on its timer.
 #[derive(Default)]
 pub struct SignalboxRoot {
     worker: Option<Rc<Worker>>,
     metrics: Option<Metrics>,
+    link: Link,
 }
 
-impl Context for SignalboxRoot {}
+/// This worker's side of the link: its id, and — while it leads — the stream call.
+#[derive(Default)]
+struct Link {
+    /// Unique among the process's workers (from a shared counter); 0 before the first tick.
+    worker_id: u64,
+    /// The stream call in flight (its token).
+    stream_call: Option<u32>,
+    /// When the leader polls next, unix ms.
+    next_poll_ms: u64,
+    /// After `410`: the next page starts a new set.
+    restart: bool,
+    /// A snapshot being read page by page, published when its last page arrives.
+    staging: Option<ActiveDecisions>,
+    /// The last stream failure was logged (log once per outage).
+    failing: bool,
+}
+
+/// The link's shared-data key for this plugin.
+fn link_key(base: &str, lineage: &str) -> String {
+    format!("{base}.{lineage}")
+}
+
+impl SignalboxRoot {
+    /// Starts the timer when the configuration follows the decision stream.
+    fn start_link(&mut self) {
+        let Some(cache) = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.pipeline.settings().score_cache.clone())
+        else {
+            return;
+        };
+        if cache.decisions_poll_ms == 0 {
+            return;
+        }
+        let tick = (cache.decisions_poll_ms / 4).max(50);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(tick)));
+    }
+
+    /// Every worker: pick up a newer published set. The leader: poll the stream when due.
+    fn tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(cache) = worker.pipeline.settings().score_cache.clone() else {
+            return;
+        };
+        let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
+        self.refresh_decisions(&worker);
+        if self.link.worker_id == 0 {
+            self.link.worker_id = update_shared_data(link::WORKER_IDS_KEY, |stored| {
+                let (write, id) = link::next_worker_id(stored);
+                (Some(write), id)
+            })
+            .unwrap_or(0);
+            if self.link.worker_id == 0 {
+                return;
+            }
+        }
+        let poll = u64::from(cache.decisions_poll_ms);
+        let leads = update_shared_data(&link_key(link::LEADER_KEY, &worker.lineage), |stored| {
+            link::lead(
+                stored,
+                self.link.worker_id,
+                now_ms,
+                poll.saturating_mul(3).max(1_000),
+            )
+        })
+        .unwrap_or(false);
+        if !leads || self.link.stream_call.is_some() || now_ms < self.link.next_poll_ms {
+            return;
+        }
+        // Up to a tenth of the interval of jitter, from the clock's low bits.
+        let jitter = u64::try_from(now_nanos() % 1_000).unwrap_or(0) * (poll / 10) / 1_000;
+        self.link.next_poll_ms = now_ms + poll + jitter;
+        self.poll_stream(&worker, &cache);
+    }
+
+    fn poll_stream(&mut self, worker: &Worker, cache: &config::ScoreCache) {
+        let cursor = match &self.link.staging {
+            Some(staged) => staged.cursor().to_owned(),
+            None if self.link.restart => "0".to_owned(),
+            None => worker.pipeline.decisions_cursor(),
+        };
+        self.link.stream_call = dispatch(&link::stream_call(cache, &cursor));
+    }
+
+    /// Reads the published set when its generation moved.
+    fn refresh_decisions(&self, worker: &Worker) {
+        let generation =
+            hostcalls::get_shared_data(&link_key(link::DECISIONS_GENERATION_KEY, &worker.lineage))
+                .ok()
+                .and_then(|(v, _)| v)
+                .map_or(0, |v| link::generation_of(Some(&v)));
+        if generation == 0 || generation == worker.pipeline.decisions_generation() {
+            return;
+        }
+        let Some(blob) =
+            hostcalls::get_shared_data(&link_key(link::DECISIONS_KEY, &worker.lineage))
+                .ok()
+                .and_then(|(v, _)| v)
+        else {
+            return;
+        };
+        match ActiveDecisions::decode(blob) {
+            Ok(set) => {
+                if worker.metrics.decisions_active != 0 {
+                    let _ = hostcalls::record_metric(
+                        worker.metrics.decisions_active,
+                        u64::try_from(set.len()).unwrap_or(u64::MAX),
+                    );
+                }
+                worker.pipeline.replace_decisions(set);
+            }
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("signalbox: published decision set refused: {}", e.0),
+            ),
+        }
+    }
+
+    /// The leader's stream answer: apply, publish, ask again at once when there is more.
+    fn on_stream_answer(&mut self, status: u32, body: &[u8]) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(cache) = worker.pipeline.settings().score_cache.clone() else {
+            return;
+        };
+        let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+        match link::stream_answer(status, body) {
+            StreamAnswer::Page(page) => {
+                self.link.failing = false;
+                let prefix = worker.pipeline.settings().policy.ipv6_prefix();
+                let applied = match self.link.staging.take() {
+                    Some(staged) => staged.apply(&page, prefix, now),
+                    None => {
+                        match worker
+                            .pipeline
+                            .apply_decisions_page(&page, now, self.link.restart)
+                        {
+                            Some(a) => a,
+                            None => return,
+                        }
+                    }
+                };
+                self.link.restart = false;
+                if worker.metrics.decisions_unmatched != 0 {
+                    let _ = hostcalls::record_metric(
+                        worker.metrics.decisions_unmatched,
+                        u64::try_from(applied.unmatched).unwrap_or(u64::MAX),
+                    );
+                }
+                let Ok(set) = ActiveDecisions::decode(applied.blob) else {
+                    return;
+                };
+                if page.more {
+                    self.link.staging = Some(set);
+                    self.poll_stream(&worker, &cache);
+                    return;
+                }
+                let published = hostcalls::set_shared_data(
+                    &link_key(link::DECISIONS_KEY, &worker.lineage),
+                    Some(set.bytes()),
+                    None,
+                )
+                .and_then(|()| {
+                    hostcalls::set_shared_data(
+                        &link_key(link::DECISIONS_GENERATION_KEY, &worker.lineage),
+                        Some(&set.generation().to_le_bytes()),
+                        None,
+                    )
+                });
+                if published.is_ok() {
+                    worker.pipeline.replace_decisions(set);
+                }
+            }
+            StreamAnswer::Unchanged => self.link.failing = false,
+            StreamAnswer::Gone => {
+                self.link.staging = None;
+                self.link.restart = true;
+                self.poll_stream(&worker, &cache);
+            }
+            StreamAnswer::Failed(why) => {
+                self.link.staging = None;
+                Metrics::count(worker.metrics.stream_failures);
+                if !self.link.failing {
+                    self.link.failing = true;
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "signalbox: the score cache's decision stream failed ({why}); the last set keeps applying, counted in signalbox.decisions.stream_failures"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sends a link call from the current context; its token, or `None` when the host refused.
+fn dispatch(call: &LinkCall) -> Option<u32> {
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    hostcalls::dispatch_http_call(
+        &call.cluster,
+        headers,
+        call.body.as_deref(),
+        Vec::new(),
+        Duration::from_millis(u64::from(call.timeout_ms)),
+    )
+    .ok()
+}
+
+impl Context for SignalboxRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.link.stream_call != Some(token_id) {
+            return;
+        }
+        self.link.stream_call = None;
+        let (status, body) = call_response(num_headers, body_size);
+        self.on_stream_answer(status, &body);
+    }
+}
+
+/// A call's status (0: no answer) and body.
+fn call_response(num_headers: usize, body_size: usize) -> (u32, Vec<u8>) {
+    if num_headers == 0 {
+        return (0, Vec::new());
+    }
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
+}
 
 impl RootContext for SignalboxRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -237,7 +498,9 @@ impl RootContext for SignalboxRoot {
                     metrics,
                     requests: Cell::new(0),
                     breaker_key: format!("{}.{lineage}", breaker::KEY),
+                    lineage: lineage.clone(),
                 }));
+                self.start_link();
                 true
             }
             Err(e) => {
@@ -270,6 +533,10 @@ impl RootContext for SignalboxRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+
+    fn on_tick(&mut self) {
+        self.tick();
     }
 }
 

@@ -121,6 +121,15 @@ pub struct ScoreCacheV1 {
     /// VM environment variable holding its bearer token (absent: calls carry none).
     #[serde(default = "default_cache_token_env")]
     pub token_env: String,
+    /// How often one worker per process follows `GET /v1/decisions/stream`, milliseconds
+    /// (each poll jittered by up to a tenth); every worker picks up a new set within a
+    /// quarter of this. 0: no local copy of the decisions (lookups still carry them).
+    #[serde(default = "default_decisions_poll_ms")]
+    pub decisions_poll_ms: u32,
+}
+
+fn default_decisions_poll_ms() -> u32 {
+    1_000
 }
 
 fn default_cache_authority() -> String {
@@ -140,6 +149,8 @@ pub struct ScoreCache {
     pub authority: String,
     /// Bearer token, if configured (never logged: `Debug` leaves it out).
     pub token: Option<String>,
+    /// Decision stream poll interval, milliseconds (0: off).
+    pub decisions_poll_ms: u32,
 }
 
 impl std::fmt::Debug for ScoreCache {
@@ -147,6 +158,7 @@ impl std::fmt::Debug for ScoreCache {
         f.debug_struct("ScoreCache")
             .field("cluster", &self.cluster)
             .field("authority", &self.authority)
+            .field("decisions_poll_ms", &self.decisions_poll_ms)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -402,6 +414,7 @@ pub fn parse(
                 .filter(|t| !t.is_empty()),
             cluster: c.cluster,
             authority: c.authority,
+            decisions_poll_ms: c.decisions_poll_ms,
         }),
         subjects,
     })

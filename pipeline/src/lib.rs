@@ -23,6 +23,8 @@ pub mod breaker;
 pub mod buckets;
 pub mod canary;
 pub mod config;
+pub mod decisions;
+pub mod link;
 pub mod record;
 pub mod reply;
 pub mod request;
@@ -317,6 +319,8 @@ pub struct Pipeline {
     warned_expired: Cell<bool>,
     ranges_checked_at: Cell<u64>,
     warned_stale_ranges: Cell<bool>,
+    /// This worker's copy of the score cache's manual decisions.
+    decisions: std::cell::RefCell<decisions::ActiveDecisions>,
 }
 
 impl Pipeline {
@@ -330,7 +334,44 @@ impl Pipeline {
             warned_expired: Cell::new(false),
             ranges_checked_at: Cell::new(0),
             warned_stale_ranges: Cell::new(false),
+            decisions: std::cell::RefCell::new(decisions::ActiveDecisions::default()),
         }
+    }
+
+    /// Replaces this worker's copy of the manual decisions (a newer published set).
+    pub fn replace_decisions(&self, set: decisions::ActiveDecisions) {
+        if let Ok(mut d) = self.decisions.try_borrow_mut() {
+            *d = set;
+        }
+    }
+
+    /// The generation of this worker's copy of the manual decisions (0: none yet).
+    pub fn decisions_generation(&self) -> u64 {
+        self.decisions.try_borrow().map_or(0, |d| d.generation())
+    }
+
+    /// Applies a page of the decision stream to this worker's copy: the blob to publish.
+    /// `None` while the copy is in use (never, in one thread).
+    pub fn apply_decisions_page(
+        &self,
+        page: &signalbox_wire::DecisionPageV1,
+        now: u64,
+        restart: bool,
+    ) -> Option<decisions::Applied> {
+        let d = self.decisions.try_borrow().ok()?;
+        let prefix = self.settings.policy.ipv6_prefix();
+        Some(if restart {
+            d.restart().apply(page, prefix, now)
+        } else {
+            d.apply(page, prefix, now)
+        })
+    }
+
+    /// The stream cursor of this worker's copy (`"0"`: start with a snapshot).
+    pub fn decisions_cursor(&self) -> String {
+        self.decisions
+            .try_borrow()
+            .map_or_else(|_| "0".to_owned(), |d| d.cursor().to_owned())
     }
 
     /// The settings.
@@ -450,7 +491,17 @@ impl Pipeline {
                 .iter()
                 .any(|n| n.as_bytes() == route.as_slice())
         });
-        let facts = request::facts(settings, headers, ip, now, route_sensitive);
+        let mut facts = request::facts(settings, headers, ip, now, route_sensitive);
+        if let Ok(d) = self.decisions.try_borrow() {
+            facts.manual_decisions = d.lookup(
+                facts.client_ip,
+                facts.user.as_deref(),
+                facts.device.as_deref(),
+                facts.asn,
+                facts.country,
+                now,
+            );
+        }
         if facts.route_path == settings.policy.challenge().verify_path {
             let step = self.start_verify(&facts, now, end_of_stream);
             return Outcome { effects, step };

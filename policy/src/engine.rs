@@ -12,7 +12,9 @@ use std::net::IpAddr;
 
 use ipnet::Ipv6Net;
 
-use crate::facts::{Clearance, Facts, RecordedIp, RemoteContext, SubjectContext, path_has_prefix};
+use crate::facts::{
+    Clearance, Facts, ManualDecisions, RecordedIp, RemoteContext, SubjectContext, path_has_prefix,
+};
 use crate::policy::{
     ClientClass, Conditions, CrawlerCategory, Mode, NamedList, Policy, SubjectKind,
 };
@@ -59,6 +61,8 @@ pub struct Assessment {
     /// Rules whose conditions other than `min_level` matched, in rule order.
     rule_candidates: Vec<usize>,
     lookup: Option<Lookup>,
+    /// The adapter's manual decisions for the request's subjects.
+    manual: ManualDecisions,
 }
 
 impl Assessment {
@@ -302,6 +306,7 @@ impl Policy {
             clearance_difficulty,
             rule_candidates,
             lookup,
+            manual: facts.manual_decisions,
         }
     }
 
@@ -324,6 +329,7 @@ impl Policy {
             rule_candidates,
             lookup,
             client,
+            manual: local_manual,
         } = assessment;
 
         let remote_status = match (remote, &lookup) {
@@ -334,11 +340,7 @@ impl Policy {
             }
             (None, Some(_)) => RemoteStatus::UnavailableFailOpen,
         };
-        let mut manual = None;
         if let Some(ctx) = remote {
-            // One manual decision applies: the user's (a key from a trusted source) over the
-            // IP's, the IP's over the device's (a device key is a cookie any client can set,
-            // so a device's `allow` must never beat an IP's ban).
             for (name, subject) in [
                 ("user", ctx.user.as_ref()),
                 ("ip", ctx.ip.as_ref()),
@@ -358,14 +360,31 @@ impl Policy {
                         points: i16::from(points),
                     });
                 }
-                if manual.is_none() {
-                    manual = subject
-                        .decision
-                        .filter(|d| now < d.expires_at)
-                        .map(|d| (name, manual_decision(d.action)));
-                }
             }
         }
+        // One manual decision applies: the user's (a key from a trusted source) over the IP's,
+        // the IP's over the device's (a device key is a cookie any client can set, so a
+        // device's `allow` must never beat an IP's ban). For each subject the cache's answer,
+        // when it has one, is fresher than the adapter's copy of the stream.
+        let answered = |pick: fn(&RemoteContext) -> Option<&SubjectContext>| {
+            remote.and_then(pick).and_then(|s| s.decision)
+        };
+        let manual = [
+            ("user", answered(|c| c.user.as_ref()), local_manual.user),
+            ("ip", answered(|c| c.ip.as_ref()), local_manual.ip),
+            (
+                "device",
+                answered(|c| c.device.as_ref()),
+                local_manual.device,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(name, from_answer, local)| {
+            from_answer
+                .or(local)
+                .filter(|d| now < d.expires_at)
+                .map(|d| (name, manual_decision(d.action)))
+        });
 
         let score = capped(risk, trust);
         let level = self.level_of(score);

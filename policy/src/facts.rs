@@ -131,6 +131,10 @@ pub struct Facts {
     pub device: Option<String>,
     /// The clearance cookie.
     pub clearance: Clearance,
+    /// Manual decisions in force for this request's subjects, from the adapter's copy of the
+    /// score cache's decision stream (no call). A decision in the cache's answer, when there
+    /// is one for the same subject, takes its place.
+    pub manual_decisions: ManualDecisions,
     /// The host marks this route sensitive (e.g. Envoy route names listed in the plugin
     /// configuration), in addition to the bundle's `routes`.
     pub route_sensitive: bool,
@@ -178,6 +182,7 @@ impl Facts {
             user: None,
             device: None,
             clearance: Clearance::Absent,
+            manual_decisions: ManualDecisions::default(),
             route_sensitive: false,
             plain_http: false,
         };
@@ -296,6 +301,19 @@ pub struct ManualDecision {
     pub action: ManualAction,
     /// Unix seconds after which it no longer applies.
     pub expires_at: u64,
+}
+
+/// The manual decision in force for each subject of a request, as an adapter found it in its
+/// copy of the decision stream. The IP's is the most specific one covering the address: its
+/// own, else the longest range's, else its AS number's, else its country's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ManualDecisions {
+    /// For the user key.
+    pub user: Option<ManualDecision>,
+    /// For the client IP (or a range, AS number or country that holds it).
+    pub ip: Option<ManualDecision>,
+    /// For the device key.
+    pub device: Option<ManualDecision>,
 }
 
 /// What the score cache knows about one subject.

@@ -56,8 +56,8 @@ pub mod wire;
 pub use engine::{Assessment, Lookup, LookupReason};
 pub use facts::{
     CLEARANCE_COOKIE, Clearance, EdgeHeaderNames, Facts, ManualAction, ManualDecision,
-    PLAIN_HTTP_CLEARANCE_COOKIE, RecordedIp, RemoteContext, SIGNAL_HEADERS, SubjectContext,
-    normalize_path, path_has_prefix,
+    ManualDecisions, PLAIN_HTTP_CLEARANCE_COOKIE, RecordedIp, RemoteContext, SIGNAL_HEADERS,
+    SubjectContext, normalize_path, path_has_prefix,
 };
 pub use iprange::{BadPrefix, IpRangeSet};
 pub use policy::{

@@ -791,3 +791,79 @@ fn lists_holding_names_the_lists_an_address_is_in() {
     assert_eq!(held("2001:4860:4801::1"), ["googlebot"]);
     assert!(held("8.8.8.8").is_empty());
 }
+
+#[test]
+fn manual_decisions_from_the_stream_apply_without_a_call_and_the_answer_wins_per_subject() {
+    let policy = golden();
+    let gio = |manual: ManualDecisions| {
+        let mut f = Facts::from_parts(
+            "GET",
+            "/",
+            [
+                (
+                    "user-agent",
+                    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+                ),
+                ("accept", "text/html"),
+                ("accept-language", "it-CH"),
+                ("accept-encoding", "gzip, br"),
+            ],
+            "81.62.10.4".parse().ok(),
+            &EdgeHeaderNames::conventional(),
+        );
+        f.manual_decisions = manual;
+        f
+    };
+    let until = |action| {
+        Some(ManualDecision {
+            action,
+            expires_at: NOW + 60,
+        })
+    };
+    let ban = ManualDecisions {
+        ip: until(ManualAction::Ban),
+        ..ManualDecisions::default()
+    };
+    assert_eq!(
+        policy
+            .evaluate(&gio(ManualDecisions::default()), None, NOW)
+            .decision,
+        Decision::Pass
+    );
+    let v = policy.evaluate(&gio(ban), None, NOW);
+    assert_eq!(v.decision, Decision::Block);
+    assert_ne!(v.remote, RemoteStatus::Used, "no answer was used");
+    // An allow for the user beats the IP's ban.
+    let allowed = ManualDecisions {
+        user: until(ManualAction::Allow),
+        ..ban
+    };
+    assert_eq!(
+        policy.evaluate(&gio(allowed), None, NOW).decision,
+        Decision::Pass
+    );
+    // Expired: no longer applies.
+    let expired = ManualDecisions {
+        ip: Some(ManualDecision {
+            action: ManualAction::Ban,
+            expires_at: NOW,
+        }),
+        ..ManualDecisions::default()
+    };
+    assert_eq!(
+        policy.evaluate(&gio(expired), None, NOW).decision,
+        Decision::Pass
+    );
+    // The cache's answer for the IP replaces the local copy's (lifted there already).
+    let answer = RemoteContext {
+        ip: Some(SubjectContext {
+            score: 0,
+            decision: until(ManualAction::Challenge),
+        }),
+        ..RemoteContext::default()
+    };
+    assert_eq!(
+        policy.evaluate(&gio(ban), Some(&answer), NOW).decision,
+        Decision::Challenge
+    );
+}

@@ -57,6 +57,8 @@ pub struct Options {
     pub concurrency: u32,
     /// A loopback port to add as the `signalbox_cache` cluster (the score cache).
     pub cache_port: Option<u16>,
+    /// Extra environment for Envoy (the VM reads `SIGNALBOX_CACHE_TOKEN` from it).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running Envoy.
@@ -160,6 +162,7 @@ impl Envoy {
             .args(["--base-id", &ports.admin.to_string()])
             .args(["--log-level", "info"])
             .env("SIGNALBOX_SECRET", secret.trim())
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(
                 std::fs::File::options().append(true).open(&log)?,

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod replay;
+pub mod score_cache;
 pub mod trace;
 pub mod upstream;
 pub mod workload;

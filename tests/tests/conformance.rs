@@ -254,6 +254,7 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
                 .to_string(),
                 concurrency: 1,
                 cache_port: Some(stub.port),
+                env: Vec::new(),
             })
             .unwrap();
             envoys.insert(key.clone(), envoy);

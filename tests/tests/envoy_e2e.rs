@@ -43,6 +43,7 @@ fn start(name: &str, bundle: &Path, extra: &str) -> Envoy {
         plugin_extra: extra.to_owned(),
         concurrency: 2,
         cache_port: None,
+        env: Vec::new(),
     })
     .unwrap()
 }
@@ -515,6 +516,7 @@ fn a_bad_configuration_is_refused_with_its_field() {
             plugin_extra: unsigned.into(),
             concurrency: 1,
             cache_port: None,
+            env: Vec::new(),
         },
         &ports,
     )

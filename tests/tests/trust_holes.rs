@@ -448,6 +448,7 @@ fn origin_answering_the_verify_path_early_is_stripped() {
         plugin_extra: "{}".to_owned(),
         concurrency: 1,
         cache_port: None,
+        env: Vec::new(),
     })
     .unwrap();
     let form = "challenge=AAAA.BBBB&counter=1";
@@ -519,6 +520,7 @@ fn envoy_refuses_a_fail_closed_bundle_without_a_cache() {
             plugin_extra: "{}".into(),
             concurrency: 1,
             cache_port: None,
+            env: Vec::new(),
         },
         &ports,
     )
