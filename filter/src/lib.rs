@@ -136,7 +136,8 @@ impl Metrics {
 
 /// What every stream of a worker shares.
 struct Worker {
-    pipeline: Pipeline,
+    /// The pipeline new streams start with; replaced when a newer bundle arrives.
+    pipeline: std::cell::RefCell<Rc<Pipeline>>,
     metrics: Metrics,
     /// Requests seen, for sampling the timing histograms.
     requests: Cell<u64>,
@@ -147,6 +148,19 @@ struct Worker {
 }
 
 impl Worker {
+    /// The pipeline new streams start with (`None` only while it is being replaced, which
+    /// never overlaps a callback in one thread).
+    fn pipeline(&self) -> Option<Rc<Pipeline>> {
+        self.pipeline.try_borrow().ok().map(|p| Rc::clone(&p))
+    }
+
+    /// Serves `next` to new streams from now on.
+    fn replace_pipeline(&self, next: Pipeline) {
+        if let Ok(mut p) = self.pipeline.try_borrow_mut() {
+            *p = Rc::new(next);
+        }
+    }
+
     /// Whether this request records the timing histograms (one in [`TIMING_SAMPLE`]).
     fn next_is_timed(&self) -> bool {
         let n = self.requests.get();
@@ -216,6 +230,8 @@ pub struct SignalboxRoot {
     worker: Option<Rc<Worker>>,
     metrics: Option<Metrics>,
     link: Link,
+    /// The plugin configuration as Envoy gave it (a polled bundle replaces only its bundle).
+    config: Vec<u8>,
 }
 
 /// This worker's side of the link: its id, and — while it leads — the stream call.
@@ -233,6 +249,17 @@ struct Link {
     staging: Option<ActiveDecisions>,
     /// The last stream failure was logged (log once per outage).
     failing: bool,
+    /// The bundle poll in flight, then the fleet report.
+    bundle_call: Option<u32>,
+    fleet_call: Option<u32>,
+    /// When the leader polls the bundle next, unix ms.
+    next_bundle_poll_ms: u64,
+    /// The ETag of the last envelope seen.
+    etag: Option<String>,
+    /// The last refused bundle or failed poll, for the fleet report.
+    last_error: Option<String>,
+    /// This edge's clock minus the cache's, from the last answer's `date`.
+    clock_skew_ms: i64,
 }
 
 /// The link's shared-data key for this plugin.
@@ -241,32 +268,42 @@ fn link_key(base: &str, lineage: &str) -> String {
 }
 
 impl SignalboxRoot {
-    /// Starts the timer when the configuration follows the decision stream.
+    /// Starts the timer when the configuration follows the decision stream or polls bundles.
     fn start_link(&mut self) {
         let Some(cache) = self
             .worker
             .as_ref()
-            .and_then(|w| w.pipeline.settings().score_cache.clone())
+            .and_then(|w| w.pipeline())
+            .and_then(|p| p.settings().score_cache.clone())
         else {
             return;
         };
-        if cache.decisions_poll_ms == 0 {
+        let tick = [cache.decisions_poll_ms, cache.bundle_poll_ms]
+            .into_iter()
+            .filter(|&ms| ms > 0)
+            .min()
+            .map(|ms| (ms / 4).max(50));
+        let Some(tick) = tick else {
             return;
-        }
-        let tick = (cache.decisions_poll_ms / 4).max(50);
+        };
         let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(tick)));
     }
 
-    /// Every worker: pick up a newer published set. The leader: poll the stream when due.
+    /// Every worker: pick up a newer published decision set and a newer verified bundle. The
+    /// leader: follow the stream and poll the bundle when due.
     fn tick(&mut self) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let Some(cache) = worker.pipeline.settings().score_cache.clone() else {
+        self.refresh_bundle(&worker);
+        let Some(pipeline) = worker.pipeline() else {
+            return;
+        };
+        let Some(cache) = pipeline.settings().score_cache.clone() else {
             return;
         };
         let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
-        self.refresh_decisions(&worker);
+        self.refresh_decisions(&worker, &pipeline);
         if self.link.worker_id == 0 {
             self.link.worker_id = update_shared_data(link::WORKER_IDS_KEY, |stored| {
                 let (write, id) = link::next_worker_id(stored);
@@ -277,42 +314,59 @@ impl SignalboxRoot {
                 return;
             }
         }
-        let poll = u64::from(cache.decisions_poll_ms);
+        let slowest = u64::from(cache.decisions_poll_ms.max(cache.bundle_poll_ms.min(2_000)));
         let leads = update_shared_data(&link_key(link::LEADER_KEY, &worker.lineage), |stored| {
             link::lead(
                 stored,
                 self.link.worker_id,
                 now_ms,
-                poll.saturating_mul(3).max(1_000),
+                slowest.saturating_mul(3).max(1_000),
             )
         })
         .unwrap_or(false);
-        if !leads || self.link.stream_call.is_some() || now_ms < self.link.next_poll_ms {
+        if !leads {
             return;
         }
-        // Up to a tenth of the interval of jitter, from the clock's low bits.
-        let jitter = u64::try_from(now_nanos() % 1_000).unwrap_or(0) * (poll / 10) / 1_000;
-        self.link.next_poll_ms = now_ms + poll + jitter;
-        self.poll_stream(&worker, &cache);
+        // Up to a tenth of an interval of jitter, from the clock's low bits.
+        let jitter = |interval: u64| {
+            u64::try_from(now_nanos() % 1_000).unwrap_or(0) * (interval / 10) / 1_000
+        };
+        let poll = u64::from(cache.decisions_poll_ms);
+        if poll > 0 && self.link.stream_call.is_none() && now_ms >= self.link.next_poll_ms {
+            self.link.next_poll_ms = now_ms + poll + jitter(poll);
+            self.poll_stream(&pipeline, &cache);
+        }
+        let bundle_poll = u64::from(cache.bundle_poll_ms);
+        if bundle_poll > 0
+            && self.link.bundle_call.is_none()
+            && self.link.fleet_call.is_none()
+            && now_ms >= self.link.next_bundle_poll_ms
+        {
+            self.link.next_bundle_poll_ms = now_ms + bundle_poll + jitter(bundle_poll);
+            self.link.bundle_call = dispatch(&link::bundle_call(&cache, self.link.etag.as_deref()));
+            if self.link.bundle_call.is_none() {
+                self.link.last_error = Some("the bundle poll could not be sent".to_owned());
+            }
+        }
     }
 
-    fn poll_stream(&mut self, worker: &Worker, cache: &config::ScoreCache) {
+    fn poll_stream(&mut self, pipeline: &Pipeline, cache: &config::ScoreCache) {
         let cursor = match &self.link.staging {
             Some(staged) => staged.cursor().to_owned(),
             None if self.link.restart => "0".to_owned(),
-            None => worker.pipeline.decisions_cursor(),
+            None => pipeline.decisions_cursor(),
         };
         self.link.stream_call = dispatch(&link::stream_call(cache, &cursor));
     }
 
-    /// Reads the published set when its generation moved.
-    fn refresh_decisions(&self, worker: &Worker) {
+    /// Reads the published decision set when its generation moved.
+    fn refresh_decisions(&self, worker: &Worker, pipeline: &Pipeline) {
         let generation =
             hostcalls::get_shared_data(&link_key(link::DECISIONS_GENERATION_KEY, &worker.lineage))
                 .ok()
                 .and_then(|(v, _)| v)
                 .map_or(0, |v| link::generation_of(Some(&v)));
-        if generation == 0 || generation == worker.pipeline.decisions_generation() {
+        if generation == 0 || generation == pipeline.decisions_generation() {
             return;
         }
         let Some(blob) =
@@ -330,7 +384,7 @@ impl SignalboxRoot {
                         u64::try_from(set.len()).unwrap_or(u64::MAX),
                     );
                 }
-                worker.pipeline.replace_decisions(set);
+                pipeline.replace_decisions(set);
             }
             Err(e) => log(
                 LogLevel::Warn,
@@ -339,30 +393,146 @@ impl SignalboxRoot {
         }
     }
 
+    /// Serves the polled bundle in shared data when it is newer than the one serving (the
+    /// leader verified it; every worker verifies it again as it compiles it).
+    fn refresh_bundle(&self, worker: &Worker) {
+        let Some(pipeline) = worker.pipeline() else {
+            return;
+        };
+        let active = pipeline.settings().policy.revision();
+        let polled =
+            hostcalls::get_shared_data(&link_key(link::BUNDLE_REVISION_KEY, &worker.lineage))
+                .ok()
+                .and_then(|(v, _)| v)
+                .map_or(0, |v| link::revision_of(Some(&v)));
+        if polled <= active {
+            return;
+        }
+        let Some(bytes) = hostcalls::get_shared_data(&link_key(link::BUNDLE_KEY, &worker.lineage))
+            .ok()
+            .and_then(|(v, _)| v)
+        else {
+            return;
+        };
+        match settings_with(&self.config, &bytes, active) {
+            Ok(settings) => {
+                let revision = settings.policy.revision();
+                let _ = record_revision(&worker.lineage, revision);
+                worker.replace_pipeline(pipeline.successor(settings));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "signalbox: bundle revision {revision} from the score cache serves now (was {active})"
+                    ),
+                );
+            }
+            Err(e) => {
+                Metrics::count(worker.metrics.bundles_rejected);
+                log(
+                    LogLevel::Warn,
+                    &format!("signalbox: polled bundle refused: {e}"),
+                );
+            }
+        }
+    }
+
+    /// The leader's bundle poll answered: verify a newer stable bundle and publish it for every
+    /// worker, then report to the fleet.
+    fn on_bundle_answer(&mut self, status: u32, body: &[u8], etag: Option<String>) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(pipeline) = worker.pipeline() else {
+            return;
+        };
+        let Some(cache) = pipeline.settings().score_cache.clone() else {
+            return;
+        };
+        let active = pipeline.settings().policy.revision();
+        match link::bundle_answer(status, body, etag) {
+            link::BundleAnswer::Envelope(envelope, etag) => {
+                match settings_with(&self.config, envelope.stable.as_bytes(), active) {
+                    Ok(settings) => {
+                        let revision = settings.policy.revision();
+                        let published = hostcalls::set_shared_data(
+                            &link_key(link::BUNDLE_KEY, &worker.lineage),
+                            Some(envelope.stable.as_bytes()),
+                            None,
+                        )
+                        .and_then(|()| {
+                            hostcalls::set_shared_data(
+                                &link_key(link::BUNDLE_REVISION_KEY, &worker.lineage),
+                                Some(&revision.to_le_bytes()),
+                                None,
+                            )
+                        });
+                        if published.is_ok() {
+                            self.link.last_error = None;
+                            self.link.etag = etag;
+                            self.refresh_bundle(&worker);
+                        }
+                    }
+                    // The bundle serving now: nothing to do.
+                    Err(e) if e.0.contains("is not above the active revision") => {
+                        self.link.last_error = None;
+                        self.link.etag = etag;
+                    }
+                    Err(e) => {
+                        Metrics::count(worker.metrics.bundles_rejected);
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "signalbox: the score cache's bundle was refused, revision {active} keeps serving: {e}"
+                            ),
+                        );
+                        self.link.last_error = Some(format!("bundle refused: {e}"));
+                        // Asked again only when it changes.
+                        self.link.etag = etag;
+                    }
+                }
+            }
+            link::BundleAnswer::Unchanged => {}
+            link::BundleAnswer::Failed(why) => {
+                self.link.last_error = Some(format!("bundle poll failed: {why}"));
+            }
+        }
+        let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
+        let serving = worker
+            .pipeline()
+            .map_or(active, |p| p.settings().policy.revision());
+        let report = link::FleetReportV1 {
+            node_id: format!("{}/{}", cache.node_id, worker.lineage),
+            stable_revision: serving,
+            canary_revision: None,
+            last_error: self.link.last_error.clone(),
+            clock_skew_ms: self.link.clock_skew_ms,
+            reported_at: now_ms / 1_000,
+        };
+        self.link.fleet_call = dispatch(&link::fleet_call(&cache, &report));
+    }
+
     /// The leader's stream answer: apply, publish, ask again at once when there is more.
     fn on_stream_answer(&mut self, status: u32, body: &[u8]) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let Some(cache) = worker.pipeline.settings().score_cache.clone() else {
+        let Some(pipeline) = worker.pipeline() else {
+            return;
+        };
+        let Some(cache) = pipeline.settings().score_cache.clone() else {
             return;
         };
         let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
         match link::stream_answer(status, body) {
             StreamAnswer::Page(page) => {
                 self.link.failing = false;
-                let prefix = worker.pipeline.settings().policy.ipv6_prefix();
+                let prefix = pipeline.settings().policy.ipv6_prefix();
                 let applied = match self.link.staging.take() {
                     Some(staged) => staged.apply(&page, prefix, now),
-                    None => {
-                        match worker
-                            .pipeline
-                            .apply_decisions_page(&page, now, self.link.restart)
-                        {
-                            Some(a) => a,
-                            None => return,
-                        }
-                    }
+                    None => match pipeline.apply_decisions_page(&page, now, self.link.restart) {
+                        Some(a) => a,
+                        None => return,
+                    },
                 };
                 self.link.restart = false;
                 if worker.metrics.decisions_unmatched != 0 {
@@ -376,7 +546,7 @@ impl SignalboxRoot {
                 };
                 if page.more {
                     self.link.staging = Some(set);
-                    self.poll_stream(&worker, &cache);
+                    self.poll_stream(&pipeline, &cache);
                     return;
                 }
                 let published = hostcalls::set_shared_data(
@@ -392,14 +562,14 @@ impl SignalboxRoot {
                     )
                 });
                 if published.is_ok() {
-                    worker.pipeline.replace_decisions(set);
+                    pipeline.replace_decisions(set);
                 }
             }
             StreamAnswer::Unchanged => self.link.failing = false,
             StreamAnswer::Gone => {
                 self.link.staging = None;
                 self.link.restart = true;
-                self.poll_stream(&worker, &cache);
+                self.poll_stream(&pipeline, &cache);
             }
             StreamAnswer::Failed(why) => {
                 self.link.staging = None;
@@ -416,6 +586,25 @@ impl SignalboxRoot {
             }
         }
     }
+}
+
+/// Settings from the plugin configuration with `bundle` in place of its inline one, which
+/// must be above `active`.
+fn settings_with(
+    config_bytes: &[u8],
+    bundle: &[u8],
+    active: u64,
+) -> Result<config::Settings, config::ConfigError> {
+    let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+    config::parse_with_bundle(
+        config_bytes,
+        Some(config::Replacement {
+            bundle,
+            above_revision: active,
+        }),
+        now,
+        |var| std::env::var(var).ok(),
+    )
 }
 
 /// Sends a link call from the current context; its token, or `None` when the host refused.
@@ -443,12 +632,29 @@ impl Context for SignalboxRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.link.stream_call != Some(token_id) {
-            return;
-        }
-        self.link.stream_call = None;
         let (status, body) = call_response(num_headers, body_size);
-        self.on_stream_answer(status, &body);
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        if status != 0
+            && let Some(skew) = header("date").and_then(|d| {
+                link::clock_skew_ms(&d, u64::try_from(now_nanos() / 1_000_000).unwrap_or(0))
+            })
+        {
+            self.link.clock_skew_ms = skew;
+        }
+        if self.link.stream_call == Some(token_id) {
+            self.link.stream_call = None;
+            self.on_stream_answer(status, &body);
+        } else if self.link.bundle_call == Some(token_id) {
+            self.link.bundle_call = None;
+            self.on_bundle_answer(status, &body, header("etag"));
+        } else if self.link.fleet_call == Some(token_id) {
+            self.link.fleet_call = None;
+        }
     }
 }
 
@@ -489,17 +695,38 @@ impl RootContext for SignalboxRoot {
         });
         match parsed {
             Ok(settings) => {
+                // A bundle polled from the score cache before this configuration arrived, if
+                // it is newer: a configuration push never rolls the fleet back.
+                let polled = hostcalls::get_shared_data(&link_key(link::BUNDLE_KEY, &lineage))
+                    .ok()
+                    .and_then(|(v, _)| v)
+                    .filter(|_| settings.score_cache.is_some());
+                let inline_revision = settings.policy.revision();
+                let settings = match polled.map(|b| settings_with(&config, &b, inline_revision)) {
+                    Some(Ok(newer)) => {
+                        log(
+                            LogLevel::Info,
+                            &format!(
+                                "signalbox: bundle revision {} polled from the score cache serves instead of the inline revision {inline_revision}",
+                                newer.policy.revision()
+                            ),
+                        );
+                        newer
+                    }
+                    _ => settings,
+                };
                 let pipeline = Pipeline::new(settings);
                 for (level, line) in pipeline.load_logs() {
                     log(level, &line);
                 }
                 self.worker = Some(Rc::new(Worker {
-                    pipeline,
+                    pipeline: std::cell::RefCell::new(Rc::new(pipeline)),
                     metrics,
                     requests: Cell::new(0),
                     breaker_key: format!("{}.{lineage}", breaker::KEY),
                     lineage: lineage.clone(),
                 }));
+                self.config = config;
                 self.start_link();
                 true
             }
@@ -518,16 +745,18 @@ impl RootContext for SignalboxRoot {
     /// and a trapped VM fails every later request. A root context without a configuration
     /// (its `on_configure` refused one) answers 503 instead.
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match self.worker.clone() {
-            Some(worker) => Box::new(SignalboxHttp {
+        let pipeline = self.worker.as_ref().and_then(|w| w.pipeline());
+        Some(match (self.worker.clone(), pipeline) {
+            (Some(worker), Some(pipeline)) => Box::new(SignalboxHttp {
                 worker,
+                pipeline,
                 local_reply: false,
                 response_header: None,
                 verify: None,
                 lookup: None,
                 timed: false,
             }),
-            None => Box::new(Unconfigured),
+            _ => Box::new(Unconfigured),
         })
     }
 
@@ -559,6 +788,8 @@ impl HttpContext for Unconfigured {
 /// One HTTP stream: host calls around the pipeline's steps.
 pub struct SignalboxHttp {
     worker: Rc<Worker>,
+    /// The pipeline this stream started with (a newer bundle serves the next streams).
+    pipeline: Rc<Pipeline>,
     /// We answered with a local reply (its headers are ours, not origin's).
     local_reply: bool,
     /// A header for origin's response (`x-signalbox-verdict` in debug mode).
@@ -605,7 +836,7 @@ impl Context for SignalboxHttp {
             .flatten();
         let now = now_nanos();
         self.record_lookup(answer.as_ref(), now);
-        let outcome = self.worker.pipeline.resume_lookup(pending, answer, now);
+        let outcome = self.pipeline.resume_lookup(pending, answer, now);
         if self.act(outcome, now) == Action::Continue {
             let _ = hostcalls::resume_http_request();
         }
@@ -627,7 +858,7 @@ impl SignalboxHttp {
                     return Action::Continue;
                 }
                 Step::Lookup(call, pending) => {
-                    let pipeline = &self.worker.pipeline;
+                    let pipeline = &self.pipeline;
                     // The circuit breaker, shared by the plugin's workers: while it is open
                     // no lookup goes out (shared data failing never blocks one).
                     let admitted = update_shared_data(&self.worker.breaker_key, |stored| {
@@ -658,7 +889,7 @@ impl SignalboxHttp {
                         // The host could not even send it (unknown cluster): no answer.
                         Err(_) => {
                             self.record_lookup(None, now);
-                            outcome = self.worker.pipeline.resume_lookup(pending, None, now);
+                            outcome = self.pipeline.resume_lookup(pending, None, now);
                         }
                     }
                 }
@@ -671,7 +902,7 @@ impl SignalboxHttp {
                         .filter_map(|take| self.take_token(take, now_ms))
                         .max();
                     Metrics::micros_since(w.metrics.rate_limit_micros, started);
-                    outcome = w.pipeline.resume_buckets(pending, refused, now);
+                    outcome = self.pipeline.resume_buckets(pending, refused, now);
                 }
             }
         }
@@ -734,7 +965,7 @@ impl SignalboxHttp {
     /// Counts a lookup's result into the shared circuit breaker.
     fn record_lookup(&self, answer: Option<&LookupAnswer>, now: u128) {
         let ok = Pipeline::lookup_healthy(answer);
-        let pipeline = &self.worker.pipeline;
+        let pipeline = &self.pipeline;
         let _ = update_shared_data(&self.worker.breaker_key, |stored| {
             (Some(pipeline.breaker_record(stored, now, ok)), ())
         });
@@ -756,12 +987,12 @@ impl SignalboxHttp {
 impl HttpContext for SignalboxHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let w = Rc::clone(&self.worker);
+        let p = Rc::clone(&self.pipeline);
         let started = now_nanos();
         let timed = w.next_is_timed();
         self.timed = timed;
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let source = w
-            .pipeline
+        let source = p
             .needs_source_address(&headers)
             .then(|| {
                 hostcalls::get_property(vec!["source", "address"])
@@ -771,8 +1002,7 @@ impl HttpContext for SignalboxHttp {
             .flatten()
             .and_then(|v| request::parse_source_address(&v));
         // `xds.route_name` (Envoy ≥ 1.28); `route_name` is the older spelling.
-        let route_name = w
-            .pipeline
+        let route_name = p
             .wants_route_name()
             .then(|| {
                 [vec!["xds", "route_name"], vec!["route_name"]]
@@ -780,7 +1010,7 @@ impl HttpContext for SignalboxHttp {
                     .find_map(|path| hostcalls::get_property(path).ok().flatten())
             })
             .flatten();
-        let outcome = w.pipeline.start(
+        let outcome = p.start(
             Request {
                 headers,
                 source,
@@ -800,7 +1030,6 @@ impl HttpContext for SignalboxHttp {
             return Action::Continue;
         };
         let outcome = self
-            .worker
             .pipeline
             .on_body(pending, body_size, end_of_stream, || {
                 hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
@@ -824,7 +1053,7 @@ impl HttpContext for SignalboxHttp {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(name, _)| name);
-            for name in self.worker.pipeline.response_headers_to_strip(names) {
+            for name in self.pipeline.response_headers_to_strip(names) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, None);
             }
             if let Some((name, value)) = &self.response_header {
@@ -834,9 +1063,7 @@ impl HttpContext for SignalboxHttp {
         if self.verify.take().is_some() {
             // Origin answered the verify path before the request body ended (see
             // `Pipeline::verify_overtaken`): counted as failed, origin's answer goes on.
-            self.worker
-                .metrics
-                .event(self.worker.pipeline.verify_overtaken());
+            self.worker.metrics.event(self.pipeline.verify_overtaken());
         }
         Action::Continue
     }

@@ -126,10 +126,22 @@ pub struct ScoreCacheV1 {
     /// quarter of this. 0: no local copy of the decisions (lookups still carry them).
     #[serde(default = "default_decisions_poll_ms")]
     pub decisions_poll_ms: u32,
+    /// How often the same worker polls `GET /v1/bundle` (with `If-None-Match`) and reports to
+    /// `/v1/fleet`, milliseconds. 0: no polling; the inline bundle serves alone.
+    #[serde(default = "default_bundle_poll_ms")]
+    pub bundle_poll_ms: u32,
+    /// This edge's name in `/v1/fleet` (default: the `SIGNALBOX_NODE_ID` VM environment
+    /// variable, else `envoy`); the plugin's name is appended.
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 fn default_decisions_poll_ms() -> u32 {
     1_000
+}
+
+fn default_bundle_poll_ms() -> u32 {
+    10_000
 }
 
 fn default_cache_authority() -> String {
@@ -151,6 +163,10 @@ pub struct ScoreCache {
     pub token: Option<String>,
     /// Decision stream poll interval, milliseconds (0: off).
     pub decisions_poll_ms: u32,
+    /// Bundle poll interval, milliseconds (0: off).
+    pub bundle_poll_ms: u32,
+    /// The node id for fleet reports.
+    pub node_id: String,
 }
 
 impl std::fmt::Debug for ScoreCache {
@@ -159,6 +175,8 @@ impl std::fmt::Debug for ScoreCache {
             .field("cluster", &self.cluster)
             .field("authority", &self.authority)
             .field("decisions_poll_ms", &self.decisions_poll_ms)
+            .field("bundle_poll_ms", &self.bundle_poll_ms)
+            .field("node_id", &self.node_id)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -296,6 +314,27 @@ pub fn parse(
     now: u64,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    parse_with_bundle(json, None, now, env)
+}
+
+/// A bundle that replaces the configuration's inline one (polled from the score cache), and
+/// the revision it must be above.
+#[derive(Debug, Clone, Copy)]
+pub struct Replacement<'a> {
+    /// The bundle's bytes (a signed envelope, or a bundle when `allow_unsigned`).
+    pub bundle: &'a [u8],
+    /// The revision served now: the replacement must be higher.
+    pub above_revision: u64,
+}
+
+/// [`parse`], with the inline bundle replaced: the same keys, `allow_unsigned` and checks
+/// apply, and a revision not above `above_revision` is refused.
+pub fn parse_with_bundle(
+    json: &[u8],
+    replacement: Option<Replacement<'_>>,
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(json);
     let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
         .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
@@ -308,14 +347,23 @@ pub fn parse(
     .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
     // The bundle's bytes as they came (no JSON tree of its lists is ever built: the plugin
     // configuration can carry megabytes of them).
-    let bundle_bytes = config.bundle.get().as_bytes();
+    let bundle_bytes = replacement.map_or(config.bundle.get().as_bytes(), |r| r.bundle);
     let ctx = LoadContext {
         now,
-        active_revision: None,
+        active_revision: replacement.map(|r| r.above_revision),
         allow_unsigned: config.allow_unsigned,
     };
     let policy =
         load_bundle(bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    if let Some(r) = replacement
+        && policy.revision() <= r.above_revision
+    {
+        return Err(ConfigError(format!(
+            "bundle: revision {} is not above the active revision {}",
+            policy.revision(),
+            r.above_revision
+        )));
+    }
     if policy.requires_score_cache() && config.score_cache.is_none() {
         return Err(ConfigError(
             "bundle: cache.on_unavailable is fail_closed, but this filter has no score cache \
@@ -415,6 +463,11 @@ pub fn parse(
             cluster: c.cluster,
             authority: c.authority,
             decisions_poll_ms: c.decisions_poll_ms,
+            bundle_poll_ms: c.bundle_poll_ms,
+            node_id: c
+                .node_id
+                .or_else(|| env("SIGNALBOX_NODE_ID"))
+                .unwrap_or_else(|| "envoy".to_owned()),
         }),
         subjects,
     })

@@ -338,6 +338,16 @@ impl Pipeline {
         }
     }
 
+    /// The pipeline that takes over from this one with new settings (a newer bundle): it
+    /// keeps this worker's copy of the manual decisions.
+    pub fn successor(&self, settings: Settings) -> Pipeline {
+        let next = Pipeline::new(settings);
+        if let Ok(d) = self.decisions.try_borrow() {
+            next.replace_decisions(d.clone());
+        }
+        next
+    }
+
     /// Replaces this worker's copy of the manual decisions (a newer published set).
     pub fn replace_decisions(&self, set: decisions::ActiveDecisions) {
         if let Ok(mut d) = self.decisions.try_borrow_mut() {

@@ -3,6 +3,7 @@
 //! its answer means. The adapter owns the timer, the calls and shared data.
 
 use signalbox_wire::DecisionPageV1;
+pub use signalbox_wire::FleetReportV1;
 
 use crate::config::ScoreCache;
 
@@ -13,6 +14,10 @@ pub const DECISIONS_KEY: &str = "signalbox.decisions";
 /// Shared-data key of the published decision set's generation (8 bytes): what every worker
 /// reads on each tick, so the blob is read only when it changed.
 pub const DECISIONS_GENERATION_KEY: &str = "signalbox.decisions.generation";
+/// Shared-data key of the last verified polled bundle (its bytes as the cache sent them).
+pub const BUNDLE_KEY: &str = "signalbox.bundle";
+/// Shared-data key of that bundle's revision (8 bytes), read on each tick.
+pub const BUNDLE_REVISION_KEY: &str = "signalbox.bundle.revision";
 /// Shared-data key handing out worker ids.
 pub const WORKER_IDS_KEY: &str = "signalbox.worker_ids";
 
@@ -82,6 +87,93 @@ pub fn stream_call(cache: &ScoreCache, cursor: &str) -> LinkCall {
         }
     }
     call(cache, "GET", path, None, cache.decisions_poll_ms.max(1_000))
+}
+
+/// `GET /v1/bundle`, with `If-None-Match` when an ETag was seen.
+pub fn bundle_call(cache: &ScoreCache, etag: Option<&str>) -> LinkCall {
+    let mut c = call(cache, "GET", "/v1/bundle".to_owned(), None, 5_000);
+    if let Some(tag) = etag {
+        c.headers.push(("if-none-match".to_owned(), tag.to_owned()));
+    }
+    c
+}
+
+/// `POST /v1/fleet` with this edge's report.
+pub fn fleet_call(cache: &ScoreCache, report: &FleetReportV1) -> LinkCall {
+    let body = serde_json::to_vec(report).unwrap_or_default();
+    call(cache, "POST", "/v1/fleet".to_owned(), Some(body), 5_000)
+}
+
+/// What a bundle poll's answer means.
+#[derive(Debug)]
+pub enum BundleAnswer {
+    /// The envelope (stable, and a canary if one is rolling out) and its ETag.
+    Envelope(signalbox_wire::BundleEnvelopeV1, Option<String>),
+    /// `304`, or `404` (nothing pushed yet): keep what is served.
+    Unchanged,
+    /// No answer, a 5xx, or a body that is not an envelope.
+    Failed(String),
+}
+
+/// Reads a bundle poll's answer.
+pub fn bundle_answer(status: u32, body: &[u8], etag: Option<String>) -> BundleAnswer {
+    match status {
+        200 => match serde_json::from_slice(body) {
+            Ok(envelope) => BundleAnswer::Envelope(envelope, etag),
+            Err(e) => BundleAnswer::Failed(format!("not a bundle envelope: {e}")),
+        },
+        304 | 404 => BundleAnswer::Unchanged,
+        0 => BundleAnswer::Failed("no answer".to_owned()),
+        other => BundleAnswer::Failed(format!("status {other}")),
+    }
+}
+
+/// A revision as stored under [`BUNDLE_REVISION_KEY`] (0: none).
+pub fn revision_of(stored: Option<&[u8]>) -> u64 {
+    generation_of(stored)
+}
+
+/// Milliseconds the edge's clock is ahead of the cache's, from the answer's `date` header
+/// (an IMF-fixdate, second resolution); `None` when it does not parse.
+pub fn clock_skew_ms(date: &str, now_ms: u64) -> Option<i64> {
+    let cache_ms = imf_fixdate_seconds(date)?.checked_mul(1_000)?;
+    Some(i64::try_from(now_ms).ok()? - i64::try_from(cache_ms).ok()?)
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` as unix seconds.
+fn imf_fixdate_seconds(text: &str) -> Option<u64> {
+    let mut parts = text.split_ascii_whitespace().skip(1);
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::try_from(day).ok()? - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
+        .ok()?
+        .checked_mul(86_400)?
+        .checked_add(h * 3_600 + m * 60 + s)
 }
 
 /// What a stream answer means.
@@ -179,6 +271,32 @@ mod tests {
         assert_eq!(heartbeat(taken.as_deref()), Some((2, 5_501)));
         // Garbage is no heartbeat.
         assert!(lead(Some(b"x"), 3, 0, 3_000).1);
+    }
+
+    #[test]
+    fn the_cache_clock_from_its_date_header() {
+        // 2026-12-02T12:00:00Z = 1796212800.
+        assert_eq!(
+            imf_fixdate_seconds("Wed, 02 Dec 2026 12:00:00 GMT"),
+            Some(1_796_212_800)
+        );
+        assert_eq!(
+            imf_fixdate_seconds("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            clock_skew_ms("Wed, 02 Dec 2026 12:00:00 GMT", 1_796_212_800_250),
+            Some(250)
+        );
+        assert_eq!(clock_skew_ms("yesterday", 0), None);
+        assert!(matches!(
+            bundle_answer(404, b"", None),
+            BundleAnswer::Unchanged
+        ));
+        assert!(matches!(
+            bundle_answer(200, b"[]", None),
+            BundleAnswer::Failed(_)
+        ));
     }
 
     #[test]

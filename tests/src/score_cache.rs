@@ -45,6 +45,11 @@ impl ScoreCache {
     /// Starts `signalbox-cache serve` with `bundle` (JSON, unsigned allowed) and its data in
     /// `dir`, following the store every 100 ms.
     pub fn start(dir: &Path, bundle: &Path) -> Result<Self> {
+        Self::start_with(dir, bundle, &[])
+    }
+
+    /// [`ScoreCache::start`] with more `serve` arguments (e.g. `--trusted-keys FILE`).
+    pub fn start_with(dir: &Path, bundle: &Path, extra: &[String]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let tokens = dir.join("tokens.yaml");
         std::fs::write(
@@ -66,6 +71,7 @@ impl ScoreCache {
             "--follow-ms".to_owned(),
             "100".to_owned(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
         let child = spawn(&args)?;
         let cache = ScoreCache { child, port, args };
         cache.wait_ready()?;
@@ -106,16 +112,27 @@ impl ScoreCache {
         token: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        self.call_raw(method, path, token, bytes.as_deref())
+    }
+
+    /// A request with a raw JSON body (a signed bundle goes out byte for byte).
+    pub fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Value)> {
         let mut headers = host();
         headers.push((
             "authorization".to_owned(),
             format!("Bearer {token}").into_bytes(),
         ));
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         if body.is_some() {
             headers.push(("content-type".to_owned(), b"application/json".to_vec()));
         }
-        let r = http::send(self.port, method, path, &headers, &bytes)?;
+        let r = http::send(self.port, method, path, &headers, body.unwrap_or_default())?;
         let value = serde_json::from_slice(&r.body).unwrap_or(Value::String(r.text()));
         Ok((r.status, value))
     }

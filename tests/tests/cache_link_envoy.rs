@@ -228,3 +228,204 @@ fn manual_decisions_reach_every_worker_without_a_call() {
         "the outage was counted:\n{stats}"
     );
 }
+
+/// `target/debug/signalbox` with `args`; its stdout.
+fn signalbox(args: &[&str]) -> String {
+    let out = std::process::Command::new(root().join("target/debug/signalbox"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "signalbox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The golden bundle at `revision`, built, stamped to expire in a day and signed with `key`.
+fn signed_golden(dir: &std::path::Path, revision: u64, key: &std::path::Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
+    let mut value: Value = serde_norway::from_str(&text).unwrap();
+    value["revision"] = json!(revision);
+    let expires = std::process::Command::new("date")
+        .args(["-u", "-d", "+1 day", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let expires = String::from_utf8(expires.stdout).unwrap().trim().to_owned();
+    value["expires_at"] = json!(expires);
+    let plain = dir.join(format!("bundle-{revision}.json"));
+    std::fs::write(&plain, value.to_string()).unwrap();
+    let built = dir.join(format!("bundle-{revision}.built.json"));
+    signalbox(&[
+        "policy",
+        "build",
+        plain.to_str().unwrap(),
+        "-o",
+        built.to_str().unwrap(),
+    ]);
+    let signed = dir.join(format!("bundle-{revision}.signed.json"));
+    signalbox(&[
+        "policy",
+        "sign",
+        built.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        signed.to_str().unwrap(),
+    ]);
+    std::fs::read(signed).unwrap()
+}
+
+fn revision_of(r: &Response) -> String {
+    let v: Value = serde_json::from_str(&r.header("x-signalbox-verdict").unwrap()).unwrap();
+    v["revision"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits until 20 requests in a row are decided by `revision`.
+fn until_revision(envoy: &Envoy, revision: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if (0..20).all(|_| revision_of(&gio(envoy, "198.51.100.20", None)) == revision) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "revision {revision} not served within {limit:?}\n{}",
+            envoy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_pushed_bundle_reaches_every_worker_and_a_refused_one_changes_nothing() {
+    let dir = work("cache-link-bundles");
+    let envoy_dir = dir.join("envoy");
+    std::fs::create_dir_all(&envoy_dir).unwrap();
+    // The key Envoy's inline bundle is signed with (scripts/envoy-config reuses it), and a
+    // second key only the cache trusts: a bundle signed with it passes the cache, not the edge.
+    let edge_key = envoy_dir.join("bundle-signing.secret");
+    let edge_keys = envoy_dir.join("trusted-keys.json");
+    signalbox(&[
+        "policy",
+        "keygen",
+        "--kid",
+        "demo",
+        "--secret-out",
+        edge_key.to_str().unwrap(),
+        "--public-out",
+        edge_keys.to_str().unwrap(),
+    ]);
+    let other_key = dir.join("other.secret");
+    let other_keys = dir.join("other-keys.json");
+    signalbox(&[
+        "policy",
+        "keygen",
+        "--kid",
+        "other",
+        "--secret-out",
+        other_key.to_str().unwrap(),
+        "--public-out",
+        other_keys.to_str().unwrap(),
+    ]);
+    let read = |p: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut both = read(&edge_keys);
+    both["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(read(&other_keys)["keys"].as_array().unwrap().clone());
+    let cache_keys = dir.join("cache-keys.json");
+    std::fs::write(&cache_keys, both.to_string()).unwrap();
+
+    let cache = ScoreCache::start_with(
+        &dir.join("cache"),
+        &golden_json(&dir),
+        &[
+            "--trusted-keys".to_owned(),
+            cache_keys.display().to_string(),
+        ],
+    )
+    .unwrap();
+    let extra = json!({
+        "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": POLL_MS, "bundle_poll_ms": POLL_MS, "node_id": "edge-test"},
+    });
+    let envoy = Envoy::start(&Options {
+        bundle: root().join("tests/scenarios/bundles/golden.yaml"),
+        out: envoy_dir.clone(),
+        plugin_extra: extra.to_string(),
+        concurrency: 2,
+        cache_port: Some(cache.port),
+        env: vec![("SIGNALBOX_CACHE_TOKEN".to_owned(), EDGE_TOKEN.to_owned())],
+    })
+    .unwrap();
+    until_revision(&envoy, "7", Duration::from_secs(2));
+
+    // Revision 8, pushed: every worker serves it, and the fleet says so.
+    let (status, answer) = cache
+        .call_raw(
+            "PUT",
+            "/v1/bundle",
+            ADMIN_TOKEN,
+            Some(&signed_golden(&dir, 8, &edge_key)),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let took = until_revision(&envoy, "8", Duration::from_millis(POLL_MS * 10));
+    println!("push -> every request decided by revision 8 in {took:?} (bundle poll {POLL_MS} ms)");
+    let fleet = || {
+        let (status, fleet) = cache.call("GET", "/v1/fleet", ADMIN_TOKEN, None).unwrap();
+        assert_eq!(status, 200, "{fleet}");
+        fleet["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| {
+                n["node_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("edge-test/"))
+            })
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet().is_none_or(|n| n["stable_revision"] != 8) {
+        assert!(Instant::now() < deadline, "{:?}", fleet());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Revision 9, signed with a key the cache trusts and the edge does not: refused at the
+    // edge, revision 8 keeps serving, and the fleet shows why.
+    let (status, answer) = cache
+        .call_raw(
+            "PUT",
+            "/v1/bundle",
+            ADMIN_TOKEN,
+            Some(&signed_golden(&dir, 9, &other_key)),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let node = fleet().unwrap();
+        if node["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused"))
+        {
+            assert_eq!(node["stable_revision"], 8, "{node}");
+            println!("fleet: {node}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{node}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!((0..20).all(|_| revision_of(&gio(&envoy, "198.51.100.20", None)) == "8"));
+    let stats = envoy.stats().unwrap();
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.contains("signalbox.bundles.rejected") && !l.ends_with(": 0")),
+        "{stats}"
+    );
+}

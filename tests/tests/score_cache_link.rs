@@ -78,7 +78,8 @@ fn start(bundle: Value) -> (Filter, StubCache) {
         "bundle": bundle,
         "allow_unsigned": true,
         "debug_verdict_header": true,
-        "score_cache": {"cluster": "signalbox_cache"},
+        // Lookups only: no decision stream, no bundle polls (cache_link_envoy.rs has those).
+        "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": 0, "bundle_poll_ms": 0},
     });
     let filter = Filter::start(
         &engine,
