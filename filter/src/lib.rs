@@ -16,6 +16,7 @@
 //! which Envoy never returns.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -61,6 +62,8 @@ struct Metrics {
     crawler_ranges_stale: u32,
     cache_unavailable: u32,
     stream_failures: u32,
+    lookups_coalesced: u32,
+    contexts_cached: u32,
     decisions_active: u32,
     decisions_unmatched: u32,
     eval_micros: u32,
@@ -86,6 +89,8 @@ impl Metrics {
             crawler_ranges_stale: m(MetricType::Gauge, "signalbox.crawler_ranges.stale"),
             cache_unavailable: m(MetricType::Counter, "signalbox.cache.unavailable"),
             stream_failures: m(MetricType::Counter, "signalbox.decisions.stream_failures"),
+            lookups_coalesced: m(MetricType::Counter, "signalbox.cache.lookups_coalesced"),
+            contexts_cached: m(MetricType::Counter, "signalbox.cache.answers_reused"),
             decisions_active: m(MetricType::Gauge, "signalbox.decisions.active"),
             decisions_unmatched: m(MetricType::Gauge, "signalbox.decisions.unmatched"),
             eval_micros: m(MetricType::Histogram, "signalbox.eval_micros"),
@@ -130,6 +135,7 @@ impl Metrics {
             Event::ChallengeSolved => Self::count(self.challenges_solved),
             Event::ChallengeFailed => Self::count(self.challenges_failed),
             Event::CacheUnavailable => Self::count(self.cache_unavailable),
+            Event::ContextCached => Self::count(self.contexts_cached),
         }
     }
 }
@@ -145,6 +151,8 @@ struct Worker {
     breaker_key: String,
     /// The plugin's name, which every link key carries.
     lineage: String,
+    /// Lookups in flight and the streams waiting on them.
+    coalescing: std::cell::RefCell<Coalescing>,
 }
 
 impl Worker {
@@ -725,6 +733,7 @@ impl RootContext for SignalboxRoot {
                     requests: Cell::new(0),
                     breaker_key: format!("{}.{lineage}", breaker::KEY),
                     lineage: lineage.clone(),
+                    coalescing: std::cell::RefCell::default(),
                 }));
                 self.config = config;
                 self.start_link();
@@ -744,14 +753,14 @@ impl RootContext for SignalboxRoot {
     /// Always a context: the SDK (proxy-wasm 0.2.5) traps the VM when this returns `None`,
     /// and a trapped VM fails every later request. A root context without a configuration
     /// (its `on_configure` refused one) answers 503 instead.
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let pipeline = self.worker.as_ref().and_then(|w| w.pipeline());
         Some(match (self.worker.clone(), pipeline) {
             (Some(worker), Some(pipeline)) => Box::new(SignalboxHttp {
                 worker,
                 pipeline,
-                local_reply: false,
-                response_header: None,
+                context_id,
+                shared: Rc::default(),
                 verify: None,
                 lookup: None,
                 timed: false,
@@ -785,19 +794,43 @@ impl HttpContext for Unconfigured {
     }
 }
 
+/// What a stream's later callbacks need from the steps that ran, which may have run in
+/// another stream's callback (a coalesced lookup is finished by the stream whose call it was).
+#[derive(Default)]
+struct StreamShared {
+    /// We answered with a local reply (its headers are ours, not origin's).
+    local_reply: Cell<bool>,
+    /// A header for origin's response (`x-signalbox-verdict` in debug mode).
+    response_header: std::cell::RefCell<Option<(String, String)>>,
+}
+
+/// A stream waiting for another stream's identical lookup.
+struct Parked {
+    pipeline: Rc<Pipeline>,
+    pending: Pending,
+    shared: Rc<StreamShared>,
+}
+
+/// Lookups in flight per key (the streams waiting on each), and the waiting streams' state:
+/// one call per subject at a time in a worker.
+#[derive(Default)]
+struct Coalescing {
+    in_flight: HashMap<String, Vec<u32>>,
+    parked: HashMap<u32, Parked>,
+}
+
 /// One HTTP stream: host calls around the pipeline's steps.
 pub struct SignalboxHttp {
     worker: Rc<Worker>,
     /// The pipeline this stream started with (a newer bundle serves the next streams).
     pipeline: Rc<Pipeline>,
-    /// We answered with a local reply (its headers are ours, not origin's).
-    local_reply: bool,
-    /// A header for origin's response (`x-signalbox-verdict` in debug mode).
-    response_header: Option<(String, String)>,
+    /// Envoy's id of this stream's context.
+    context_id: u32,
+    shared: Rc<StreamShared>,
     /// A verify request waiting for its body.
     verify: Option<PendingVerify>,
-    /// A request paused for its score-cache call (the call's token).
-    lookup: Option<(u32, Pending)>,
+    /// A request paused for its score-cache call: the call's token and key.
+    lookup: Option<(u32, Pending, String)>,
     /// This request records the timing histograms (sampled when its headers arrived; the
     /// rate-bucket timer may run later, after a lookup).
     timed: bool,
@@ -811,11 +844,11 @@ impl Context for SignalboxHttp {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some((token, pending)) = self.lookup.take() else {
+        let Some((token, pending, key)) = self.lookup.take() else {
             return;
         };
         if token != token_id {
-            self.lookup = Some((token, pending));
+            self.lookup = Some((token, pending, key));
             return;
         }
         // No headers: the call failed (reset, no upstream); Envoy reports timeouts and
@@ -836,29 +869,199 @@ impl Context for SignalboxHttp {
             .flatten();
         let now = now_nanos();
         self.record_lookup(answer.as_ref(), now);
-        let outcome = self.pipeline.resume_lookup(pending, answer, now);
+        let outcome = self.pipeline.resume_lookup(pending, answer.clone(), now);
         if self.act(outcome, now) == Action::Continue {
             let _ = hostcalls::resume_http_request();
+        }
+        wake_parked(&self.worker, &key, answer.as_ref(), now);
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+impl Drop for SignalboxHttp {
+    /// A stream reset while parked leaves the queue; one reset while its own lookup was in
+    /// flight (Envoy cancels the call) must not strand the streams waiting on it: they are
+    /// decided as if the cache had not answered.
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.worker.coalescing.try_borrow_mut() {
+            c.parked.remove(&self.context_id);
+        }
+        if let Some((_, _, key)) = self.lookup.take() {
+            wake_parked(&self.worker, &key, None, now_nanos());
         }
     }
 }
 
+/// Finishes the streams parked on `key` with `answer`, each in its own context.
+fn wake_parked(worker: &Worker, key: &str, answer: Option<&LookupAnswer>, now: u128) {
+    let waiting = worker
+        .coalescing
+        .try_borrow_mut()
+        .ok()
+        .and_then(|mut c| c.in_flight.remove(key))
+        .unwrap_or_default();
+    for id in waiting {
+        let Some(parked) = worker
+            .coalescing
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut c| c.parked.remove(&id))
+        else {
+            continue;
+        };
+        if hostcalls::set_effective_context(id).is_err() {
+            continue;
+        }
+        let outcome = parked
+            .pipeline
+            .resume_lookup(parked.pending, answer.cloned(), now);
+        match drive(
+            worker,
+            &parked.pipeline,
+            &parked.shared,
+            outcome,
+            now,
+            false,
+        ) {
+            Driven::Done(Action::Pause) => {}
+            // A lookup or a body cannot follow a lookup; pass on what the pipeline decided.
+            Driven::Done(_) | Driven::ReadBody(_) | Driven::Lookup(..) => {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+}
+
+/// Where driving a stream's steps stopped.
+enum Driven {
+    /// The action to return (or to resume with).
+    Done(Action),
+    /// The stream must wait for its body.
+    ReadBody(PendingVerify),
+    /// The stream needs the score cache.
+    Lookup(signalbox_pipeline::LookupCall, Pending),
+}
+
+/// Applies effects and performs steps (taking rate buckets and resuming as often as the
+/// pipeline asks) until the stream forwards, answers, or needs a body or a lookup. Host
+/// calls go to the current effective context. `now` is the request's time.
+fn drive(
+    worker: &Worker,
+    pipeline: &Pipeline,
+    shared: &StreamShared,
+    mut outcome: Outcome,
+    now: u128,
+    timed: bool,
+) -> Driven {
+    loop {
+        apply(worker, shared, outcome.effects);
+        match outcome.step {
+            Step::Forward => return Driven::Done(Action::Continue),
+            Step::Respond(reply) => return Driven::Done(send(shared, reply)),
+            Step::ReadBody(pending) => return Driven::ReadBody(pending),
+            Step::Lookup(call, pending) => return Driven::Lookup(call, pending),
+            Step::TakeBuckets(takes, pending) => {
+                let started = if timed { now_nanos() } else { 0 };
+                let now_ms = u64::try_from(now / 1_000_000).unwrap_or(0);
+                let refused = takes
+                    .iter()
+                    .filter_map(|take| take_token(worker, take, now_ms))
+                    .max();
+                Metrics::micros_since(worker.metrics.rate_limit_micros, started);
+                outcome = pipeline.resume_buckets(pending, refused, now);
+            }
+        }
+    }
+}
+
+fn apply(worker: &Worker, shared: &StreamShared, effects: Effects) {
+    let Effects {
+        strip_request_headers,
+        set_request_headers,
+        response_header,
+        verdict_summary,
+        events,
+        logs,
+    } = effects;
+    for name in &strip_request_headers {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    for (name, value) in &set_request_headers {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+    if response_header.is_some()
+        && let Ok(mut slot) = shared.response_header.try_borrow_mut()
+    {
+        *slot = response_header;
+    }
+    if let Some(summary) = verdict_summary {
+        let _ = hostcalls::set_property(vec!["signalbox_verdict"], Some(summary.as_bytes()));
+    }
+    for event in events {
+        worker.metrics.event(event);
+    }
+    for (level, line) in logs {
+        log(level, &line);
+    }
+}
+
+fn send(shared: &StreamShared, reply: Reply) -> Action {
+    shared.local_reply.set(true);
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match reply.grpc_status {
+        Some(code) => {
+            let status = if code == 8 {
+                GrpcStatusCode::ResourceExhausted
+            } else {
+                GrpcStatusCode::PermissionDenied
+            };
+            let metadata: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            let _ = hostcalls::send_grpc_response(status, Some("signalbox"), metadata);
+        }
+        None => {
+            let _ = hostcalls::send_http_response(reply.status, headers, Some(&reply.body));
+        }
+    }
+    Action::Pause
+}
+
+/// One token from a shared-data bucket (CAS loop); `Some(retry_after)` when refused.
+fn take_token(worker: &Worker, take: &BucketTake, now_ms: u64) -> Option<u32> {
+    update_shared_data(&take.slot, |stored| {
+        let (write, refused) = take.apply(stored, now_ms);
+        (Some(write), refused)
+    })
+    .unwrap_or_else(|| {
+        Metrics::count(worker.metrics.rate_cas_gave_up);
+        None
+    })
+}
+
 impl SignalboxHttp {
-    /// Applies a step's effects, then performs the step (taking rate buckets and resuming as
-    /// often as the pipeline asks).
-    /// `now` is the request's time (unix nanoseconds), read once.
+    /// Drives the pipeline's steps for this stream; a lookup goes out (or joins one in
+    /// flight for the same key). `now` is the request's time (unix nanoseconds), read once.
     fn act(&mut self, mut outcome: Outcome, now: u128) -> Action {
         loop {
-            self.apply(outcome.effects);
-            match outcome.step {
-                Step::Forward => return Action::Continue,
-                Step::Respond(reply) => return self.send(reply),
-                Step::ReadBody(pending) => {
+            match drive(
+                &self.worker,
+                &self.pipeline,
+                &self.shared,
+                outcome,
+                now,
+                self.timed,
+            ) {
+                Driven::Done(action) => return action,
+                Driven::ReadBody(pending) => {
                     self.verify = Some(pending);
                     return Action::Continue;
                 }
-                Step::Lookup(call, pending) => {
-                    let pipeline = &self.pipeline;
+                Driven::Lookup(call, pending) => {
+                    let pipeline = Rc::clone(&self.pipeline);
                     // The circuit breaker, shared by the plugin's workers: while it is open
                     // no lookup goes out (shared data failing never blocks one).
                     let admitted = update_shared_data(&self.worker.breaker_key, |stored| {
@@ -869,6 +1072,23 @@ impl SignalboxHttp {
                     if !admitted {
                         outcome = pipeline.resume_lookup(pending, None, now);
                         continue;
+                    }
+                    let key = call.key().to_owned();
+                    // The same lookup is in flight in this worker: wait for its answer.
+                    if let Ok(mut c) = self.worker.coalescing.try_borrow_mut()
+                        && let Some(waiting) = c.in_flight.get_mut(&key)
+                    {
+                        waiting.push(self.context_id);
+                        c.parked.insert(
+                            self.context_id,
+                            Parked {
+                                pipeline,
+                                pending,
+                                shared: Rc::clone(&self.shared),
+                            },
+                        );
+                        Metrics::count(self.worker.metrics.lookups_coalesced);
+                        return Action::Pause;
                     }
                     let headers: Vec<(&str, &str)> = call
                         .headers
@@ -883,83 +1103,21 @@ impl SignalboxHttp {
                         Duration::from_millis(u64::from(call.timeout_ms)),
                     ) {
                         Ok(token) => {
-                            self.lookup = Some((token, pending));
+                            if let Ok(mut c) = self.worker.coalescing.try_borrow_mut() {
+                                c.in_flight.insert(key.clone(), Vec::new());
+                            }
+                            self.lookup = Some((token, pending, key));
                             return Action::Pause;
                         }
                         // The host could not even send it (unknown cluster): no answer.
                         Err(_) => {
                             self.record_lookup(None, now);
-                            outcome = self.pipeline.resume_lookup(pending, None, now);
+                            outcome = pipeline.resume_lookup(pending, None, now);
                         }
                     }
                 }
-                Step::TakeBuckets(takes, pending) => {
-                    let w = &self.worker;
-                    let started = if self.timed { now_nanos() } else { 0 };
-                    let now_ms = u64::try_from(now / 1_000_000).unwrap_or(0);
-                    let refused = takes
-                        .iter()
-                        .filter_map(|take| self.take_token(take, now_ms))
-                        .max();
-                    Metrics::micros_since(w.metrics.rate_limit_micros, started);
-                    outcome = self.pipeline.resume_buckets(pending, refused, now);
-                }
             }
         }
-    }
-
-    fn apply(&mut self, effects: Effects) {
-        let Effects {
-            strip_request_headers,
-            set_request_headers,
-            response_header,
-            verdict_summary,
-            events,
-            logs,
-        } = effects;
-        for name in &strip_request_headers {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-        }
-        for (name, value) in &set_request_headers {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-        }
-        if response_header.is_some() {
-            self.response_header = response_header;
-        }
-        if let Some(summary) = verdict_summary {
-            let _ = hostcalls::set_property(vec!["signalbox_verdict"], Some(summary.as_bytes()));
-        }
-        for event in events {
-            self.worker.metrics.event(event);
-        }
-        for (level, line) in logs {
-            log(level, &line);
-        }
-    }
-
-    fn send(&mut self, reply: Reply) -> Action {
-        self.local_reply = true;
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        match reply.grpc_status {
-            Some(code) => {
-                let status = if code == 8 {
-                    GrpcStatusCode::ResourceExhausted
-                } else {
-                    GrpcStatusCode::PermissionDenied
-                };
-                let metadata: Vec<(&str, &[u8])> =
-                    headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-                let _ = hostcalls::send_grpc_response(status, Some("signalbox"), metadata);
-            }
-            None => {
-                let _ = hostcalls::send_http_response(reply.status, headers, Some(&reply.body));
-            }
-        }
-        Action::Pause
     }
 
     /// Counts a lookup's result into the shared circuit breaker.
@@ -969,18 +1127,6 @@ impl SignalboxHttp {
         let _ = update_shared_data(&self.worker.breaker_key, |stored| {
             (Some(pipeline.breaker_record(stored, now, ok)), ())
         });
-    }
-
-    /// One token from a shared-data bucket (CAS loop); `Some(retry_after)` when refused.
-    fn take_token(&self, take: &BucketTake, now_ms: u64) -> Option<u32> {
-        update_shared_data(&take.slot, |stored| {
-            let (write, refused) = take.apply(stored, now_ms);
-            (Some(write), refused)
-        })
-        .unwrap_or_else(|| {
-            Metrics::count(self.worker.metrics.rate_cas_gave_up);
-            None
-        })
     }
 }
 
@@ -1047,7 +1193,7 @@ impl HttpContext for SignalboxHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.local_reply {
+        if !self.shared.local_reply.get() {
             // No scoring oracle: origin (or anything upstream) must not echo our headers.
             let names = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
                 .unwrap_or_default()
@@ -1056,7 +1202,9 @@ impl HttpContext for SignalboxHttp {
             for name in self.pipeline.response_headers_to_strip(names) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, None);
             }
-            if let Some((name, value)) = &self.response_header {
+            if let Ok(slot) = self.shared.response_header.try_borrow()
+                && let Some((name, value)) = slot.as_ref()
+            {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
             }
         }

@@ -23,6 +23,7 @@ pub mod breaker;
 pub mod buckets;
 pub mod canary;
 pub mod config;
+pub mod context_cache;
 pub mod decisions;
 pub mod link;
 pub mod record;
@@ -80,6 +81,8 @@ pub enum Event {
     /// A request decided without the score cache's context it wanted (no answer, an error,
     /// a timeout, a body that is not a context answer, or the breaker open).
     CacheUnavailable,
+    /// A lookup answered from this worker's context cache (no call).
+    ContextCached,
 }
 
 /// What the adapter applies before it acts on the [`Step`].
@@ -127,6 +130,16 @@ pub struct LookupCall {
     pub headers: Vec<(String, String)>,
     /// How long to wait, milliseconds (the bundle's `cache.timeout_ms`).
     pub timeout_ms: u32,
+}
+
+impl LookupCall {
+    /// What the call asks (its `:path`): the context cache's and the coalescing key.
+    pub fn key(&self) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map_or("", |(_, v)| v.as_str())
+    }
 }
 
 impl std::fmt::Debug for LookupCall {
@@ -213,6 +226,8 @@ struct Assessed {
     assessment: signalbox_policy::Assessment,
     request_id: String,
     now: u64,
+    /// The lookup's key, when one was wanted (to keep the answer).
+    lookup_key: Option<String>,
 }
 
 impl Assessed {
@@ -227,6 +242,7 @@ impl Assessed {
             assessment,
             request_id,
             now,
+            lookup_key: _,
         } = self;
         Decided {
             verdict: policy.decide(assessment, remote, now),
@@ -321,6 +337,8 @@ pub struct Pipeline {
     warned_stale_ranges: Cell<bool>,
     /// This worker's copy of the score cache's manual decisions.
     decisions: std::cell::RefCell<decisions::ActiveDecisions>,
+    /// The score cache's recent answers.
+    contexts: std::cell::RefCell<context_cache::ContextCache>,
 }
 
 impl Pipeline {
@@ -335,6 +353,7 @@ impl Pipeline {
             ranges_checked_at: Cell::new(0),
             warned_stale_ranges: Cell::new(false),
             decisions: std::cell::RefCell::new(decisions::ActiveDecisions::default()),
+            contexts: std::cell::RefCell::new(context_cache::ContextCache::default()),
         }
     }
 
@@ -520,11 +539,30 @@ impl Pipeline {
         let assessment = settings.policy.assess(&facts, now);
         if let (Some(lookup), Some(cache)) = (assessment.lookup(), &settings.score_cache) {
             let call = lookup_call(cache, lookup, settings.policy.cache().timeout_ms);
+            let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
+            let cached = self
+                .contexts
+                .try_borrow()
+                .ok()
+                .and_then(|c| c.get(call.key(), now_ms));
+            if let Some(context) = cached {
+                effects.events.push(Event::ContextCached);
+                let assessed = Assessed {
+                    facts,
+                    assessment,
+                    request_id,
+                    now,
+                    lookup_key: None,
+                };
+                let decided = assessed.decide(&settings.policy, Some(&context));
+                return self.decided(decided, now_nanos, effects);
+            }
             let assessed = Assessed {
                 facts,
                 assessment,
                 request_id,
                 now,
+                lookup_key: Some(call.key().to_owned()),
             };
             return Outcome {
                 effects,
@@ -536,6 +574,7 @@ impl Pipeline {
             assessment,
             request_id,
             now,
+            lookup_key: None,
         };
         self.decided(assessed.decide(&settings.policy, None), now_nanos, effects)
     }
@@ -552,10 +591,16 @@ impl Pipeline {
         let PendingKind::Lookup(assessed) = pending.0 else {
             return self.resume_buckets(pending, None, now_nanos);
         };
-        let remote = answer
+        let answered = answer
             .filter(|a| a.status == 200)
-            .and_then(|a| context_answer(&a.body))
-            .map(|a| remote_context(&a));
+            .and_then(|a| context_answer(&a.body));
+        let remote = answered.as_ref().map(remote_context);
+        if let (Some(answer), Some(context), Some(key)) = (&answered, remote, &assessed.lookup_key)
+            && let Ok(mut cache) = self.contexts.try_borrow_mut()
+        {
+            let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
+            cache.insert(key, context, answer.ttl_seconds, now_ms);
+        }
         let mut effects = Effects::default();
         if remote.is_none() {
             effects.events.push(Event::CacheUnavailable);

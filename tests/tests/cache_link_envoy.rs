@@ -429,3 +429,103 @@ fn a_pushed_bundle_reaches_every_worker_and_a_refused_one_changes_nothing() {
         "{stats}"
     );
 }
+
+/// Giovanni on /signup, a sensitive route: the bundle asks the cache about his IP.
+fn signup(lab_port: u16, ip: &str) -> Response {
+    let headers: Vec<(String, Vec<u8>)> = [
+        ("host", "shop.example"),
+        ("x-forwarded-for", ip),
+        ("user-agent", GIO_UA),
+        ("accept", "text/html,*/*;q=0.8"),
+        ("accept-language", "fr-CH, fr;q=0.9, en;q=0.8"),
+        ("accept-encoding", "gzip"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-dest", "document"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    send(lab_port, "GET", "/signup", &headers, b"").unwrap()
+}
+
+/// Envoy's count of requests to the cache cluster.
+fn cache_calls(envoy: &Envoy) -> u64 {
+    envoy
+        .stats()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.signalbox_cache.upstream_rq_total: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
+    let dir = work("cache-link-context");
+    // The cache answers with a one-second TTL.
+    let bundle = golden_json(&dir);
+    let mut value: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    value["scoring"] = json!({"context_ttl_seconds": 1});
+    std::fs::write(&bundle, value.to_string()).unwrap();
+    let cache = ScoreCache::start(&dir.join("cache"), &bundle).unwrap();
+    // Lookups only: no stream, no bundle polls, so every call Envoy counts is a lookup.
+    let extra = json!({
+        "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": 0, "bundle_poll_ms": 0},
+    });
+    let envoy = Envoy::start(&Options {
+        bundle: root().join("tests/scenarios/bundles/golden.yaml"),
+        out: dir.join("envoy"),
+        plugin_extra: extra.to_string(),
+        concurrency: 2,
+        cache_port: Some(cache.port),
+        env: vec![("SIGNALBOX_CACHE_TOKEN".to_owned(), EDGE_TOKEN.to_owned())],
+    })
+    .unwrap();
+    let ip = "203.0.113.80";
+    assert_eq!(decision_of(&signup(envoy.ports.lab, ip)), "pass");
+
+    // Twenty requests at once for one subject: one call per worker at most, the rest wait for
+    // it or reuse its answer.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let before = cache_calls(&envoy);
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let port = envoy.ports.lab;
+            std::thread::spawn(move || decision_of(&signup(port, "203.0.113.81")))
+        })
+        .collect();
+    let decisions: Vec<String> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(decisions.iter().all(|d| d == "pass"), "{decisions:?}");
+    let calls = cache_calls(&envoy) - before;
+    println!("20 concurrent requests for one subject: {calls} calls to the cache");
+    assert!(calls <= 2, "{calls} calls for one subject on two workers");
+
+    // Origin reports chargebacks for the IP: within the TTL its next request is challenged.
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("cb-{i}"), "subject": {"scope": "ip", "key": ip}, "type": "chargeback", "severity": "critical", "impact": 100}))
+        .collect();
+    let (status, answer) = cache
+        .call(
+            "POST",
+            "/v1/events",
+            signalbox_tests::score_cache::ORIGIN_TOKEN,
+            Some(&json!({"events": events})),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let started = Instant::now();
+    loop {
+        if (0..10).all(|_| decision_of(&signup(envoy.ports.lab, ip)) != "pass") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "still passing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "event -> challenged in {:?} (context TTL 1 s)",
+        started.elapsed()
+    );
+    let stats = envoy.stats().unwrap();
+    assert!(stats.contains("signalbox.cache.answers_reused"), "{stats}");
+}
