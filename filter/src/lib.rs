@@ -63,6 +63,8 @@ struct Metrics {
     cache_unavailable: u32,
     stream_failures: u32,
     lookups_coalesced: u32,
+    records_shipped: u32,
+    records_dropped: u32,
     contexts_cached: u32,
     decisions_active: u32,
     decisions_unmatched: u32,
@@ -90,6 +92,8 @@ impl Metrics {
             cache_unavailable: m(MetricType::Counter, "signalbox.cache.unavailable"),
             stream_failures: m(MetricType::Counter, "signalbox.decisions.stream_failures"),
             lookups_coalesced: m(MetricType::Counter, "signalbox.cache.lookups_coalesced"),
+            records_shipped: m(MetricType::Counter, "signalbox.decision_log.shipped"),
+            records_dropped: m(MetricType::Counter, "signalbox.decision_log.dropped"),
             contexts_cached: m(MetricType::Counter, "signalbox.cache.answers_reused"),
             decisions_active: m(MetricType::Gauge, "signalbox.decisions.active"),
             decisions_unmatched: m(MetricType::Gauge, "signalbox.decisions.unmatched"),
@@ -153,6 +157,8 @@ struct Worker {
     lineage: String,
     /// Lookups in flight and the streams waiting on them.
     coalescing: std::cell::RefCell<Coalescing>,
+    /// The shared queue for decision records, when they are shipped.
+    records_queue: Option<u32>,
 }
 
 impl Worker {
@@ -268,6 +274,13 @@ struct Link {
     last_error: Option<String>,
     /// This edge's clock minus the cache's, from the last answer's `date`.
     clock_skew_ms: i64,
+    /// Decision records taken off the shared queue, oldest first, waiting to ship.
+    records: std::collections::VecDeque<Vec<u8>>,
+    /// The batch being shipped, and its call.
+    records_in_flight: Vec<Vec<u8>>,
+    log_call: Option<u32>,
+    /// When the leader ships next, unix ms.
+    next_flush_ms: u64,
 }
 
 /// The link's shared-data key for this plugin.
@@ -286,7 +299,8 @@ impl SignalboxRoot {
         else {
             return;
         };
-        let tick = [cache.decisions_poll_ms, cache.bundle_poll_ms]
+        let flush = cache.decision_log.as_ref().map_or(0, |l| l.flush_ms);
+        let tick = [cache.decisions_poll_ms, cache.bundle_poll_ms, flush]
             .into_iter()
             .filter(|&ms| ms > 0)
             .min()
@@ -354,6 +368,79 @@ impl SignalboxRoot {
             self.link.bundle_call = dispatch(&link::bundle_call(&cache, self.link.etag.as_deref()));
             if self.link.bundle_call.is_none() {
                 self.link.last_error = Some("the bundle poll could not be sent".to_owned());
+            }
+        }
+        self.ship_records(&worker, &cache, now_ms);
+    }
+
+    /// The leader takes the workers' records off the shared queue into its bounded buffer
+    /// (dropping the oldest beyond it), and ships a batch when due and none is in flight.
+    fn ship_records(&mut self, worker: &Worker, cache: &config::ScoreCache, now_ms: u64) {
+        let (Some(queue), Some(log)) = (worker.records_queue, cache.decision_log.as_ref()) else {
+            return;
+        };
+        let bound = usize::try_from(log.max_buffered).unwrap_or(usize::MAX);
+        let mut dropped = 0u64;
+        while let Ok(Some(record)) = hostcalls::dequeue_shared_queue(queue) {
+            self.link.records.push_back(record);
+            if self.link.records.len() + self.link.records_in_flight.len() > bound {
+                self.link.records.pop_front();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 && worker.metrics.records_dropped != 0 {
+            let _ = hostcalls::increment_metric(
+                worker.metrics.records_dropped,
+                i64::try_from(dropped).unwrap_or(i64::MAX),
+            );
+        }
+        if self.link.log_call.is_some()
+            || self.link.records.is_empty()
+            || now_ms < self.link.next_flush_ms
+        {
+            return;
+        }
+        self.link.next_flush_ms = now_ms + u64::from(log.flush_ms);
+        let n = self.link.records.len().min(link::RECORDS_PER_BATCH);
+        let batch: Vec<Vec<u8>> = self.link.records.drain(..n).collect();
+        self.link.log_call = dispatch(&link::log_call(cache, &batch));
+        if self.link.log_call.is_some() {
+            self.link.records_in_flight = batch;
+        } else {
+            for record in batch.into_iter().rev() {
+                self.link.records.push_front(record);
+            }
+        }
+    }
+
+    /// A batch's answer: shipped; refused as malformed (dropped, counted: it would never
+    /// pass); or not answered (back to the front of the buffer, for the next flush).
+    fn on_log_answer(&mut self, status: u32) {
+        let batch = std::mem::take(&mut self.link.records_in_flight);
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let count = |id: u32, n: usize| {
+            if id != 0 {
+                let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        };
+        match status {
+            200..=299 => count(worker.metrics.records_shipped, batch.len()),
+            400..=499 if status != 401 && status != 403 && status != 429 => {
+                count(worker.metrics.records_dropped, batch.len());
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "signalbox: the score cache refused a batch of {} decision records ({status}); dropped",
+                        batch.len()
+                    ),
+                );
+            }
+            _ => {
+                for record in batch.into_iter().rev() {
+                    self.link.records.push_front(record);
+                }
             }
         }
     }
@@ -662,6 +749,9 @@ impl Context for SignalboxRoot {
             self.on_bundle_answer(status, &body, header("etag"));
         } else if self.link.fleet_call == Some(token_id) {
             self.link.fleet_call = None;
+        } else if self.link.log_call == Some(token_id) {
+            self.link.log_call = None;
+            self.on_log_answer(status);
         }
     }
 }
@@ -723,6 +813,14 @@ impl RootContext for SignalboxRoot {
                     }
                     _ => settings,
                 };
+                let records_queue = settings
+                    .score_cache
+                    .as_ref()
+                    .and_then(|c| c.decision_log.as_ref())
+                    .and_then(|_| {
+                        hostcalls::register_shared_queue(&link_key(link::RECORDS_QUEUE, &lineage))
+                            .ok()
+                    });
                 let pipeline = Pipeline::new(settings);
                 for (level, line) in pipeline.load_logs() {
                     log(level, &line);
@@ -734,6 +832,7 @@ impl RootContext for SignalboxRoot {
                     breaker_key: format!("{}.{lineage}", breaker::KEY),
                     lineage: lineage.clone(),
                     coalescing: std::cell::RefCell::default(),
+                    records_queue,
                 }));
                 self.config = config;
                 self.start_link();
@@ -982,7 +1081,13 @@ fn apply(worker: &Worker, shared: &StreamShared, effects: Effects) {
         verdict_summary,
         events,
         logs,
+        records,
     } = effects;
+    if let Some(queue) = worker.records_queue {
+        for record in &records {
+            let _ = hostcalls::enqueue_shared_queue(queue, Some(record));
+        }
+    }
     for name in &strip_request_headers {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }

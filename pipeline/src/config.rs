@@ -134,6 +134,77 @@ pub struct ScoreCacheV1 {
     /// variable, else `envoy`); the plugin's name is appended.
     #[serde(default)]
     pub node_id: Option<String>,
+    /// Shipping verdict records to the cache's decision log.
+    #[serde(default)]
+    pub decision_log: DecisionLogV1,
+}
+
+/// Verdict records shipped to `POST /v1/decisions/log`: every non-pass verdict and a sample
+/// of passes, in batches, from a bounded buffer (the oldest records go first when the cache
+/// is away, counted in `signalbox.decision_log.dropped`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogV1 {
+    /// VM environment variable with the key (base64, 32+ bytes) that hashes addresses and
+    /// user and device keys in records. Unset: no records are shipped (never raw addresses).
+    #[serde(default = "default_record_key_env")]
+    pub key_env: String,
+    /// Percent of passed requests recorded too, 0..=100.
+    #[serde(default = "default_pass_sample")]
+    pub pass_sample_percent: u8,
+    /// How often the buffer is shipped, milliseconds.
+    #[serde(default = "default_log_flush_ms")]
+    pub flush_ms: u32,
+    /// Records buffered at most while the cache is away.
+    #[serde(default = "default_log_buffer")]
+    pub max_buffered: u32,
+}
+
+impl Default for DecisionLogV1 {
+    fn default() -> Self {
+        DecisionLogV1 {
+            key_env: default_record_key_env(),
+            pass_sample_percent: default_pass_sample(),
+            flush_ms: default_log_flush_ms(),
+            max_buffered: default_log_buffer(),
+        }
+    }
+}
+
+fn default_record_key_env() -> String {
+    "SIGNALBOX_RECORD_KEY".to_owned()
+}
+fn default_pass_sample() -> u8 {
+    1
+}
+fn default_log_flush_ms() -> u32 {
+    2_000
+}
+fn default_log_buffer() -> u32 {
+    10_000
+}
+
+/// Decision-log shipping as a worker runs it.
+#[derive(Clone)]
+pub struct DecisionLog {
+    /// The records' hash key.
+    pub key: Vec<u8>,
+    /// Percent of passes recorded.
+    pub pass_sample_percent: u8,
+    /// Flush interval, milliseconds.
+    pub flush_ms: u32,
+    /// Buffer bound, records.
+    pub max_buffered: u32,
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("pass_sample_percent", &self.pass_sample_percent)
+            .field("flush_ms", &self.flush_ms)
+            .field("max_buffered", &self.max_buffered)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_decisions_poll_ms() -> u32 {
@@ -167,6 +238,8 @@ pub struct ScoreCache {
     pub bundle_poll_ms: u32,
     /// The node id for fleet reports.
     pub node_id: String,
+    /// Decision-log shipping (`None`: no record key configured).
+    pub decision_log: Option<DecisionLog>,
 }
 
 impl std::fmt::Debug for ScoreCache {
@@ -445,6 +518,38 @@ pub fn parse_with_bundle(
             ));
         }
     };
+    let score_cache = match config.score_cache {
+        None => None,
+        Some(c) => {
+            let decision_log = match env(&c.decision_log.key_env) {
+                None => None,
+                Some(_) => Some(DecisionLog {
+                    key: env_secret(
+                        &env,
+                        "score_cache.decision_log.key_env",
+                        &c.decision_log.key_env,
+                    )?,
+                    pass_sample_percent: c.decision_log.pass_sample_percent.min(100),
+                    flush_ms: c.decision_log.flush_ms.max(100),
+                    max_buffered: c.decision_log.max_buffered.max(1),
+                }),
+            };
+            Some(ScoreCache {
+                token: env(&c.token_env)
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty()),
+                cluster: c.cluster,
+                authority: c.authority,
+                decisions_poll_ms: c.decisions_poll_ms,
+                bundle_poll_ms: c.bundle_poll_ms,
+                node_id: c
+                    .node_id
+                    .or_else(|| env("SIGNALBOX_NODE_ID"))
+                    .unwrap_or_else(|| "envoy".to_owned()),
+                decision_log,
+            })
+        }
+    };
     Ok(Settings {
         policy,
         edge,
@@ -456,19 +561,7 @@ pub fn parse_with_bundle(
         keys,
         decision_log_per_second: config.decision_log_per_second,
         rate_limit_slots: config.rate_limit_slots,
-        score_cache: config.score_cache.map(|c| ScoreCache {
-            token: env(&c.token_env)
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty()),
-            cluster: c.cluster,
-            authority: c.authority,
-            decisions_poll_ms: c.decisions_poll_ms,
-            bundle_poll_ms: c.bundle_poll_ms,
-            node_id: c
-                .node_id
-                .or_else(|| env("SIGNALBOX_NODE_ID"))
-                .unwrap_or_else(|| "envoy".to_owned()),
-        }),
+        score_cache,
         subjects,
     })
 }

@@ -100,6 +100,8 @@ pub struct Effects {
     pub events: Vec<Event>,
     /// Log lines.
     pub logs: Vec<(LogLevel, String)>,
+    /// Decision records (JSON `DecisionRecordV1`) for the score cache's decision log.
+    pub records: Vec<Vec<u8>>,
 }
 
 /// What the adapter does next.
@@ -242,13 +244,15 @@ impl Assessed {
             assessment,
             request_id,
             now,
-            lookup_key: _,
+            lookup_key,
         } = self;
         Decided {
             verdict: policy.decide(assessment, remote, now),
             facts,
             request_id,
             now,
+            context_asked: lookup_key.is_some() || remote.is_some(),
+            context: remote.copied(),
         }
     }
 }
@@ -259,6 +263,10 @@ struct Decided {
     verdict: Verdict,
     request_id: String,
     now: u64,
+    /// The score cache was asked (or its cached answer used).
+    context_asked: bool,
+    /// What it answered.
+    context: Option<signalbox_policy::RemoteContext>,
 }
 
 /// A verify request waiting for its body.
@@ -339,6 +347,8 @@ pub struct Pipeline {
     decisions: std::cell::RefCell<decisions::ActiveDecisions>,
     /// The score cache's recent answers.
     contexts: std::cell::RefCell<context_cache::ContextCache>,
+    /// Passed requests seen, for sampling their records.
+    passes_seen: Cell<u64>,
 }
 
 impl Pipeline {
@@ -354,7 +364,19 @@ impl Pipeline {
             warned_stale_ranges: Cell::new(false),
             decisions: std::cell::RefCell::new(decisions::ActiveDecisions::default()),
             contexts: std::cell::RefCell::new(context_cache::ContextCache::default()),
+            passes_seen: Cell::new(0),
         }
+    }
+
+    /// Whether a verdict that ends in `decision` is recorded: every non-pass one, and
+    /// `percent` of every hundred passes.
+    fn records_this(&self, decision: Decision, percent: u8) -> bool {
+        if decision != Decision::Pass {
+            return true;
+        }
+        let n = self.passes_seen.get();
+        self.passes_seen.set(n.wrapping_add(1));
+        n % 100 < u64::from(percent)
     }
 
     /// The pipeline that takes over from this one with new settings (a newer bundle): it
@@ -835,8 +857,37 @@ impl Pipeline {
             verdict,
             request_id,
             now,
+            context_asked,
+            context,
         } = decided;
         let last = Final::of(&verdict, refused.is_some());
+        if let Some(log) = settings
+            .score_cache
+            .as_ref()
+            .and_then(|c| Some((c, c.decision_log.as_ref()?)))
+            && self.records_this(last.intended(), log.1.pass_sample_percent)
+        {
+            let record = record::decision_record(
+                record::Recorder {
+                    node_id: &log.0.node_id,
+                    hash_key: &log.1.key,
+                },
+                &settings.policy,
+                record::Decided {
+                    request_id: &request_id,
+                    facts: &facts,
+                    verdict: &verdict,
+                    last,
+                    rate_limited: refused.is_some(),
+                    context_asked,
+                    context: context.as_ref(),
+                    at_ms: u64::try_from(now_nanos / 1_000_000).unwrap_or(0),
+                },
+            );
+            if let Ok(bytes) = serde_json::to_vec(&record) {
+                effects.records.push(bytes);
+            }
+        }
         let kind = request::client_kind(&facts.headers);
         effects.events.push(Event::Decision(last.decision));
         if last.shadow_decision.is_some_and(|d| d != Decision::Pass) {

@@ -18,6 +18,11 @@ pub const DECISIONS_GENERATION_KEY: &str = "signalbox.decisions.generation";
 pub const BUNDLE_KEY: &str = "signalbox.bundle";
 /// Shared-data key of that bundle's revision (8 bytes), read on each tick.
 pub const BUNDLE_REVISION_KEY: &str = "signalbox.bundle.revision";
+/// The shared queue every worker puts its decision records on (`signalbox.records.<name>`);
+/// the leader takes them off on its tick.
+pub const RECORDS_QUEUE: &str = "signalbox.records";
+/// Records per `POST /v1/decisions/log` (the cache takes at most 1,000).
+pub const RECORDS_PER_BATCH: usize = 500;
 /// Shared-data key handing out worker ids.
 pub const WORKER_IDS_KEY: &str = "signalbox.worker_ids";
 
@@ -102,6 +107,26 @@ pub fn bundle_call(cache: &ScoreCache, etag: Option<&str>) -> LinkCall {
 pub fn fleet_call(cache: &ScoreCache, report: &FleetReportV1) -> LinkCall {
     let body = serde_json::to_vec(report).unwrap_or_default();
     call(cache, "POST", "/v1/fleet".to_owned(), Some(body), 5_000)
+}
+
+/// `POST /v1/decisions/log` with `records` (each a JSON `DecisionRecordV1`).
+pub fn log_call(cache: &ScoreCache, records: &[Vec<u8>]) -> LinkCall {
+    let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 16);
+    body.extend_from_slice(b"{\"records\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(r);
+    }
+    body.extend_from_slice(b"]}");
+    call(
+        cache,
+        "POST",
+        "/v1/decisions/log".to_owned(),
+        Some(body),
+        5_000,
+    )
 }
 
 /// What a bundle poll's answer means.

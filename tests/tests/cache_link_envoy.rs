@@ -41,9 +41,12 @@ fn golden_json(dir: &std::path::Path) -> PathBuf {
     path
 }
 
+/// The key records hash addresses with (base64 of 32 bytes).
+const RECORD_KEY: &str = "cmVjb3JkIGtleSBmb3IgdGhlIGVuZC10by1lbmQgdGVzdHM=";
+
 fn start_envoy(dir: &std::path::Path, cache_port: u16) -> Envoy {
     let extra = json!({
-        "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": POLL_MS},
+        "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": POLL_MS, "decision_log": {"flush_ms": 200, "max_buffered": 50}},
         "edge_headers": {"trusted": true, "user": "x-signalbox-edge-user"},
     });
     Envoy::start(&Options {
@@ -52,9 +55,57 @@ fn start_envoy(dir: &std::path::Path, cache_port: u16) -> Envoy {
         plugin_extra: extra.to_string(),
         concurrency: 2,
         cache_port: Some(cache_port),
-        env: vec![("SIGNALBOX_CACHE_TOKEN".to_owned(), EDGE_TOKEN.to_owned())],
+        env: vec![
+            ("SIGNALBOX_CACHE_TOKEN".to_owned(), EDGE_TOKEN.to_owned()),
+            ("SIGNALBOX_RECORD_KEY".to_owned(), RECORD_KEY.to_owned()),
+        ],
     })
     .unwrap()
+}
+
+/// How many records with `decision` the decision log holds.
+fn logged_total(cache: &ScoreCache, decision: &str) -> usize {
+    let (status, page) = cache
+        .call(
+            "GET",
+            &format!("/v1/decisions/log?decision={decision}&limit=1"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    page["total"].as_u64().unwrap_or(0) as usize
+}
+
+/// The decision log's records with `decision` (the newest 200).
+fn logged(cache: &ScoreCache, decision: &str) -> Vec<Value> {
+    let (status, page) = cache
+        .call(
+            "GET",
+            &format!("/v1/decisions/log?decision={decision}&limit=200"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    page["records"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the log holds at least `n` records with `decision`.
+fn until_logged(cache: &ScoreCache, decision: &str, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let records = logged(cache, decision);
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} of {n} {decision} records",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Giovanni's browser from `ip` (the lab listener takes the address from x-forwarded-for),
@@ -151,6 +202,22 @@ fn manual_decisions_reach_every_worker_without_a_call() {
             .unwrap();
     println!("{v}");
     assert_ne!(v["remote"], "used", "{v}");
+    // The blocks reach the cache's decision log as records: hashed address, its lists, the
+    // revision, and the facts a replay needs; never the address itself.
+    let records = until_logged(&cache, "block", 20);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(ip), "a raw address in the log: {text}");
+    let r = &records[0];
+    assert_eq!(
+        (r["revision"].as_u64(), r["client"].as_str()),
+        (Some(7), Some("browser")),
+        "{r}"
+    );
+    assert_eq!(r["ip_hash"].as_str().map(str::len), Some(32), "{r}");
+    assert!(
+        r["facts"]["headers"]["user-agent"].as_str().is_some(),
+        "{r}"
+    );
     // Another address in the same /24 is not banned; a range ban covers it.
     assert_eq!(count(&envoy, "203.0.113.51", None, 5, "pass"), 5);
 
@@ -197,14 +264,37 @@ fn manual_decisions_reach_every_worker_without_a_call() {
     );
     assert_eq!(count(&envoy, ip, None, 5, "block"), 5);
 
-    // The cache goes away: the last set keeps applying and traffic flows.
+    // The cache goes away: the last set keeps applying and traffic flows; the edge keeps the
+    // records it cannot ship.
+    std::thread::sleep(Duration::from_millis(500));
+    let blocked_logged = logged_total(&cache, "block");
     cache.stop();
     std::thread::sleep(Duration::from_millis(POLL_MS * 2));
-    assert_eq!(count(&envoy, ip, None, 10, "block"), 10);
+    assert_eq!(count(&envoy, ip, None, 80, "block"), 80);
     assert_eq!(count(&envoy, "198.51.100.9", None, 10, "pass"), 10);
 
+    let blocked_before_outage = blocked_logged;
     // Back, the ban lifted: the client passes again.
     cache.restart().unwrap();
+    // 80 blocks in the outage, a buffer of 50: the newest 50 arrive, 30 were dropped.
+    until_logged(&cache, "block", blocked_before_outage + 50);
+    std::thread::sleep(Duration::from_millis(600));
+    let after = logged_total(&cache, "block");
+    println!("{after} block records after the outage ({blocked_before_outage} before it)");
+    assert!(
+        after <= blocked_before_outage + 50,
+        "{after}: the buffer is bounded"
+    );
+    let dropped: u64 = envoy
+        .stats()
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.split_once("signalbox.decision_log.dropped: ")
+                .map(|(_, v)| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    assert!(dropped >= 30, "dropped {dropped}");
     let (status, _) = cache
         .call(
             "DELETE",
