@@ -539,15 +539,22 @@ fn signup(lab_port: u16, ip: &str) -> Response {
     send(lab_port, "GET", "/signup", &headers, b"").unwrap()
 }
 
-/// Envoy's count of requests to the cache cluster.
+/// Envoy's count of calls to the cache cluster: requests sent, plus connections refused.
 fn cache_calls(envoy: &Envoy) -> u64 {
-    envoy
-        .stats()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("cluster.signalbox_cache.upstream_rq_total: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let stats = envoy.stats().unwrap();
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cluster.signalbox_cache.{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    stat("upstream_rq_total") + stat("upstream_cx_connect_fail")
+}
+
+fn remote_of(r: &Response) -> String {
+    let v: Value = serde_json::from_str(&r.header("x-signalbox-verdict").unwrap()).unwrap();
+    v["remote"].as_str().unwrap_or("not_wanted").to_owned()
 }
 
 #[test]
@@ -558,13 +565,19 @@ fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
     let mut value: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
     value["scoring"] = json!({"context_ttl_seconds": 1});
     std::fs::write(&bundle, value.to_string()).unwrap();
-    let cache = ScoreCache::start(&dir.join("cache"), &bundle).unwrap();
+    let mut cache = ScoreCache::start(&dir.join("cache"), &bundle).unwrap();
+    // The edge's bundle: golden with a quick breaker (4 lookups, half failed: open for 1 s).
+    let text = std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
+    let mut edge_bundle: Value = serde_norway::from_str(&text).unwrap();
+    edge_bundle["cache"]["breaker"] = json!({"failure_rate_percent": 50, "min_requests": 4, "window_seconds": 10, "open_seconds": 1});
+    let edge_bundle_path = dir.join("edge-bundle.json");
+    std::fs::write(&edge_bundle_path, edge_bundle.to_string()).unwrap();
     // Lookups only: no stream, no bundle polls, so every call Envoy counts is a lookup.
     let extra = json!({
         "score_cache": {"cluster": "signalbox_cache", "decisions_poll_ms": 0, "bundle_poll_ms": 0},
     });
     let envoy = Envoy::start(&Options {
-        bundle: root().join("tests/scenarios/bundles/golden.yaml"),
+        bundle: edge_bundle_path,
         out: dir.join("envoy"),
         plugin_extra: extra.to_string(),
         concurrency: 2,
@@ -618,4 +631,41 @@ fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
     );
     let stats = envoy.stats().unwrap();
     assert!(stats.contains("signalbox.cache.answers_reused"), "{stats}");
+
+    // The cache stops: every request passes (fail-open bundle) within the 50 ms timeout, and
+    // the shared breaker opens after a few failures, so most ask nothing.
+    cache.stop();
+    let before = cache_calls(&envoy);
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let started = Instant::now();
+        let r = signup(envoy.ports.lab, &format!("198.51.100.{}", 100 + i));
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(decision_of(&r), "pass");
+        assert_eq!(remote_of(&r), "unavailable_fail_open");
+    }
+    let calls = cache_calls(&envoy) - before;
+    println!("cache stopped: 30 requests passed, slowest {slowest:?}, {calls} calls tried");
+    assert!(calls < 15, "{calls} calls: the breaker did not open");
+
+    // Back: after the open second a probe is answered and lookups are used again.
+    cache.restart().unwrap();
+    let started = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let r = signup(envoy.ports.lab, &format!("198.51.100.{}", 200 + i % 50));
+        if remote_of(&r) == "used" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the breaker never closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "cache back: lookups used again after {:?}",
+        started.elapsed()
+    );
 }
