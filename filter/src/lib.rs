@@ -159,6 +159,16 @@ struct Worker {
     coalescing: std::cell::RefCell<Coalescing>,
     /// The shared queue for decision records, when they are shipped.
     records_queue: Option<u32>,
+    /// The canary rolling out, if any: its pipeline (a second compiled bundle) and share.
+    canary: std::cell::RefCell<Option<Canary>>,
+}
+
+/// A canary as a worker serves it.
+#[derive(Clone)]
+struct Canary {
+    pipeline: Rc<Pipeline>,
+    revision: u64,
+    percent: u8,
 }
 
 impl Worker {
@@ -166,6 +176,11 @@ impl Worker {
     /// never overlaps a callback in one thread).
     fn pipeline(&self) -> Option<Rc<Pipeline>> {
         self.pipeline.try_borrow().ok().map(|p| Rc::clone(&p))
+    }
+
+    /// The canary, if one rolls out.
+    fn canary(&self) -> Option<Canary> {
+        self.canary.try_borrow().ok().and_then(|c| c.clone())
     }
 
     /// Serves `next` to new streams from now on.
@@ -318,6 +333,7 @@ impl SignalboxRoot {
             return;
         };
         self.refresh_bundle(&worker);
+        self.refresh_canary(&worker);
         let Some(pipeline) = worker.pipeline() else {
             return;
         };
@@ -479,12 +495,74 @@ impl SignalboxRoot {
                         u64::try_from(set.len()).unwrap_or(u64::MAX),
                     );
                 }
+                if let Some(canary) = worker.canary() {
+                    canary.pipeline.replace_decisions(set.clone());
+                }
                 pipeline.replace_decisions(set);
             }
             Err(e) => log(
                 LogLevel::Warn,
                 &format!("signalbox: published decision set refused: {}", e.0),
             ),
+        }
+    }
+
+    /// Follows the published canary: compiles a new one, changes the share, or ends it (also
+    /// when the stable bundle caught up with it: promoted).
+    fn refresh_canary(&self, worker: &Worker) {
+        let Some(stable) = worker.pipeline() else {
+            return;
+        };
+        let (revision, percent) = link::canary_of(
+            hostcalls::get_shared_data(&link_key(link::CANARY_REVISION_KEY, &worker.lineage))
+                .ok()
+                .and_then(|(v, _)| v)
+                .as_deref(),
+        );
+        let current = worker.canary();
+        let active = stable.settings().policy.revision();
+        let next = if revision <= active || percent == 0 {
+            None
+        } else if let Some(c) = current.as_ref().filter(|c| c.revision == revision) {
+            Some(Canary {
+                percent,
+                ..c.clone()
+            })
+        } else {
+            let Some(bytes) =
+                hostcalls::get_shared_data(&link_key(link::CANARY_KEY, &worker.lineage))
+                    .ok()
+                    .and_then(|(v, _)| v)
+            else {
+                return;
+            };
+            match settings_with(&self.config, &bytes, active) {
+                Ok(settings) if settings.policy.revision() == revision => {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "signalbox: canary revision {revision} serves {percent}% of clients"
+                        ),
+                    );
+                    Some(Canary {
+                        pipeline: Rc::new(stable.successor(settings)),
+                        revision,
+                        percent,
+                    })
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    Metrics::count(worker.metrics.bundles_rejected);
+                    log(
+                        LogLevel::Warn,
+                        &format!("signalbox: canary bundle refused: {e}"),
+                    );
+                    None
+                }
+            }
+        };
+        if let Ok(mut slot) = worker.canary.try_borrow_mut() {
+            *slot = next;
         }
     }
 
@@ -531,6 +609,54 @@ impl SignalboxRoot {
         }
     }
 
+    /// The leader publishes the envelope's canary for every worker (after verifying it), or
+    /// its end.
+    fn publish_canary(&mut self, worker: &Worker, canary: Option<&link::CanaryV1>) {
+        let revision_key = link_key(link::CANARY_REVISION_KEY, &worker.lineage);
+        let Some(canary) = canary else {
+            let _ =
+                hostcalls::set_shared_data(&revision_key, Some(&link::canary_bytes(0, 0)), None);
+            return;
+        };
+        let Some(stable) = worker.pipeline() else {
+            return;
+        };
+        match settings_with(
+            &self.config,
+            canary.bundle.as_bytes(),
+            stable.settings().policy.revision(),
+        ) {
+            Ok(settings) => {
+                let published = hostcalls::set_shared_data(
+                    &link_key(link::CANARY_KEY, &worker.lineage),
+                    Some(canary.bundle.as_bytes()),
+                    None,
+                )
+                .and_then(|()| {
+                    hostcalls::set_shared_data(
+                        &revision_key,
+                        Some(&link::canary_bytes(
+                            settings.policy.revision(),
+                            canary.percent,
+                        )),
+                        None,
+                    )
+                });
+                if published.is_err() {
+                    self.link.last_error = Some("the canary could not be shared".to_owned());
+                }
+            }
+            Err(e) => {
+                Metrics::count(worker.metrics.bundles_rejected);
+                log(
+                    LogLevel::Warn,
+                    &format!("signalbox: the score cache's canary was refused: {e}"),
+                );
+                self.link.last_error = Some(format!("canary refused: {e}"));
+            }
+        }
+    }
+
     /// The leader's bundle poll answered: verify a newer stable bundle and publish it for every
     /// worker, then report to the fleet.
     fn on_bundle_answer(&mut self, status: u32, body: &[u8], etag: Option<String>) {
@@ -546,6 +672,7 @@ impl SignalboxRoot {
         let active = pipeline.settings().policy.revision();
         match link::bundle_answer(status, body, etag) {
             link::BundleAnswer::Envelope(envelope, etag) => {
+                self.publish_canary(&worker, envelope.canary.as_ref());
                 match settings_with(&self.config, envelope.stable.as_bytes(), active) {
                     Ok(settings) => {
                         let revision = settings.policy.revision();
@@ -598,7 +725,7 @@ impl SignalboxRoot {
         let report = link::FleetReportV1 {
             node_id: format!("{}/{}", cache.node_id, worker.lineage),
             stable_revision: serving,
-            canary_revision: None,
+            canary_revision: worker.canary().map(|c| c.revision),
             last_error: self.link.last_error.clone(),
             clock_skew_ms: self.link.clock_skew_ms,
             reported_at: now_ms / 1_000,
@@ -833,6 +960,7 @@ impl RootContext for SignalboxRoot {
                     lineage: lineage.clone(),
                     coalescing: std::cell::RefCell::default(),
                     records_queue,
+                    canary: std::cell::RefCell::new(None),
                 }));
                 self.config = config;
                 self.start_link();
@@ -1238,7 +1366,7 @@ impl SignalboxHttp {
 impl HttpContext for SignalboxHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let w = Rc::clone(&self.worker);
-        let p = Rc::clone(&self.pipeline);
+        let mut p = Rc::clone(&self.pipeline);
         let started = now_nanos();
         let timed = w.next_is_timed();
         self.timed = timed;
@@ -1261,6 +1389,14 @@ impl HttpContext for SignalboxHttp {
                     .find_map(|path| hostcalls::get_property(path).ok().flatten())
             })
             .flatten();
+        // A canary rolling out: the client's stable keyed hash picks the bundle.
+        if let Some(canary) = w.canary()
+            && let Some(key) = p.canary_key(&headers, source)
+            && p.in_canary(&key, canary.revision, canary.percent)
+        {
+            p = canary.pipeline;
+            self.pipeline = Rc::clone(&p);
+        }
         let outcome = p.start(
             Request {
                 headers,

@@ -137,7 +137,19 @@ pub struct ScoreCacheV1 {
     /// Shipping verdict records to the cache's decision log.
     #[serde(default)]
     pub decision_log: DecisionLogV1,
+    /// VM environment variable with the fleet's canary secret (any length): the keyed hash
+    /// that puts a client in or out of a canary. Every edge of a fleet must share it. Unset: a
+    /// built-in constant (clients are still stable; who is in is then predictable).
+    #[serde(default = "default_canary_key_env")]
+    pub canary_key_env: String,
 }
+
+fn default_canary_key_env() -> String {
+    "SIGNALBOX_CANARY_KEY".to_owned()
+}
+
+/// The canary secret when none is configured.
+pub const DEFAULT_CANARY_SECRET: &[u8] = b"signalbox canary buckets";
 
 /// Verdict records shipped to `POST /v1/decisions/log`: every non-pass verdict and a sample
 /// of passes, in batches, from a bounded buffer (the oldest records go first when the cache
@@ -240,6 +252,8 @@ pub struct ScoreCache {
     pub node_id: String,
     /// Decision-log shipping (`None`: no record key configured).
     pub decision_log: Option<DecisionLog>,
+    /// The fleet's canary secret.
+    pub canary_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for ScoreCache {
@@ -547,6 +561,10 @@ pub fn parse_with_bundle(
                     .or_else(|| env("SIGNALBOX_NODE_ID"))
                     .unwrap_or_else(|| "envoy".to_owned()),
                 decision_log,
+                canary_secret: env(&c.canary_key_env)
+                    .map(String::into_bytes)
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| DEFAULT_CANARY_SECRET.to_vec()),
             })
         }
     };

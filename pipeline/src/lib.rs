@@ -472,6 +472,32 @@ impl Pipeline {
         request::client_ip(&self.settings.client_ip, headers, None).is_none()
     }
 
+    /// The client's canary key (`user:<key>`, else `net:<the IP's /24 or /48>`), read from the
+    /// request as this pipeline would (client IP mode, edge headers, user cookie, privacy
+    /// hashing); only worth its cost while a canary rolls out.
+    pub fn canary_key(
+        &self,
+        headers: &Headers,
+        source: Option<std::net::IpAddr>,
+    ) -> Option<String> {
+        let ip = request::client_ip(&self.settings.client_ip, headers, source);
+        let mut facts = Facts::from_parts("", "", headers.iter().cloned(), ip, &self.settings.edge);
+        subjects::apply(&self.settings.subjects, &mut facts);
+        canary::canary_key(facts.user.as_deref(), ip)
+    }
+
+    /// Whether the client with `key` gets the canary of `revision` at `percent`.
+    pub fn in_canary(&self, key: &str, revision: u64, percent: u8) -> bool {
+        let secret = self
+            .settings
+            .score_cache
+            .as_ref()
+            .map_or(config::DEFAULT_CANARY_SECRET, |c| {
+                c.canary_secret.as_slice()
+            });
+        canary::in_canary(key, secret, revision, percent)
+    }
+
     /// Whether [`Request::route_name`] matters (sensitive route names are configured).
     pub fn wants_route_name(&self) -> bool {
         !self.settings.sensitive_route_names.is_empty()

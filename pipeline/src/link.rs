@@ -3,7 +3,7 @@
 //! its answer means. The adapter owns the timer, the calls and shared data.
 
 use signalbox_wire::DecisionPageV1;
-pub use signalbox_wire::FleetReportV1;
+pub use signalbox_wire::{CanaryV1, FleetReportV1};
 
 use crate::config::ScoreCache;
 
@@ -23,6 +23,25 @@ pub const BUNDLE_REVISION_KEY: &str = "signalbox.bundle.revision";
 pub const RECORDS_QUEUE: &str = "signalbox.records";
 /// Records per `POST /v1/decisions/log` (the cache takes at most 1,000).
 pub const RECORDS_PER_BATCH: usize = 500;
+/// Shared-data key of the verified canary bundle's bytes.
+pub const CANARY_KEY: &str = "signalbox.canary";
+/// Shared-data key of the canary's revision and percent (9 bytes; revision 0: none).
+pub const CANARY_REVISION_KEY: &str = "signalbox.canary.revision";
+
+/// The canary's `(revision, percent)` as stored (`(0, 0)`: none).
+pub fn canary_of(stored: Option<&[u8]>) -> (u64, u8) {
+    let revision = generation_of(stored);
+    let percent = stored.and_then(|b| b.get(8).copied()).unwrap_or(0);
+    (revision, percent.min(100))
+}
+
+/// The stored form of a canary's revision and percent.
+pub fn canary_bytes(revision: u64, percent: u8) -> Vec<u8> {
+    let mut b = revision.to_le_bytes().to_vec();
+    b.push(percent.min(100));
+    b
+}
+
 /// Shared-data key handing out worker ids.
 pub const WORKER_IDS_KEY: &str = "signalbox.worker_ids";
 
