@@ -389,10 +389,15 @@ impl Pipeline {
         next
     }
 
-    /// Replaces this worker's copy of the manual decisions (a newer published set).
+    /// Replaces this worker's copy of the manual decisions (a newer published set). The
+    /// cached context answers go too: they carry the decisions of their time, and a lifted
+    /// ban must not outlive its stream entry in an answer's TTL.
     pub fn replace_decisions(&self, set: decisions::ActiveDecisions) {
         if let Ok(mut d) = self.decisions.try_borrow_mut() {
             *d = set;
+        }
+        if let Ok(mut c) = self.contexts.try_borrow_mut() {
+            *c = context_cache::ContextCache::default();
         }
     }
 
