@@ -450,3 +450,74 @@ fn masks_ips() {
         "81.62.10.0/24"
     );
 }
+
+mod context_cache_and_decisions {
+    use super::h;
+    use crate::decisions::ActiveDecisions;
+    use crate::{Event, LookupAnswer, Pipeline, Request, Step, config::parse};
+
+    const NOW: u128 = 1_795_392_000 * 1_000_000_000;
+
+    fn pipeline() -> Pipeline {
+        let cfg = serde_json::json!({
+            "bundle": {"format_version": 1, "revision": 1, "min_engine_version": "0.1.0",
+                       "cache": {"lookup": ["ip"], "always_lookup": ["ip"]}},
+            "allow_unsigned": true,
+            "score_cache": {"cluster": "cache", "decisions_poll_ms": 0, "bundle_poll_ms": 0}
+        });
+        Pipeline::new(parse(cfg.to_string().as_bytes(), 1_795_392_000, |_| None).unwrap())
+    }
+
+    fn request() -> Request {
+        Request {
+            headers: h(&[
+                (":method", b"GET"),
+                (":path", b"/"),
+                (":authority", b"shop.example"),
+                ("user-agent", b"curl/8.5.0"),
+            ]),
+            source: "192.0.2.9".parse().ok(),
+            route_name: None,
+            end_of_stream: true,
+        }
+    }
+
+    fn is_block(step: &Step) -> bool {
+        matches!(step, Step::Respond(reply) if reply.status == 403)
+    }
+
+    /// An answer is reused within its TTL without a call, and dropped when a new decision set
+    /// arrives (a ban lifted in the stream must not live on in a cached answer).
+    #[test]
+    fn answers_are_reused_until_the_decision_set_changes() {
+        let p = pipeline();
+        let Step::Lookup(_, pending) = p.start(request(), NOW).step else {
+            panic!("a lookup was expected");
+        };
+        let banned = br#"{"ip":{"score":0,"decision":{"action":"ban","expires_at":1900000000}},"ttl_seconds":30}"#;
+        let answer = LookupAnswer {
+            status: 200,
+            body: banned.to_vec(),
+        };
+        assert!(is_block(&p.resume_lookup(pending, Some(answer), NOW).step));
+
+        let again = p.start(request(), NOW + 1_000_000_000);
+        assert!(again.effects.events.contains(&Event::ContextCached));
+        assert!(is_block(&again.step), "the cached answer decides, no call");
+
+        let empty = ActiveDecisions::default().apply(
+            &signalbox_wire::DecisionPageV1 {
+                decisions: Vec::new(),
+                cursor: "c1".into(),
+                more: false,
+            },
+            64,
+            1_795_392_000,
+        );
+        p.replace_decisions(ActiveDecisions::decode(empty.blob).unwrap());
+        assert!(matches!(
+            p.start(request(), NOW + 2_000_000_000).step,
+            Step::Lookup(..)
+        ));
+    }
+}
