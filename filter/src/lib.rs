@@ -746,6 +746,16 @@ impl SignalboxRoot {
         };
         let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
         match link::stream_answer(status, body) {
+            // Nothing new: the set and every worker's copy stay as they are (publishing would
+            // make every worker copy the whole blob and drop its cached context answers).
+            StreamAnswer::Page(page)
+                if page.decisions.is_empty()
+                    && !page.more
+                    && self.link.staging.is_none()
+                    && !self.link.restart =>
+            {
+                self.link.failing = false;
+            }
             StreamAnswer::Page(page) => {
                 self.link.failing = false;
                 let prefix = pipeline.settings().policy.ipv6_prefix();

@@ -196,9 +196,17 @@ pub struct ActiveDecisions {
     cursor: String,
     /// Record index ranges per kind.
     kinds: [(usize, usize); KINDS],
-    /// For `Network`: (prefix, start, end) per distinct prefix, longest first.
-    prefixes: Vec<(u8, usize, usize)>,
+    /// For `Network`: (prefix, start, end, may hold an IPv4 address) per distinct prefix,
+    /// longest first.
+    prefixes: Vec<(u8, usize, usize, bool)>,
+    /// For IPv4 addresses: per /16, a bit per prefix length (`prefix - 96`, 0..=32) that has a
+    /// record covering some address of that /16. A miss usually costs one load: no search.
+    /// Empty when the set has no IPv4 network records (then 512 KiB are not spent).
+    ipv4_index: Vec<u64>,
 }
+
+/// `::ffff:0:0/96`, where IPv4 addresses live as IPv4-mapped IPv6.
+const V4_MAPPED: u128 = 0xffff_0000_0000;
 
 /// Why a blob was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,9 +260,28 @@ impl ActiveDecisions {
                 slot.1 = i + 1;
             }
             if e.kind == Kind::Network {
+                let holds_v4 =
+                    mask(V4_MAPPED, e.prefix().min(96)) == mask(e.key, e.prefix().min(96));
                 match set.prefixes.last_mut() {
-                    Some(last) if last.0 == e.prefix() => last.2 = i + 1,
-                    _ => set.prefixes.push((e.prefix(), i, i + 1)),
+                    Some(last) if last.0 == e.prefix() => {
+                        last.2 = i + 1;
+                        last.3 |= holds_v4;
+                    }
+                    _ => set.prefixes.push((e.prefix(), i, i + 1, holds_v4)),
+                }
+                if holds_v4 && e.prefix() >= 96 {
+                    if set.ipv4_index.is_empty() {
+                        set.ipv4_index = vec![0; 1 << 16];
+                    }
+                    let bit = 1u64 << (e.prefix() - 96);
+                    // The /16s the record covers: one for /16 and longer, 2^(16-len) otherwise.
+                    let v4 = u32::try_from(e.key & 0xffff_ffff).unwrap_or(0);
+                    let len = u32::from(e.prefix() - 96);
+                    let first = usize::try_from(v4 >> 16).unwrap_or(0);
+                    let count = if len >= 16 { 1 } else { 1usize << (16 - len) };
+                    for slot in set.ipv4_index.iter_mut().skip(first).take(count) {
+                        *slot |= bit;
+                    }
                 }
             }
         }
@@ -302,11 +329,14 @@ impl ActiveDecisions {
         let (mut lo, mut hi) = (start, end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match record(body, mid) {
-                Some(e) if e.key < key => lo = mid + 1,
+            match key_at(body, mid) {
+                Some(k) if k < key => lo = mid + 1,
                 Some(_) => hi = mid,
                 None => return None,
             }
+        }
+        if key_at(body, lo) != Some(key) {
+            return None;
         }
         let mut best: Option<Entry> = None;
         for i in lo..end {
@@ -348,9 +378,23 @@ impl ActiveDecisions {
         }
         let network = ip.and_then(|ip| {
             let key = mapped(ip);
+            let v4 = ip.to_canonical().is_ipv4();
+            // An IPv4 address: only the prefix lengths its /16 has records for.
+            let bits = if v4 && !self.ipv4_index.is_empty() {
+                let slot = usize::try_from((key >> 16) & 0xffff).unwrap_or(0);
+                self.ipv4_index.get(slot).copied().unwrap_or(0)
+            } else {
+                u64::MAX
+            };
             self.prefixes
                 .iter()
-                .find_map(|&(prefix, start, end)| self.find(start, end, mask(key, prefix), now))
+                .filter(|&&(prefix, _, _, holds_v4)| {
+                    if !v4 {
+                        return true;
+                    }
+                    holds_v4 && (prefix < 96 || bits & (1u64 << (prefix - 96)) != 0)
+                })
+                .find_map(|&(prefix, start, end, _)| self.find(start, end, mask(key, prefix), now))
         });
         let ip_decision = network
             .or_else(|| asn.and_then(|a| self.find_kind(Kind::Asn, u128::from(a), now)))
@@ -436,6 +480,14 @@ fn entry_of(d: &StreamDecisionV1, id: u64, ipv6_prefix: u8, now: u64) -> Option<
         action: manual_action(decision.action),
         expires_at: u32::try_from(decision.expires_at).unwrap_or(u32::MAX),
     })
+}
+
+/// Only the key of record `i` (what a search compares).
+fn key_at(body: &[u8], i: usize) -> Option<u128> {
+    let at = i.checked_mul(RECORD_BYTES)?.checked_add(8)?;
+    Some(u128::from_be_bytes(
+        body.get(at..at.checked_add(16)?)?.try_into().ok()?,
+    ))
 }
 
 fn record(body: &[u8], i: usize) -> Option<Entry> {
