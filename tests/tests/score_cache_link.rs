@@ -60,7 +60,8 @@ fn start(bundle: Value) -> (Filter, StubCache) {
             Outcome::Response {
                 status: 200,
                 headers: Vec::new(),
-                body: br#"{"ip":{"score":100},"ttl_seconds":30}"#.to_vec(),
+                // TTL 0: no answer is reused, every request asks (cache_link_envoy.rs covers reuse).
+                body: br#"{"ip":{"score":100},"ttl_seconds":0}"#.to_vec(),
             }
         } else {
             Outcome::Response {
