@@ -445,7 +445,7 @@ pub fn fetch_log(
         filters.push('&');
         filters.push_str(name);
         filters.push('=');
-        filters.push_str(&percent_encode(value));
+        filters.push_str(&signalbox_pipeline::percent_encode(value));
     }
     let mut records = Vec::new();
     for page in 1.. {
@@ -466,19 +466,6 @@ pub fn fetch_log(
     }
     records.truncate(max);
     Ok(Ok(records))
-}
-
-/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `signalbox fleet`.

@@ -298,12 +298,25 @@ struct Link {
     next_flush_ms: u64,
 }
 
+/// A shared-data value (`None`: absent, or shared data failed).
+fn shared_value(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+}
+
 /// The link's shared-data key for this plugin.
 fn link_key(base: &str, lineage: &str) -> String {
     format!("{base}.{lineage}")
 }
 
 impl SignalboxRoot {
+    /// The worker, the pipeline serving now and the score cache it links to.
+    fn linked(&self) -> Option<(Rc<Worker>, Rc<Pipeline>, config::ScoreCache)> {
+        let worker = self.worker.clone()?;
+        let pipeline = worker.pipeline()?;
+        let cache = pipeline.settings().score_cache.clone()?;
+        Some((worker, pipeline, cache))
+    }
+
     /// Starts the timer when the configuration follows the decision stream or polls bundles.
     fn start_link(&mut self) {
         let Some(cache) = self
@@ -334,10 +347,8 @@ impl SignalboxRoot {
         };
         self.refresh_bundle(&worker);
         self.refresh_canary(&worker);
-        let Some(pipeline) = worker.pipeline() else {
-            return;
-        };
-        let Some(cache) = pipeline.settings().score_cache.clone() else {
+        // After the refresh: the pipeline serving now.
+        let Some((worker, pipeline, cache)) = self.linked() else {
             return;
         };
         let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
@@ -472,19 +483,12 @@ impl SignalboxRoot {
 
     /// Reads the published decision set when its generation moved.
     fn refresh_decisions(&self, worker: &Worker, pipeline: &Pipeline) {
-        let generation =
-            hostcalls::get_shared_data(&link_key(link::DECISIONS_GENERATION_KEY, &worker.lineage))
-                .ok()
-                .and_then(|(v, _)| v)
-                .map_or(0, |v| link::generation_of(Some(&v)));
+        let generation = shared_value(&link_key(link::DECISIONS_GENERATION_KEY, &worker.lineage))
+            .map_or(0, |v| link::generation_of(Some(&v)));
         if generation == 0 || generation == pipeline.decisions_generation() {
             return;
         }
-        let Some(blob) =
-            hostcalls::get_shared_data(&link_key(link::DECISIONS_KEY, &worker.lineage))
-                .ok()
-                .and_then(|(v, _)| v)
-        else {
+        let Some(blob) = shared_value(&link_key(link::DECISIONS_KEY, &worker.lineage)) else {
             return;
         };
         match ActiveDecisions::decode(blob) {
@@ -514,10 +518,7 @@ impl SignalboxRoot {
             return;
         };
         let (revision, percent) = link::canary_of(
-            hostcalls::get_shared_data(&link_key(link::CANARY_REVISION_KEY, &worker.lineage))
-                .ok()
-                .and_then(|(v, _)| v)
-                .as_deref(),
+            shared_value(&link_key(link::CANARY_REVISION_KEY, &worker.lineage)).as_deref(),
         );
         let current = worker.canary();
         let active = stable.settings().policy.revision();
@@ -529,11 +530,7 @@ impl SignalboxRoot {
                 ..c.clone()
             })
         } else {
-            let Some(bytes) =
-                hostcalls::get_shared_data(&link_key(link::CANARY_KEY, &worker.lineage))
-                    .ok()
-                    .and_then(|(v, _)| v)
-            else {
+            let Some(bytes) = shared_value(&link_key(link::CANARY_KEY, &worker.lineage)) else {
                 return;
             };
             match settings_with(&self.config, &bytes, active) {
@@ -573,18 +570,12 @@ impl SignalboxRoot {
             return;
         };
         let active = pipeline.settings().policy.revision();
-        let polled =
-            hostcalls::get_shared_data(&link_key(link::BUNDLE_REVISION_KEY, &worker.lineage))
-                .ok()
-                .and_then(|(v, _)| v)
-                .map_or(0, |v| link::revision_of(Some(&v)));
+        let polled = shared_value(&link_key(link::BUNDLE_REVISION_KEY, &worker.lineage))
+            .map_or(0, |v| link::revision_of(Some(&v)));
         if polled <= active {
             return;
         }
-        let Some(bytes) = hostcalls::get_shared_data(&link_key(link::BUNDLE_KEY, &worker.lineage))
-            .ok()
-            .and_then(|(v, _)| v)
-        else {
+        let Some(bytes) = shared_value(&link_key(link::BUNDLE_KEY, &worker.lineage)) else {
             return;
         };
         match settings_with(&self.config, &bytes, active) {
@@ -660,13 +651,7 @@ impl SignalboxRoot {
     /// The leader's bundle poll answered: verify a newer stable bundle and publish it for every
     /// worker, then report to the fleet.
     fn on_bundle_answer(&mut self, status: u32, body: &[u8], etag: Option<String>) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let Some(pipeline) = worker.pipeline() else {
-            return;
-        };
-        let Some(cache) = pipeline.settings().score_cache.clone() else {
+        let Some((worker, pipeline, cache)) = self.linked() else {
             return;
         };
         let active = pipeline.settings().policy.revision();
@@ -735,13 +720,7 @@ impl SignalboxRoot {
 
     /// The leader's stream answer: apply, publish, ask again at once when there is more.
     fn on_stream_answer(&mut self, status: u32, body: &[u8]) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let Some(pipeline) = worker.pipeline() else {
-            return;
-        };
-        let Some(cache) = pipeline.settings().score_cache.clone() else {
+        let Some((worker, pipeline, cache)) = self.linked() else {
             return;
         };
         let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
@@ -932,9 +911,7 @@ impl RootContext for SignalboxRoot {
             Ok(settings) => {
                 // A bundle polled from the score cache before this configuration arrived, if
                 // it is newer: a configuration push never rolls the fleet back.
-                let polled = hostcalls::get_shared_data(&link_key(link::BUNDLE_KEY, &lineage))
-                    .ok()
-                    .and_then(|(v, _)| v)
+                let polled = shared_value(&link_key(link::BUNDLE_KEY, &lineage))
                     .filter(|_| settings.score_cache.is_some());
                 let inline_revision = settings.policy.revision();
                 let settings = match polled.map(|b| settings_with(&config, &b, inline_revision)) {

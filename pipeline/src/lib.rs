@@ -590,46 +590,36 @@ impl Pipeline {
         }
 
         let assessment = settings.policy.assess(&facts, now);
-        if let (Some(lookup), Some(cache)) = (assessment.lookup(), &settings.score_cache) {
-            let call = lookup_call(cache, lookup, settings.policy.cache().timeout_ms);
-            let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
-            let cached = self
-                .contexts
-                .try_borrow()
-                .ok()
-                .and_then(|c| c.get(call.key(), now_ms));
-            if let Some(context) = cached {
-                effects.events.push(Event::ContextCached);
-                let assessed = Assessed {
-                    facts,
-                    assessment,
-                    request_id,
-                    now,
-                    lookup_key: None,
-                };
-                let decided = assessed.decide(&settings.policy, Some(&context));
-                return self.decided(decided, now_nanos, effects);
-            }
-            let assessed = Assessed {
-                facts,
-                assessment,
-                request_id,
-                now,
-                lookup_key: Some(call.key().to_owned()),
-            };
-            return Outcome {
-                effects,
-                step: Step::Lookup(call, Pending(PendingKind::Lookup(Box::new(assessed)))),
-            };
-        }
-        let assessed = Assessed {
+        let call = assessment
+            .lookup()
+            .zip(settings.score_cache.as_ref())
+            .map(|(lookup, cache)| lookup_call(cache, lookup, settings.policy.cache().timeout_ms));
+        let mut assessed = Assessed {
             facts,
             assessment,
             request_id,
             now,
             lookup_key: None,
         };
-        self.decided(assessed.decide(&settings.policy, None), now_nanos, effects)
+        let Some(call) = call else {
+            return self.decided(assessed.decide(&settings.policy, None), now_nanos, effects);
+        };
+        let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
+        let cached = self
+            .contexts
+            .try_borrow()
+            .ok()
+            .and_then(|c| c.get(call.key(), now_ms));
+        if let Some(context) = cached {
+            effects.events.push(Event::ContextCached);
+            let decided = assessed.decide(&settings.policy, Some(&context));
+            return self.decided(decided, now_nanos, effects);
+        }
+        assessed.lookup_key = Some(call.key().to_owned());
+        Outcome {
+            effects,
+            step: Step::Lookup(call, Pending(PendingKind::Lookup(Box::new(assessed)))),
+        }
     }
 
     /// The score cache answered (`None`: it failed, timed out, or the host could not call it;
@@ -1056,8 +1046,9 @@ fn lookup_call(
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (query values of calls to
+/// the score cache).
+pub fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -102,14 +102,10 @@ fn call(
 /// `GET /v1/decisions/stream?since=CURSOR`, with a timeout of the poll interval (at least a
 /// second: a snapshot page is large).
 pub fn stream_call(cache: &ScoreCache, cursor: &str) -> LinkCall {
-    let mut path = String::from("/v1/decisions/stream?since=");
-    for b in cursor.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            path.push(char::from(b));
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let path = format!(
+        "/v1/decisions/stream?since={}",
+        crate::percent_encode(cursor)
+    );
     call(cache, "GET", path, None, cache.decisions_poll_ms.max(1_000))
 }
 
