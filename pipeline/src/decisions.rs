@@ -16,6 +16,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use signalbox_policy::{ManualAction, ManualDecision, ManualDecisions};
 use signalbox_wire::{DecisionPageV1, ManualActionV1, ScopeV1, StreamDecisionV1};
@@ -187,9 +188,11 @@ fn manual_action(action: ManualActionV1) -> ManualAction {
 }
 
 /// The set as published: generation, the stream cursor it reflects, and the records.
+/// Cloning is cheap: the blob and the IPv4 index are shared (a canary's pipeline and a
+/// successor pipeline hold the same copy as the one serving).
 #[derive(Debug, Clone, Default)]
 pub struct ActiveDecisions {
-    blob: Vec<u8>,
+    blob: Arc<Vec<u8>>,
     /// Where the records start in `blob`.
     records_at: usize,
     generation: u64,
@@ -202,7 +205,7 @@ pub struct ActiveDecisions {
     /// For IPv4 addresses: per /16, a bit per prefix length (`prefix - 96`, 0..=32) that has a
     /// record covering some address of that /16. A miss usually costs one load: no search.
     /// Empty when the set has no IPv4 network records (then 512 KiB are not spent).
-    ipv4_index: Vec<u64>,
+    ipv4_index: Arc<Vec<u64>>,
 }
 
 /// `::ffff:0:0/96`, where IPv4 addresses live as IPv4-mapped IPv6.
@@ -243,6 +246,7 @@ impl ActiveDecisions {
             ..ActiveDecisions::default()
         };
         let count = body.len() / RECORD_BYTES;
+        let mut ipv4_index: Vec<u64> = Vec::new();
         let mut previous: Option<Entry> = None;
         for i in 0..count {
             let e = record(body, i).ok_or(BadBlob("bad record"))?;
@@ -270,8 +274,8 @@ impl ActiveDecisions {
                     _ => set.prefixes.push((e.prefix(), i, i + 1, holds_v4)),
                 }
                 if holds_v4 && e.prefix() >= 96 {
-                    if set.ipv4_index.is_empty() {
-                        set.ipv4_index = vec![0; 1 << 16];
+                    if ipv4_index.is_empty() {
+                        ipv4_index = vec![0; 1 << 16];
                     }
                     let bit = 1u64 << (e.prefix() - 96);
                     // The /16s the record covers: one for /16 and longer, 2^(16-len) otherwise.
@@ -279,13 +283,14 @@ impl ActiveDecisions {
                     let len = u32::from(e.prefix() - 96);
                     let first = usize::try_from(v4 >> 16).unwrap_or(0);
                     let count = if len >= 16 { 1 } else { 1usize << (16 - len) };
-                    for slot in set.ipv4_index.iter_mut().skip(first).take(count) {
+                    for slot in ipv4_index.iter_mut().skip(first).take(count) {
                         *slot |= bit;
                     }
                 }
             }
         }
-        set.blob = blob;
+        set.blob = Arc::new(blob);
+        set.ipv4_index = Arc::new(ipv4_index);
         Ok(set)
     }
 
@@ -417,29 +422,54 @@ impl ActiveDecisions {
     /// (what an IPv6 `ip` decision covers). Decisions this edge cannot match locally (hashed
     /// IP keys) are counted in the result and left to lookups.
     pub fn apply(&self, page: &DecisionPageV1, ipv6_prefix: u8, now: u64) -> Applied {
-        let body = self.records();
-        let mut entries: Vec<Entry> = (0..body.len() / RECORD_BYTES)
-            .filter_map(|i| record(body, i))
-            .filter(|e| u64::from(e.expires_at) > now)
-            .collect();
+        // The page's decisions, the last one per id winning, sorted; then one merge walk over
+        // the published records, copied as bytes: no decoded copy of the whole set (at 100k
+        // decisions that was 4.8 MB on top of the old and the new blob).
         let mut skipped = 0usize;
-        let mut removed_ids = std::collections::HashSet::new();
-        let mut added = Vec::new();
-        for d in &page.decisions {
+        let mut touched = std::collections::HashSet::new();
+        let mut added: Vec<Entry> = Vec::new();
+        for d in page.decisions.iter().rev() {
             let id = key_hash("id", &d.id);
-            removed_ids.insert(id);
-            added.retain(|e: &Entry| e.id != id);
+            if !touched.insert(id) {
+                continue;
+            }
             if let Some(e) = entry_of(d, id, ipv6_prefix, now) {
                 added.push(e);
             } else if !d.removed && d.decision.is_some() {
                 skipped += 1;
             }
         }
-        entries.retain(|e| !removed_ids.contains(&e.id));
-        entries.extend(added);
-        entries.sort_unstable_by_key(Entry::order);
+        added.sort_unstable_by_key(Entry::order);
+        let body = self.records();
+        let cursor = page
+            .cursor
+            .get(..page.cursor.len().min(1024))
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(
+            14 + cursor.len() + body.len() + added.len().saturating_mul(RECORD_BYTES),
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.generation.wrapping_add(1).to_le_bytes());
+        out.extend_from_slice(&u16::try_from(cursor.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(cursor.as_bytes());
+        let mut added = added.into_iter().peekable();
+        for raw in body.chunks_exact(RECORD_BYTES) {
+            let Some(e) = Entry::decode(raw) else {
+                continue;
+            };
+            if u64::from(e.expires_at) <= now || touched.contains(&e.id) {
+                continue;
+            }
+            while let Some(a) = added.next_if(|a| a.order() <= e.order()) {
+                a.encode(&mut out);
+            }
+            out.extend_from_slice(raw);
+        }
+        for a in added {
+            a.encode(&mut out);
+        }
         Applied {
-            blob: encode(self.generation.wrapping_add(1), &page.cursor, &entries),
+            blob: out,
             unmatched: skipped,
         }
     }
@@ -493,19 +523,6 @@ fn key_at(body: &[u8], i: usize) -> Option<u128> {
 fn record(body: &[u8], i: usize) -> Option<Entry> {
     let at = i.checked_mul(RECORD_BYTES)?;
     Entry::decode(body.get(at..at.checked_add(RECORD_BYTES)?)?)
-}
-
-fn encode(generation: u64, cursor: &str, entries: &[Entry]) -> Vec<u8> {
-    let cursor = cursor.get(..cursor.len().min(1024)).unwrap_or_default();
-    let mut out = Vec::with_capacity(14 + cursor.len() + entries.len() * RECORD_BYTES);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&generation.to_le_bytes());
-    out.extend_from_slice(&u16::try_from(cursor.len()).unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(cursor.as_bytes());
-    for e in entries {
-        e.encode(&mut out);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -694,6 +711,49 @@ mod tests {
                     .map(|d| manual_action(d.decision.as_ref().unwrap().action));
                 prop_assert_eq!(ip_action(&set, &ip.to_string()), expected);
             }
+        }
+
+        /// Pages applied one after another (adds, replacements, tombstones, in any order)
+        /// hold exactly what a plain model holds: per id, the last unremoved decision, sorted.
+        #[test]
+        fn pages_merge_like_a_model(
+            pages in proptest::collection::vec(
+                proptest::collection::vec((0u8..24, any::<u8>(), 0u8..4, any::<bool>()), 0..30),
+                1..6,
+            ),
+        ) {
+            let mut set = ActiveDecisions::default();
+            let mut model: std::collections::BTreeMap<String, StreamDecisionV1> = Default::default();
+            for (n, changes) in pages.iter().enumerate() {
+                let decisions: Vec<StreamDecisionV1> = changes
+                    .iter()
+                    .map(|(id, host, action, removed)| {
+                        let action = [ManualActionV1::Ban, ManualActionV1::Challenge, ManualActionV1::Throttle, ManualActionV1::Allow][usize::from(*action)];
+                        let mut d = decision(&id.to_string(), ScopeV1::Ip, &format!("192.0.2.{host}"), action);
+                        if *removed {
+                            d.removed = true;
+                            d.decision = None;
+                        }
+                        d
+                    })
+                    .collect();
+                for d in &decisions {
+                    if d.removed {
+                        model.remove(&d.id);
+                    } else {
+                        model.insert(d.id.clone(), d.clone());
+                    }
+                }
+                set = applied(&set, &page(&format!("c{n}"), decisions));
+            }
+            let mut expected: Vec<Entry> = model
+                .values()
+                .filter_map(|d| entry_of(d, key_hash("id", &d.id), 64, NOW))
+                .collect();
+            expected.sort_unstable_by_key(Entry::order);
+            let held: Vec<Entry> = set.records().chunks_exact(RECORD_BYTES).filter_map(Entry::decode).collect();
+            prop_assert_eq!(held, expected);
+            prop_assert_eq!(set.generation(), pages.len() as u64);
         }
     }
 }

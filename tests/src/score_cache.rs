@@ -160,3 +160,63 @@ impl Drop for ScoreCache {
         self.stop();
     }
 }
+
+/// A TCP relay in front of the cache that can hold every request for a while: the score cache
+/// "answering slowly", as a congested network or an overloaded cache looks to an edge. Each
+/// chunk the edge sends waits `delay` before it is forwarded; answers come back at once.
+pub struct SlowRelay {
+    /// Where edges connect.
+    pub port: u16,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowRelay {
+    /// Relays 127.0.0.1:`port` (a free one) to 127.0.0.1:`upstream`, without delay at first.
+    pub fn start(upstream: u16) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        std::thread::spawn(move || {
+            for edge in listener.incoming().flatten() {
+                let Ok(cache) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue; // the cache is down: the edge sees the connection close
+                };
+                let (Ok(mut edge_read), Ok(mut cache_read)) = (edge.try_clone(), cache.try_clone())
+                else {
+                    continue;
+                };
+                let (mut edge_write, mut cache_write) = (edge, cache);
+                let delay = delay.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut edge_read, &mut buf) {
+                        let ms = delay.load(Ordering::Relaxed);
+                        if ms > 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(ms));
+                        }
+                        let chunk = buf.get(..n).unwrap_or_default();
+                        if std::io::Write::write_all(&mut cache_write, chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cache_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut cache_read, &mut edge_write);
+                    let _ = edge_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Ok(SlowRelay { port, delay_ms })
+    }
+
+    /// Holds every request this long from now on (0: none).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use signalbox_tests::envoy::{Envoy, Options};
 use signalbox_tests::http::{Response, send};
 use signalbox_tests::root;
-use signalbox_tests::score_cache::{ADMIN_TOKEN, EDGE_TOKEN, ScoreCache};
+use signalbox_tests::score_cache::{ADMIN_TOKEN, EDGE_TOKEN, ScoreCache, SlowRelay};
 
 const GIO_UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 /// The leader polls this often; workers look for a new set four times as often.
@@ -627,6 +627,8 @@ fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
     value["scoring"] = json!({"context_ttl_seconds": 1});
     std::fs::write(&bundle, value.to_string()).unwrap();
     let mut cache = ScoreCache::start(&dir.join("cache"), &bundle).unwrap();
+    // Envoy reaches the cache through a relay that can hold requests (a slow cache).
+    let relay = SlowRelay::start(cache.port).unwrap();
     // The edge's bundle: golden with a quick breaker (4 lookups, half failed: open for 1 s).
     let text = std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
     let mut edge_bundle: Value = serde_norway::from_str(&text).unwrap();
@@ -642,7 +644,7 @@ fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
         out: dir.join("envoy"),
         plugin_extra: extra.to_string(),
         concurrency: 2,
-        cache_port: Some(cache.port),
+        cache_port: Some(relay.port),
         env: vec![("SIGNALBOX_CACHE_TOKEN".to_owned(), EDGE_TOKEN.to_owned())],
     })
     .unwrap();
@@ -692,6 +694,46 @@ fn context_on_demand_is_cached_for_its_ttl_and_coalesced() {
     );
     let stats = envoy.stats().unwrap();
     assert!(stats.contains("signalbox.cache.answers_reused"), "{stats}");
+
+    // The cache answers slowly (each request held 400 ms; the bundle's timeout is 50 ms): every
+    // request passes (fail-open bundle) without its answer, so it did not wait for it, and the
+    // breaker opens after a few timeouts.
+    relay.set_delay(Duration::from_millis(400));
+    let before = cache_calls(&envoy);
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let started = Instant::now();
+        let r = signup(envoy.ports.lab, &format!("198.51.100.{}", 10 + i));
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(decision_of(&r), "pass");
+        assert_eq!(remote_of(&r), "unavailable_fail_open");
+    }
+    let calls = cache_calls(&envoy) - before;
+    println!("cache slow (400 ms): 30 requests passed, slowest {slowest:?}, {calls} calls tried");
+    assert!(
+        calls < 15,
+        "{calls} calls: the breaker did not open on timeouts"
+    );
+    // Quick again: after the open second a probe is answered and lookups are used again.
+    relay.set_delay(Duration::ZERO);
+    let started = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let r = signup(envoy.ports.lab, &format!("198.51.100.{}", 60 + i % 30));
+        if remote_of(&r) == "used" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the breaker never closed after the slow spell"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "cache quick again: lookups used again after {:?}",
+        started.elapsed()
+    );
 
     // The cache stops: every request passes (fail-open bundle) within the 50 ms timeout, and
     // the shared breaker opens after a few failures, so most ask nothing.
