@@ -16,6 +16,7 @@ pub mod replay;
 pub mod score_cache;
 pub mod trace;
 pub mod upstream;
+pub mod wasi_http;
 pub mod workload;
 
 use std::path::PathBuf;

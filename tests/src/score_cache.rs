@@ -220,3 +220,16 @@ impl SlowRelay {
         );
     }
 }
+
+/// The golden bundle (`tests/scenarios/bundles/golden.yaml`) as JSON in `dir`, optionally
+/// changed by `edit` (e.g. the cache's `scoring`), for a cache's own scoring or an edge's
+/// configuration.
+pub fn golden_json(dir: &Path, edit: impl FnOnce(&mut Value)) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml"))?;
+    let mut value: Value = serde_norway::from_str(&text)?;
+    edit(&mut value);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("golden.json");
+    std::fs::write(&path, value.to_string())?;
+    Ok(path)
+}

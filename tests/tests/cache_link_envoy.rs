@@ -34,11 +34,7 @@ fn work(name: &str) -> PathBuf {
 
 /// The golden bundle as JSON, for the cache's own scoring.
 fn golden_json(dir: &std::path::Path) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("tests/scenarios/bundles/golden.yaml")).unwrap();
-    let value: Value = serde_norway::from_str(&text).unwrap();
-    let path = dir.join("cache-bundle.json");
-    std::fs::write(&path, value.to_string()).unwrap();
-    path
+    signalbox_tests::score_cache::golden_json(dir, |_| {}).unwrap()
 }
 
 /// The key records hash addresses with (base64 of 32 bytes).

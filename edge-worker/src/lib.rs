@@ -1,0 +1,357 @@
+//! # signalbox-edge-worker
+//!
+//! Signalbox at CDN edges, without Envoy: the worker receives a request, runs the same
+//! request pipeline as the Envoy filter (`signalbox-pipeline`), asks the score cache when the
+//! pipeline wants context, and either answers itself (challenge, throttle, block, the verify
+//! path) or forwards the request to origin with the same `x-signalbox-*` annotations.
+//!
+//! This module is host-independent: [`EdgeSettings`] reads the worker's settings from
+//! environment-style variables and [`Worker`] drives the pipeline's steps, counting rate
+//! buckets itself, so an adapter only performs the outbound calls ([`Next::Lookup`]) and
+//! reads a verify body ([`Next::ReadBody`]). The adapters:
+//!
+//! - `wasi_http` (target `wasm32-wasip2`): a WASIp2 `wasi:http/proxy` component, served by
+//!   Spin 3 and 4, SpinKube, wasmtime and jco alike (see `edge-worker/README.md`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use signalbox_pipeline::{
+    BucketTake, Effects, LookupAnswer, LookupCall, Outcome, Pending, PendingVerify, Pipeline,
+    Reply, Request, Step,
+};
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+mod wasi_http;
+
+/// The variable with the plugin configuration (JSON, the same schema as the Envoy filter's
+/// `configuration`: bundle, trusted keys, client IP, origin headers, score cache).
+pub const CONFIG_VAR: &str = "SIGNALBOX_CONFIG";
+/// The variable with origin's base URL (`http://origin.internal:8080`).
+pub const ORIGIN_URL_VAR: &str = "SIGNALBOX_ORIGIN_URL";
+/// The variable with the score cache's base URL.
+pub const CACHE_URL_VAR: &str = "SIGNALBOX_CACHE_URL";
+/// The variable naming the header the runtime puts the client's address in.
+pub const CLIENT_IP_HEADER_VAR: &str = "SIGNALBOX_CLIENT_IP_HEADER";
+/// Spin's (and our test host's) client address header, the default.
+pub const DEFAULT_CLIENT_IP_HEADER: &str = "spin-client-addr";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded either way.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A base URL split into what an outbound request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub authority: String,
+    /// A path prefix without the trailing `/` (often empty).
+    pub path: String,
+}
+
+impl BaseUrl {
+    /// Parses `scheme://authority[/path]`; the error names the variable.
+    pub fn parse(var: &str, text: &str) -> Result<BaseUrl, String> {
+        let text = text.trim();
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{var}: not a URL (scheme://host[:port][/path])"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("{var}: scheme must be http or https"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['@', ' ', '?', '#']) {
+            return Err(format!("{var}: bad host"));
+        }
+        Ok(BaseUrl {
+            scheme,
+            authority: authority.to_owned(),
+            path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// The worker's settings: the pipeline's, plus where origin and the cache are.
+#[derive(Debug)]
+pub struct EdgeSettings {
+    /// The pipeline's settings (compiled bundle, secrets, client IP mode…).
+    pub pipeline: signalbox_pipeline::Settings,
+    /// Where passed requests go.
+    pub origin: BaseUrl,
+    /// The score cache, when the configuration has one.
+    pub cache: Option<BaseUrl>,
+    /// The header (lower case) the runtime puts the client's address in; removed before
+    /// the request goes on.
+    pub client_ip_header: String,
+}
+
+impl EdgeSettings {
+    /// Reads the settings through `env` (WASI environment variables, Spin variables, a JS
+    /// worker's `env`) at `now` (unix seconds, for the bundle's validity). Errors name the
+    /// variable or the configuration's field path, never a secret's value.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>, now: u64) -> Result<Self, String> {
+        let config = env(CONFIG_VAR).ok_or_else(|| format!("{CONFIG_VAR} is not set"))?;
+        let pipeline = signalbox_pipeline::config::parse(config.as_bytes(), now, &env)
+            .map_err(|e| format!("{CONFIG_VAR}: {e}"))?;
+        let origin = BaseUrl::parse(
+            ORIGIN_URL_VAR,
+            &env(ORIGIN_URL_VAR).ok_or_else(|| format!("{ORIGIN_URL_VAR} is not set"))?,
+        )?;
+        let cache = match (&pipeline.score_cache, env(CACHE_URL_VAR)) {
+            (Some(_), Some(url)) => Some(BaseUrl::parse(CACHE_URL_VAR, &url)?),
+            (Some(_), None) => {
+                return Err(format!(
+                    "{CACHE_URL_VAR} is not set, and the configuration has a score_cache"
+                ));
+            }
+            (None, _) => None,
+        };
+        let client_ip_header = env(CLIENT_IP_HEADER_VAR)
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_CLIENT_IP_HEADER.to_owned());
+        Ok(EdgeSettings {
+            pipeline,
+            origin,
+            cache,
+            client_ip_header,
+        })
+    }
+}
+
+/// What the adapter does next.
+#[derive(Debug)]
+pub enum Next {
+    /// Forward the request to origin: remove `effects.strip_request_headers`, set
+    /// `effects.set_request_headers`; on the way back remove origin's `x-signalbox-*` headers
+    /// and add `effects.response_header`.
+    Forward(Effects),
+    /// Answer with this reply; the request never reaches origin.
+    Respond(Reply, Effects),
+    /// Call the score cache (`url` + the call's headers, within `call.timeout_ms`, enforced by
+    /// the adapter), then [`Worker::resume_lookup`] with the answer or `None`.
+    Lookup {
+        /// The call.
+        call: LookupCall,
+        /// Its full URL.
+        url: String,
+        /// What to resume.
+        pending: Pending,
+        /// Effects so far.
+        effects: Effects,
+    },
+    /// Read the whole request body (at most [`signalbox_pipeline::verify::MAX_VERIFY_BODY`]
+    /// bytes, else pass `None`), then [`Worker::resume_body`].
+    ReadBody(PendingVerify, Effects),
+}
+
+/// One pipeline per instance, with its rate buckets.
+#[derive(Debug)]
+pub struct Worker {
+    pipeline: Pipeline,
+    origin: BaseUrl,
+    cache: Option<BaseUrl>,
+    client_ip_header: String,
+    /// Rate-bucket slots of this instance (bounded by `rate_limit_slots`: slot keys come from
+    /// that keyspace).
+    buckets: RefCell<HashMap<String, Vec<u8>>>,
+}
+
+impl Worker {
+    /// A worker over its settings.
+    pub fn new(settings: EdgeSettings) -> Self {
+        Worker {
+            pipeline: Pipeline::new(settings.pipeline),
+            origin: settings.origin,
+            cache: settings.cache,
+            client_ip_header: settings.client_ip_header,
+            buckets: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The pipeline (for its load logs and settings).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Origin's base URL.
+    pub fn origin(&self) -> &BaseUrl {
+        &self.origin
+    }
+
+    /// The header the runtime puts the client's address in.
+    pub fn client_ip_header(&self) -> &str {
+        &self.client_ip_header
+    }
+
+    /// A request's headers arrived. `headers` are the request's (lower-case names) plus the
+    /// pseudo-headers `:method`, `:path`, `:authority`, `:scheme`; the client's address is read
+    /// from the runtime's header and that header is dropped.
+    pub fn start(&self, mut headers: signalbox_pipeline::Headers, now_nanos: u128) -> Next {
+        let source = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&self.client_ip_header))
+            .and_then(|(_, v)| signalbox_pipeline::request::parse_source_address(v));
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&self.client_ip_header));
+        let outcome = self.pipeline.start(
+            Request {
+                headers,
+                source,
+                route_name: None,
+                end_of_stream: false,
+            },
+            now_nanos,
+        );
+        let mut effects = Effects::default();
+        effects
+            .strip_request_headers
+            .push(self.client_ip_header.clone());
+        self.settle(effects, outcome, now_nanos)
+    }
+
+    /// The score cache answered (`None`: failed, timed out, or no cache).
+    pub fn resume_lookup(
+        &self,
+        effects: Effects,
+        pending: Pending,
+        answer: Option<LookupAnswer>,
+        now_nanos: u128,
+    ) -> Next {
+        let outcome = self.pipeline.resume_lookup(pending, answer, now_nanos);
+        self.settle(effects, outcome, now_nanos)
+    }
+
+    /// A verify request's body (`None`: larger than allowed).
+    pub fn resume_body(
+        &self,
+        effects: Effects,
+        verify: &PendingVerify,
+        body: Option<Vec<u8>>,
+        now_nanos: u128,
+    ) -> Next {
+        let size = body
+            .as_ref()
+            .map_or(signalbox_pipeline::verify::MAX_VERIFY_BODY + 1, Vec::len);
+        let outcome = self
+            .pipeline
+            .on_body(verify, size, true, || body.unwrap_or_default());
+        match outcome {
+            Some(outcome) => self.settle(effects, outcome, now_nanos),
+            // Never: the whole body was given.
+            None => Next::Respond(
+                signalbox_pipeline::verify::verify_refused_reply(None),
+                effects,
+            ),
+        }
+    }
+
+    /// Runs the steps the worker does itself (rate buckets) until one needs the adapter.
+    fn settle(&self, mut effects: Effects, mut outcome: Outcome, now_nanos: u128) -> Next {
+        loop {
+            merge(&mut effects, std::mem::take(&mut outcome.effects));
+            match outcome.step {
+                Step::Forward => return Next::Forward(effects),
+                Step::Respond(reply) => return Next::Respond(reply, effects),
+                Step::ReadBody(verify) => return Next::ReadBody(verify, effects),
+                Step::Lookup(call, pending) => {
+                    let Some(cache) = &self.cache else {
+                        outcome = self.pipeline.resume_lookup(pending, None, now_nanos);
+                        continue;
+                    };
+                    let url = format!(
+                        "{}://{}{}{}",
+                        cache.scheme,
+                        cache.authority,
+                        cache.path,
+                        call.key()
+                    );
+                    return Next::Lookup {
+                        call,
+                        url,
+                        pending,
+                        effects,
+                    };
+                }
+                Step::TakeBuckets(takes, pending) => {
+                    let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
+                    let refused = self.take_buckets(&takes, now_ms);
+                    outcome = self.pipeline.resume_buckets(pending, refused, now_nanos);
+                }
+            }
+        }
+    }
+
+    /// One token from each bucket of this instance: the longest `retry-after` of the refusals.
+    fn take_buckets(&self, takes: &[BucketTake], now_ms: u64) -> Option<u32> {
+        let Ok(mut buckets) = self.buckets.try_borrow_mut() else {
+            return None;
+        };
+        let mut refused: Option<u32> = None;
+        for take in takes {
+            let (state, retry) = take.apply(buckets.get(&take.slot).map(Vec::as_slice), now_ms);
+            buckets.insert(take.slot.clone(), state);
+            if let Some(r) = retry {
+                refused = Some(refused.map_or(r, |m| m.max(r)));
+            }
+        }
+        refused
+    }
+}
+
+/// Adds a later step's effects to the earlier ones.
+fn merge(into: &mut Effects, from: Effects) {
+    into.strip_request_headers
+        .extend(from.strip_request_headers);
+    into.set_request_headers.extend(from.set_request_headers);
+    if from.response_header.is_some() {
+        into.response_header = from.response_header;
+    }
+    if from.verdict_summary.is_some() {
+        into.verdict_summary = from.verdict_summary;
+    }
+    into.events.extend(from.events);
+    into.logs.extend(from.logs);
+    into.records.extend(from.records);
+}
+
+/// Whether a request header goes on to origin: not hop-by-hop, not `host` (the outbound
+/// request's authority is origin's), not stripped by the pipeline.
+pub fn forwards_request_header(name: &str, effects: &Effects) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !lower.starts_with(':')
+        && lower != "host"
+        && !HOP_BY_HOP.contains(&lower.as_str())
+        && !effects
+            .strip_request_headers
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&lower))
+        && !effects
+            .set_request_headers
+            .iter()
+            .any(|(s, _)| s.eq_ignore_ascii_case(&lower))
+}
+
+/// Whether a response header from origin goes on to the client: not hop-by-hop and never one
+/// of ours (origin must not echo them: no scoring oracle).
+pub fn forwards_response_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !HOP_BY_HOP.contains(&lower.as_str()) && !lower.starts_with(signalbox_pipeline::request::PREFIX)
+}
+
+#[cfg(test)]
+mod tests;

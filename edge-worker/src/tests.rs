@@ -1,0 +1,184 @@
+//! Unit tests of the host-independent worker (the runtimes are tested in `tests/`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use super::*;
+
+const NOW: u64 = 1_795_392_000;
+const GIO_UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+fn golden() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/scenarios/bundles/golden.yaml"
+    );
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn env_with(config: serde_json::Value, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.insert(CONFIG_VAR.to_owned(), config.to_string());
+    env
+}
+
+fn worker(extra_config: serde_json::Value) -> Worker {
+    let mut config = serde_json::json!({"bundle": golden(), "allow_unsigned": true});
+    if let (Some(c), Some(extra)) = (config.as_object_mut(), extra_config.as_object()) {
+        c.extend(extra.clone());
+    }
+    let env = env_with(
+        config,
+        &[
+            (ORIGIN_URL_VAR, "http://127.0.0.1:8080"),
+            (CACHE_URL_VAR, "http://127.0.0.1:7700/"),
+        ],
+    );
+    Worker::new(EdgeSettings::from_env(|k| env.get(k).cloned(), NOW).unwrap())
+}
+
+fn request(path: &str, ua: &str, client: &str) -> signalbox_pipeline::Headers {
+    [
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "shop.example"),
+        (":scheme", "http"),
+        ("user-agent", ua),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "it-IT,it;q=0.9,en;q=0.8"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-dest", "document"),
+        ("x-signalbox-decision", "pass"),
+        ("spin-client-addr", client),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+    .collect()
+}
+
+const T: u128 = NOW as u128 * 1_000_000_000;
+
+#[test]
+fn base_urls_parse_and_bad_ones_name_their_variable() {
+    assert_eq!(
+        BaseUrl::parse("X", "https://origin.internal:8443/app/").unwrap(),
+        BaseUrl {
+            scheme: "https".into(),
+            authority: "origin.internal:8443".into(),
+            path: "/app".into()
+        }
+    );
+    assert_eq!(BaseUrl::parse("X", "http://o").unwrap().path, "");
+    for bad in ["origin", "ftp://o", "http://", "http://u@o"] {
+        let e = BaseUrl::parse("SIGNALBOX_ORIGIN_URL", bad).unwrap_err();
+        assert!(e.starts_with("SIGNALBOX_ORIGIN_URL: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn settings_errors_name_the_variable_or_the_field() {
+    let missing = EdgeSettings::from_env(|_| None, NOW).unwrap_err();
+    assert_eq!(missing, "SIGNALBOX_CONFIG is not set");
+    let env = env_with(
+        serde_json::json!({"bundle": golden(), "allow_unsigned": true, "client_ip": {"mode": "carrier_pigeon"}}),
+        &[(ORIGIN_URL_VAR, "http://o")],
+    );
+    let bad = EdgeSettings::from_env(|k| env.get(k).cloned(), NOW).unwrap_err();
+    assert!(bad.starts_with("SIGNALBOX_CONFIG: client_ip.mode"), "{bad}");
+    // A score cache in the configuration needs its URL.
+    let env = env_with(
+        serde_json::json!({"bundle": golden(), "allow_unsigned": true, "score_cache": {"cluster": "cache"}}),
+        &[(ORIGIN_URL_VAR, "http://o")],
+    );
+    let no_url = EdgeSettings::from_env(|k| env.get(k).cloned(), NOW).unwrap_err();
+    assert!(no_url.starts_with("SIGNALBOX_CACHE_URL"), "{no_url}");
+}
+
+#[test]
+fn a_browser_is_forwarded_annotated_with_client_headers_stripped() {
+    let w = worker(serde_json::json!({}));
+    let Next::Forward(effects) = w.start(request("/products/1", GIO_UA, "81.62.0.1:50000"), T)
+    else {
+        panic!("not forwarded");
+    };
+    // The client's own x-signalbox-* header and the runtime's address header go.
+    assert!(!forwards_request_header("x-signalbox-decision", &effects));
+    assert!(!forwards_request_header("spin-client-addr", &effects));
+    assert!(!forwards_request_header("connection", &effects));
+    assert!(!forwards_request_header("host", &effects));
+    assert!(forwards_request_header("accept-language", &effects));
+    let decision = effects
+        .set_request_headers
+        .iter()
+        .find(|(n, _)| n == "x-signalbox-decision")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(decision, Some("pass"));
+    assert!(!forwards_response_header("X-Signalbox-Score"));
+    assert!(forwards_response_header("content-type"));
+}
+
+#[test]
+fn the_runtime_s_address_header_is_the_client_ip() {
+    let w = worker(serde_json::json!({}));
+    // 198.51.100.66 is on golden's deny list: blocked before any lookup.
+    match w.start(request("/", GIO_UA, "198.51.100.66:1234"), T) {
+        Next::Respond(reply, _) => assert_eq!(reply.status, 403),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sensitive_route_asks_the_cache_at_its_url_and_fails_open_without_an_answer() {
+    let w = worker(serde_json::json!({"score_cache": {"cluster": "signalbox_cache"}}));
+    let Next::Lookup {
+        url,
+        pending,
+        effects,
+        call,
+    } = w.start(request("/signup", GIO_UA, "81.62.0.1:1"), T)
+    else {
+        panic!("no lookup");
+    };
+    assert!(
+        url.starts_with("http://127.0.0.1:7700/v1/context?"),
+        "{url}"
+    );
+    assert_eq!(call.timeout_ms, 50);
+    match w.resume_lookup(effects, pending, None, T) {
+        Next::Forward(effects) => {
+            let remote = effects
+                .set_request_headers
+                .iter()
+                .any(|(n, _)| n == "x-signalbox-decision");
+            assert!(remote, "{effects:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rate_buckets_are_counted_by_the_instance() {
+    let w = worker(serde_json::json!({}));
+    let decisions: Vec<u16> = (0..8)
+        .map(
+            |_| match w.start(request("/burst", GIO_UA, "81.62.0.1:1"), T) {
+                Next::Forward(_) => 200,
+                Next::Respond(reply, _) => u16::try_from(reply.status).unwrap(),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(decisions, [200, 200, 200, 200, 200, 429, 429, 429]);
+}

@@ -1,0 +1,426 @@
+//! The WASIp2 `wasi:http/proxy` component: the incoming handler reads the request, runs the
+//! [`Worker`], calls the score cache with the bundle's timeout enforced here (hosts default to
+//! 600 s), and either answers or streams the request to origin and origin's answer back.
+//!
+//! The worker is built once per instance from the WASI environment. Hosts that make a fresh
+//! instance per request (Spin and `wasmtime serve` for WASIp2) pay that per request.
+
+use std::cell::OnceCell;
+
+use signalbox_pipeline::{Effects, LogLevel, LookupAnswer, LookupCall, Reply};
+use wasi::clocks::monotonic_clock;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
+};
+use wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+use crate::{
+    BaseUrl, EdgeSettings, Next, Worker, forwards_request_header, forwards_response_header,
+};
+
+/// A lookup's answer body is small; more than this is not a context answer.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// `blocking-write-and-flush` takes at most 4096 bytes per call.
+const WRITE_CHUNK: usize = 4096;
+
+struct Component;
+
+wasi::http::proxy::export!(Component);
+
+thread_local! {
+    static WORKER: OnceCell<Result<Worker, String>> = const { OnceCell::new() };
+}
+
+fn now_nanos() -> u128 {
+    let now = wasi::clocks::wall_clock::now();
+    u128::from(now.seconds) * 1_000_000_000 + u128::from(now.nanoseconds)
+}
+
+fn env_map() -> std::collections::HashMap<String, String> {
+    wasi::cli::environment::get_environment()
+        .into_iter()
+        .collect()
+}
+
+fn log(level: LogLevel, line: &str) {
+    let level = match level {
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+    };
+    eprintln!("[{level}] {line}");
+}
+
+impl wasi::exports::http::incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        WORKER.with(|cell| {
+            let worker = cell.get_or_init(|| {
+                let env = env_map();
+                let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+                let built = EdgeSettings::from_env(|k| env.get(k).cloned(), now).map(Worker::new);
+                match &built {
+                    Ok(w) => {
+                        for (level, line) in w.pipeline().load_logs() {
+                            log(level, &line);
+                        }
+                    }
+                    Err(e) => log(LogLevel::Warn, &format!("signalbox: not serving: {e}")),
+                }
+                built
+            });
+            match worker {
+                Ok(worker) => serve(worker, request, out),
+                // A configuration that does not load serves nothing, as Envoy refuses it: the
+                // operator sees 503 and the logged reason, never unscored traffic at origin.
+                Err(_) => respond(
+                    out,
+                    &Reply {
+                        status: 503,
+                        headers: vec![("content-type".into(), "text/plain".into())],
+                        body: b"signalbox: not configured\n".to_vec(),
+                        grpc_status: None,
+                    },
+                    None,
+                ),
+            }
+        });
+    }
+}
+
+fn method_name(m: &Method) -> String {
+    match m {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(o) => o.clone(),
+    }
+}
+
+fn scheme_of(base: &BaseUrl) -> Scheme {
+    if base.scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    }
+}
+
+fn serve(worker: &Worker, request: IncomingRequest, out: ResponseOutparam) {
+    let method = request.method();
+    let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+    let authority = request.authority().unwrap_or_default();
+    let scheme = match request.scheme() {
+        Some(Scheme::Https) => "https",
+        _ => "http",
+    };
+    let entries = request.headers().entries();
+    let mut headers: signalbox_pipeline::Headers = vec![
+        (":method".to_owned(), method_name(&method).into_bytes()),
+        (":path".to_owned(), path.clone().into_bytes()),
+        (":authority".to_owned(), authority.into_bytes()),
+        (":scheme".to_owned(), scheme.as_bytes().to_vec()),
+    ];
+    headers.extend(
+        entries
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone())),
+    );
+
+    let mut next = worker.start(headers, now_nanos());
+    let mut body_taken: Option<Vec<u8>> = None;
+    loop {
+        next = match next {
+            Next::Lookup {
+                call,
+                url: _,
+                pending,
+                effects,
+            } => {
+                let answer = lookup(worker, &call);
+                worker.resume_lookup(effects, pending, answer, now_nanos())
+            }
+            Next::ReadBody(verify, effects) => {
+                let body = read_body(&request, signalbox_pipeline::verify::MAX_VERIFY_BODY);
+                body_taken = body.clone();
+                worker.resume_body(effects, &verify, body, now_nanos())
+            }
+            Next::Respond(reply, effects) => {
+                emit(&effects);
+                respond(out, &reply, effects.response_header.as_ref());
+                return;
+            }
+            Next::Forward(effects) => {
+                emit(&effects);
+                forward(
+                    worker, &method, &path, &entries, request, body_taken, &effects, out,
+                );
+                return;
+            }
+        };
+    }
+}
+
+fn emit(effects: &Effects) {
+    for (level, line) in &effects.logs {
+        log(*level, line);
+    }
+}
+
+/// The score cache's answer within the call's timeout (`None`: failed or too slow).
+fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
+    let cache = worker.cache.as_ref()?;
+    let deadline =
+        monotonic_clock::now().saturating_add(u64::from(call.timeout_ms).saturating_mul(1_000_000));
+    let fields = Fields::new();
+    for (name, value) in &call.headers {
+        if !name.starts_with(':') {
+            let _ = fields.append(name, value.as_bytes());
+        }
+    }
+    let request = OutgoingRequest::new(fields);
+    let _ = request.set_method(&Method::Get);
+    let path = format!("{}{}", cache.path, call.key());
+    let _ = request.set_path_with_query(Some(&path));
+    let _ = request.set_scheme(Some(&scheme_of(cache)));
+    let _ = request.set_authority(Some(&cache.authority));
+    // Hosts that honour these stop on their own; the deadline below holds either way.
+    let options = RequestOptions::new();
+    let timeout = u64::from(call.timeout_ms).saturating_mul(1_000_000);
+    let _ = options.set_connect_timeout(Some(timeout));
+    let _ = options.set_first_byte_timeout(Some(timeout));
+    let _ = options.set_between_bytes_timeout(Some(timeout));
+    let body = request.body().ok()?;
+    let future = outgoing_handler::handle(request, Some(options)).ok()?;
+    OutgoingBody::finish(body, None).ok()?;
+    let response = loop {
+        if let Some(result) = future.get() {
+            break result.ok()?.ok()?;
+        }
+        if !wait_until(&future.subscribe(), deadline) {
+            return None;
+        }
+    };
+    let status = u32::from(response.status());
+    let body = response.consume().ok()?;
+    let stream = body.stream().ok()?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.read(8192) {
+            Ok(chunk) if chunk.is_empty() => {
+                if !wait_until(&stream.subscribe(), deadline) {
+                    return None;
+                }
+            }
+            Ok(chunk) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > MAX_ANSWER_BYTES {
+                    return None;
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => return None,
+        }
+    }
+    drop(stream);
+    let _ = IncomingBody::finish(body);
+    Some(LookupAnswer {
+        status,
+        body: bytes,
+    })
+}
+
+/// Waits for `pollable` or the deadline (monotonic nanoseconds): whether it is ready.
+fn wait_until(pollable: &wasi::io::poll::Pollable, deadline: u64) -> bool {
+    let now = monotonic_clock::now();
+    if now >= deadline {
+        return pollable.ready();
+    }
+    let timer = monotonic_clock::subscribe_duration(deadline - now);
+    let ready = wasi::io::poll::poll(&[pollable, &timer]);
+    ready.contains(&0)
+}
+
+/// The whole request body, or `None` when it is larger than `limit` (or unreadable).
+fn read_body(request: &IncomingRequest, limit: usize) -> Option<Vec<u8>> {
+    let body = request.consume().ok()?;
+    let stream = body.stream().ok()?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(8192) {
+            Ok(chunk) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > limit {
+                    return None;
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => return None,
+        }
+    }
+    drop(stream);
+    let _ = IncomingBody::finish(body);
+    Some(bytes)
+}
+
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> bool {
+    bytes
+        .chunks(WRITE_CHUNK)
+        .all(|chunk| stream.blocking_write_and_flush(chunk).is_ok())
+}
+
+/// Copies `input` to `output` until `input` ends.
+fn pipe(input: &InputStream, output: &OutputStream) -> bool {
+    loop {
+        match output.blocking_splice(input, 64 * 1024) {
+            Ok(_) => {}
+            Err(StreamError::Closed) => return output.blocking_flush().is_ok(),
+            Err(StreamError::LastOperationFailed(_)) => return false,
+        }
+    }
+}
+
+fn respond(out: ResponseOutparam, reply: &Reply, extra: Option<&(String, String)>) {
+    let fields = Fields::new();
+    for (name, value) in &reply.headers {
+        let _ = fields.append(name, value.as_bytes());
+    }
+    if let Some((name, value)) = extra {
+        let _ = fields.append(name, value.as_bytes());
+    }
+    let mut status = u16::try_from(reply.status).unwrap_or(500);
+    if let Some(grpc) = reply.grpc_status {
+        // A trailers-only gRPC answer: the status in the headers, HTTP 200.
+        status = 200;
+        let _ = fields.append("content-type", b"application/grpc");
+        let _ = fields.append("grpc-status", grpc.to_string().as_bytes());
+    }
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status);
+    let Ok(body) = response.body() else {
+        ResponseOutparam::set(out, Err(ErrorCode::InternalError(None)));
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    if reply.grpc_status.is_none()
+        && let Ok(stream) = body.write()
+    {
+        write_all(&stream, &reply.body);
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Sends the request on to origin, streaming its body (or the body already read), and streams
+/// origin's answer back without its `x-signalbox-*` and hop-by-hop headers.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    worker: &Worker,
+    method: &Method,
+    path: &str,
+    entries: &[(String, Vec<u8>)],
+    request: IncomingRequest,
+    body_taken: Option<Vec<u8>>,
+    effects: &Effects,
+    out: ResponseOutparam,
+) {
+    let origin = worker.origin();
+    let fields = Fields::new();
+    for (name, value) in entries {
+        if forwards_request_header(name, effects) {
+            let _ = fields.append(name, value);
+        }
+    }
+    for (name, value) in &effects.set_request_headers {
+        let _ = fields.append(name, value.as_bytes());
+    }
+    let outgoing = OutgoingRequest::new(fields);
+    let _ = outgoing.set_method(method);
+    let _ = outgoing.set_path_with_query(Some(&format!("{}{}", origin.path, path)));
+    let _ = outgoing.set_scheme(Some(&scheme_of(origin)));
+    let _ = outgoing.set_authority(Some(&origin.authority));
+    let bad_gateway = |out: ResponseOutparam| {
+        respond(
+            out,
+            &Reply {
+                status: 502,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: b"origin unavailable\n".to_vec(),
+                grpc_status: None,
+            },
+            None,
+        );
+    };
+    let Ok(outgoing_body) = outgoing.body() else {
+        return bad_gateway(out);
+    };
+    let future = match outgoing_handler::handle(outgoing, None) {
+        Ok(f) => f,
+        Err(e) => {
+            log(
+                LogLevel::Warn,
+                &format!("signalbox: origin call refused: {e:?}"),
+            );
+            return bad_gateway(out);
+        }
+    };
+    // The request body: what the verify path read, else streamed from the client.
+    if let Ok(stream) = outgoing_body.write() {
+        match body_taken {
+            Some(bytes) => {
+                write_all(&stream, &bytes);
+            }
+            None => {
+                if let Ok(body) = request.consume() {
+                    if let Ok(input) = body.stream() {
+                        pipe(&input, &stream);
+                    }
+                    let _ = IncomingBody::finish(body);
+                }
+            }
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(outgoing_body, None);
+    let response = loop {
+        if let Some(result) = future.get() {
+            match result {
+                Ok(Ok(r)) => break r,
+                Ok(Err(e)) => {
+                    log(LogLevel::Warn, &format!("signalbox: origin failed: {e:?}"));
+                    return bad_gateway(out);
+                }
+                Err(()) => return bad_gateway(out),
+            }
+        }
+        future.subscribe().block();
+    };
+    let fields = Fields::new();
+    for (name, value) in response.headers().entries() {
+        if forwards_response_header(&name) {
+            let _ = fields.append(&name, &value);
+        }
+    }
+    if let Some((name, value)) = &effects.response_header {
+        let _ = fields.append(name, value.as_bytes());
+    }
+    let answer = OutgoingResponse::new(fields);
+    let _ = answer.set_status_code(response.status());
+    let Ok(answer_body) = answer.body() else {
+        return bad_gateway(out);
+    };
+    ResponseOutparam::set(out, Ok(answer));
+    if let (Ok(body), Ok(stream)) = (response.consume(), answer_body.write()) {
+        if let Ok(input) = body.stream() {
+            pipe(&input, &stream);
+        }
+        drop(stream);
+        let _ = IncomingBody::finish(body);
+    }
+    let _ = OutgoingBody::finish(answer_body, None);
+}
