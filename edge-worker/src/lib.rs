@@ -11,7 +11,9 @@
 //! reads a verify body ([`Next::ReadBody`]). The adapters:
 //!
 //! - `wasi_http` (target `wasm32-wasip2`): a WASIp2 `wasi:http/proxy` component, served by
-//!   Spin 3 and 4, SpinKube, wasmtime and jco alike (see `edge-worker/README.md`).
+//!   Spin 3 and 4, SpinKube, wasmtime and jco alike (see `edge-worker/README.md`);
+//! - `js` (target `wasm32-unknown-unknown`, wasm-bindgen): JSON plans for the JS module that
+//!   does the fetches in Cloudflare Workers (workerd), Deno and other fetch-handler runtimes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +25,9 @@ use signalbox_pipeline::{
 
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 mod wasi_http;
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub mod js;
 
 /// The variable with the plugin configuration (JSON, the same schema as the Envoy filter's
 /// `configuration`: bundle, trusted keys, client IP, origin headers, score cache).

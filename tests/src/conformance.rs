@@ -9,6 +9,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use signalbox_test_kit::cases::{BundleRef, Case};
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
 use crate::root;
 
 /// A case ready to run anywhere.
@@ -143,4 +147,97 @@ impl Tally {
             self.failed.insert(case.name.clone(), problems.join("; "));
         }
     }
+}
+
+/// A stub score cache for real proxies (Envoy, the edge workers): a loopback HTTP/1.1 server that answers every call
+/// with the current case's `remote` (200, JSON), or 503 when the case has none.
+pub struct StubCache {
+    /// Its loopback port.
+    pub port: u16,
+    answer: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl StubCache {
+    /// Starts it on a free loopback port.
+    pub fn start() -> Result<StubCache> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let answer: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let current = Arc::clone(&answer);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                let body = current.lock().map(|b| b.clone()).unwrap_or_default();
+                let (status, body) = match body {
+                    Some(b) => ("200 OK", b),
+                    None => ("503 Service Unavailable", b"no context".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Ok(StubCache { port, answer })
+    }
+
+    /// Answers with `case`'s `remote` from now on.
+    pub fn serve(&self, case: &LoadedCase) {
+        let answer = case
+            .case
+            .remote
+            .as_ref()
+            .and_then(|r| serde_json::to_vec(r).ok());
+        if let Ok(mut current) = self.answer.lock() {
+            *current = answer;
+        }
+    }
+}
+
+/// A case's request as a proxy behind one trusted load balancer receives it: its headers
+/// (with `host` when it has none), the client address appended to `x-forwarded-for`, the
+/// scheme in `x-forwarded-proto`, and the user in the trusted edge header when it has one.
+pub fn proxied_headers(case: &LoadedCase) -> Vec<(String, Vec<u8>)> {
+    let request = &case.case.request;
+    let mut headers: Vec<(String, Vec<u8>)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+        .collect();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        headers.insert(0, ("host".into(), b"shop.example".to_vec()));
+    }
+    if let Some(ip) = request.client_ip {
+        headers.push(("x-forwarded-for".into(), ip.to_string().into_bytes()));
+    }
+    if let Some(user) = &request.user {
+        headers.push(("x-signalbox-edge-user".into(), user.clone().into_bytes()));
+    }
+    let plain = request.scheme == Some(signalbox_test_kit::requests::Scheme::Http);
+    headers.push((
+        "x-forwarded-proto".into(),
+        if plain {
+            b"http".to_vec()
+        } else {
+            b"https".to_vec()
+        },
+    ));
+    headers
+}
+
+/// The edge headers configuration runners use: trusted when the case has edge headers or a
+/// user, else configured but untrusted (stripped, never read).
+pub fn edge_headers_config(case: &LoadedCase) -> Value {
+    let trusted = case.case.edge_headers.is_some() || case.case.request.user.is_some();
+    serde_json::json!({"trusted": trusted, "country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4", "user": "x-signalbox-edge-user"})
 }

@@ -8,10 +8,12 @@
 
 pub mod bench;
 pub mod conformance;
+pub mod edge;
 pub mod envoy;
 pub mod fuzzing;
 pub mod host;
 pub mod http;
+pub mod js_runtimes;
 pub mod replay;
 pub mod score_cache;
 pub mod trace;

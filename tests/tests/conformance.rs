@@ -24,11 +24,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use signalbox_policy::Policy;
 use signalbox_test_kit::cases::{DEFAULT_CASE_NOW, Observed};
-use signalbox_tests::conformance::{LoadedCase, Tally, load_cases};
+use signalbox_tests::conformance::{
+    LoadedCase, StubCache, Tally, edge_headers_config, load_cases, proxied_headers,
+};
 use signalbox_tests::envoy::{Envoy, Options};
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use signalbox_tests::host::{Cluster, Clusters, Filter, Outcome, Scripted, VmOptions, compile};
@@ -62,55 +61,6 @@ fn host_cannot(case: &LoadedCase) -> Option<&'static str> {
         .client_ip
         .is_none()
         .then_some("it has no client address")
-}
-
-/// A stub score cache for real Envoy: a loopback HTTP/1.1 server that answers every call
-/// with the current case's `remote` (200, JSON), or 503 when the case has none.
-struct StubCache {
-    port: u16,
-    answer: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-impl StubCache {
-    fn start() -> StubCache {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let answer: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-        let current = Arc::clone(&answer);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = current.lock().unwrap().clone();
-                let (status, body) = match body {
-                    Some(b) => ("200 OK", b),
-                    None => ("503 Service Unavailable", b"no context".to_vec()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(&body);
-            }
-        });
-        StubCache { port, answer }
-    }
-
-    fn serve(&self, case: &LoadedCase) {
-        *self.answer.lock().unwrap() = case
-            .case
-            .remote
-            .as_ref()
-            .map(|r| serde_json::to_vec(r).unwrap());
-    }
 }
 
 /// The stub score cache of the host runner: the case's `remote` as the context answer, or a
@@ -228,7 +178,7 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
     let out = root().join("target/conformance");
     std::fs::create_dir_all(&out).unwrap();
     let mut envoys: HashMap<(String, bool), Envoy> = HashMap::new();
-    let stub = StubCache::start();
+    let stub = StubCache::start().unwrap();
     let mut envoy_tally = Tally::default();
     let mut clock_shifted = 0;
     for case in &cases {
@@ -242,7 +192,7 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
             let n = envoys.len();
             let bundle_path = out.join(format!("bundle-{n}.json"));
             std::fs::write(&bundle_path, case.bundle.to_string()).unwrap();
-            let edge = json!({"trusted": trusted, "country": "cf-ipcountry", "asn": "x-signalbox-edge-asn", "tls_fingerprint": "x-signalbox-edge-ja4", "user": "x-signalbox-edge-user"});
+            let edge = edge_headers_config(case);
             let envoy = Envoy::start(&Options {
                 bundle: bundle_path,
                 out: out.join(format!("envoy-{n}")),
@@ -262,28 +212,7 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
         let envoy = &envoys[&key];
         stub.serve(case);
         let request = &case.case.request;
-        let mut headers: Vec<(String, Vec<u8>)> = request
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
-            .collect();
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-            headers.insert(0, ("host".into(), b"shop.example".to_vec()));
-        }
-        let ip = request.client_ip.unwrap();
-        headers.push(("x-forwarded-for".into(), ip.to_string().into_bytes()));
-        if let Some(user) = &request.user {
-            headers.push(("x-signalbox-edge-user".into(), user.clone().into_bytes()));
-        }
-        let plain = request.scheme == Some(signalbox_test_kit::requests::Scheme::Http);
-        headers.push((
-            "x-forwarded-proto".into(),
-            if plain {
-                b"http".to_vec()
-            } else {
-                b"https".to_vec()
-            },
-        ));
+        let headers = proxied_headers(case);
         let response = send(
             envoy.ports.lab,
             &request.method,

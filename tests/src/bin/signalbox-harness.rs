@@ -4,6 +4,9 @@
 //! line (the `signalbox eval` format) through the real `.wasm` and prints the verdict lines the
 //! filter reports, so they can be diffed with `signalbox eval`.
 //!
+//! `edge-bench [--requests N --rounds R]` measures the edge worker against a pass-through in
+//! the same runtime (our wasi-http host, workerd, Deno), from the client.
+//!
 //! `bench [--quick]` measures, in one run, what the filter costs per request against the
 //! no-op fixture in this host (goal ≤ 2×), and the policy core's evaluation inside wasmtime
 //! against the same evaluation native (goal ≤ 1.5×); see `tests/README.md`.
@@ -47,6 +50,16 @@ enum Cmd {
     },
     /// Filter vs no-op in this host, and wasm vs native evaluation, measured in one run.
     Bench(BenchArgs),
+    /// The edge worker vs a pass-through in the same runtime (our wasi-http host, workerd,
+    /// Deno), measured from the client in one run, and the module sizes.
+    EdgeBench {
+        /// Sequential requests per side per round.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Rounds (interleaved).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -102,6 +115,9 @@ fn main() -> Result<()> {
             requests,
         } => replay(&filter, &config, bundle.as_deref(), &requests),
         Cmd::Bench(args) => bench(&args),
+        Cmd::EdgeBench { requests, rounds } => {
+            signalbox_tests::edge::bench_runtimes(requests, rounds)
+        }
     }
 }
 

@@ -1,0 +1,469 @@
+//! What every edge worker runtime is checked against: a real origin that echoes what it
+//! received, the real score cache (`signalbox-cache`, embedded store) behind a relay that can
+//! make it slow, the worker's variables for them, and the checks (`check_worker`) each runtime
+//! test (WASI HTTP host, workerd, Deno) runs against its own worker on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::http::{Response, send};
+use crate::root;
+use crate::score_cache::{
+    ADMIN_TOKEN, EDGE_TOKEN, ORIGIN_TOKEN, ScoreCache, SlowRelay, golden_json,
+};
+
+const GIO_UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+/// The challenge secret the workers get (`SIGNALBOX_SECRET`).
+pub const SECRET: &str = "k1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+
+/// An origin that answers every request with the request head it received (one line per
+/// header) and sets an `x-signalbox-score` header of its own, which must never reach the
+/// client. Keeps the last request head for the test to read.
+pub struct EchoOrigin {
+    /// Its loopback port.
+    pub port: u16,
+    last: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl EchoOrigin {
+    /// Starts it on a free loopback port.
+    pub fn start() -> Result<EchoOrigin> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let last: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let seen = last.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let Ok(read_half) = conn.try_clone() else {
+                        return;
+                    };
+                    let mut reader = BufReader::new(read_half);
+                    loop {
+                        let mut head = Vec::new();
+                        let mut line = String::new();
+                        let mut length = 0usize;
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let l = line.trim_end();
+                            if l.is_empty() {
+                                break;
+                            }
+                            if let Some((n, v)) = l.split_once(':') {
+                                let (n, v) = (n.trim().to_ascii_lowercase(), v.trim().to_owned());
+                                if n == "content-length" {
+                                    length = v.parse().unwrap_or(0);
+                                }
+                                head.push((n, v));
+                            } else {
+                                head.push((":request".into(), l.to_owned()));
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let text: String =
+                            head.iter().map(|(n, v)| format!("{n}: {v}\n")).collect();
+                        if let Ok(mut last) = seen.lock() {
+                            *last = head;
+                        }
+                        let mut w = &conn;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-signalbox-score: 0\r\nx-origin: yes\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if w.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(EchoOrigin { port, last })
+    }
+
+    /// The head of the last request it received: (lower-case name, value), the request line
+    /// as `:request`.
+    pub fn last(&self) -> Vec<(String, String)> {
+        self.last.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Giovanni's browser (current Chrome on macOS) from `ip`, behind one trusted proxy.
+pub fn browser(ip: &str) -> Vec<(String, Vec<u8>)> {
+    [
+        ("host", "shop.example"),
+        ("user-agent", GIO_UA),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "it-IT,it;q=0.9,en;q=0.8"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-dest", "document"),
+        ("x-forwarded-for", ip),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+    .collect()
+}
+
+/// The debug verdict header of a reply (tests only: panics without one).
+#[allow(clippy::panic)]
+fn verdict(r: &Response) -> Value {
+    r.header("x-signalbox-verdict")
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_else(|| panic!("no verdict header (status {}): {}", r.status, r.text()))
+}
+
+/// Origin, cache and relay for one runtime's test, in `target/e2e/<name>`.
+pub struct EdgeRig {
+    /// The echo origin.
+    pub origin: EchoOrigin,
+    /// The score cache.
+    pub cache: ScoreCache,
+    /// The relay the worker reaches the cache through.
+    pub relay: SlowRelay,
+    /// The working directory.
+    pub dir: PathBuf,
+    golden: Value,
+}
+
+impl EdgeRig {
+    /// Starts them.
+    pub fn start(name: &str) -> Result<EdgeRig> {
+        let dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let origin = EchoOrigin::start()?;
+        let cache = ScoreCache::start(&dir.join("cache"), &golden_json(&dir, |_| {})?)?;
+        let relay = SlowRelay::start(cache.port)?;
+        let golden: Value =
+            serde_json::from_slice(&std::fs::read(golden_json(&dir.join("edge"), |_| {})?)?)?;
+        Ok(EdgeRig {
+            origin,
+            cache,
+            relay,
+            dir,
+            golden,
+        })
+    }
+
+    /// The worker's variables: the golden bundle (unsigned, allowed), the verdict on every
+    /// reply, the client behind one trusted proxy (the last `x-forwarded-for` entry; the
+    /// runtime's own address header is the fallback), origin, the cache through the relay.
+    pub fn variables(&self) -> Vec<(String, String)> {
+        let config = json!({
+            "bundle": self.golden,
+            "allow_unsigned": true,
+            "debug_verdict_header": true,
+            "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
+            "score_cache": {"cluster": "signalbox_cache"},
+        });
+        [
+            ("SIGNALBOX_CONFIG", config.to_string()),
+            (
+                "SIGNALBOX_ORIGIN_URL",
+                format!("http://127.0.0.1:{}", self.origin.port),
+            ),
+            (
+                "SIGNALBOX_CACHE_URL",
+                format!("http://127.0.0.1:{}", self.relay.port),
+            ),
+            ("SIGNALBOX_CACHE_TOKEN", EDGE_TOKEN.to_owned()),
+            ("SIGNALBOX_SECRET", SECRET.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// Everything a worker on `port` must do in front of the rig (stops the rig's cache at the
+/// end); `runtime` names it in the output. Panics with what went wrong (tests only).
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+pub fn check_worker(rig: &mut EdgeRig, port: u16, runtime: &str) {
+    let (origin, cache, relay) = (&rig.origin, &mut rig.cache, &rig.relay);
+    let server_port = port;
+
+    // A browser passes to origin, annotated; forged and runtime headers stay behind.
+    let mut headers = browser("81.62.0.1");
+    headers.push(("x-signalbox-decision".into(), b"pass-forged".to_vec()));
+    headers.push(("connection".into(), b"keep-alive, x-hop".to_vec()));
+    let r = send(server_port, "GET", "/products/1?color=red", &headers, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(verdict(&r)["decision"], "pass");
+    assert_eq!(r.header("x-origin").as_deref(), Some("yes"));
+    assert_eq!(
+        r.header("x-signalbox-score"),
+        None,
+        "origin's own x-signalbox-* header leaked"
+    );
+    let seen = origin.last();
+    let at_origin = |name: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        at_origin(":request"),
+        ["GET /products/1?color=red HTTP/1.1"]
+    );
+    assert_eq!(at_origin("x-signalbox-decision"), ["pass"], "{seen:?}");
+    assert!(at_origin("spin-client-addr").is_empty(), "{seen:?}");
+    assert!(
+        at_origin("x-hop").is_empty() && at_origin("connection").is_empty(),
+        "{seen:?}"
+    );
+    assert_eq!(at_origin("accept-language"), ["it-IT,it;q=0.9,en;q=0.8"]);
+
+    // Automation is challenged and a denied address blocked; neither reaches origin.
+    let mut curl = browser("81.62.0.2");
+    curl.retain(|(n, _)| n == "host" || n == "x-forwarded-for");
+    curl.push(("user-agent".into(), b"curl/8.5.0".to_vec()));
+    curl.push(("accept".into(), b"*/*".to_vec()));
+    let r = send(server_port, "GET", "/products/1", &curl, b"").unwrap();
+    assert_eq!(verdict(&r)["decision"], "challenge", "{}", r.text());
+    assert_ne!(r.header("x-origin").as_deref(), Some("yes"));
+    let r = send(server_port, "GET", "/", &browser("198.51.100.66"), b"").unwrap();
+    assert_eq!(
+        (r.status, verdict(&r)["decision"].as_str()),
+        (403, Some("block"))
+    );
+
+    // A sensitive route asks the cache (which answers through the relay).
+    let ip = "81.62.0.50";
+    let r = send(server_port, "GET", "/signup", &browser(ip), b"").unwrap();
+    let v = verdict(&r);
+    assert_eq!(
+        (v["decision"].as_str(), v["remote"].as_str()),
+        (Some("pass"), Some("used")),
+        "{v}"
+    );
+    // Chargebacks reported for the address: its next request is challenged.
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("cb-{i}"), "subject": {"scope": "ip", "key": ip}, "type": "chargeback", "severity": "critical", "impact": 100}))
+        .collect();
+    let (status, answer) = cache
+        .call(
+            "POST",
+            "/v1/events",
+            ORIGIN_TOKEN,
+            Some(&json!({"events": events})),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let r = send(server_port, "GET", "/signup", &browser(ip), b"").unwrap();
+    assert_ne!(verdict(&r)["decision"], "pass", "{}", verdict(&r));
+    // A manual ban comes back in the cache's answer for another address: blocked.
+    let banned = "81.62.0.51";
+    let (status, _) = cache
+        .call(
+            "POST",
+            "/v1/decisions",
+            ADMIN_TOKEN,
+            Some(&json!({"action": "ban", "scope": "ip", "key": banned, "duration_seconds": 600})),
+        )
+        .unwrap();
+    assert_eq!(status, 201);
+    let r = send(server_port, "GET", "/signup", &browser(banned), b"").unwrap();
+    assert_eq!(
+        (r.status, verdict(&r)["decision"].as_str()),
+        (403, Some("block"))
+    );
+
+    // The cache slow: requests pass (fail-open) without its answer, so without waiting for it.
+    relay.set_delay(Duration::from_millis(400));
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let started = Instant::now();
+        let r = send(
+            server_port,
+            "GET",
+            "/signup",
+            &browser(&format!("81.62.1.{i}")),
+            b"",
+        )
+        .unwrap();
+        slowest = slowest.max(started.elapsed());
+        let v = verdict(&r);
+        assert_eq!(
+            (v["decision"].as_str(), v["remote"].as_str()),
+            (Some("pass"), Some("unavailable_fail_open")),
+            "{v}"
+        );
+    }
+    println!(
+        "{runtime}: cache slow (400 ms, timeout 50 ms): 5 requests passed, slowest {slowest:?}"
+    );
+    relay.set_delay(Duration::ZERO);
+
+    // The cache stopped: the same.
+    cache.stop();
+    let r = send(server_port, "GET", "/signup", &browser("81.62.2.1"), b"").unwrap();
+    let v = verdict(&r);
+    assert_eq!(
+        (v["decision"].as_str(), v["remote"].as_str()),
+        (Some("pass"), Some("unavailable_fail_open")),
+        "{v}"
+    );
+}
+
+/// One runtime's pair for `signalbox-harness edge-bench`: the worker and the pass-through.
+struct Pair {
+    runtime: &'static str,
+    worker: u16,
+    passthrough: u16,
+}
+
+/// Per-request time, client side, of `n` sequential requests (a new connection each, as a
+/// CDN's edge-to-worker hop looks to the worker), and how many were passed to origin.
+fn timed(port: u16, headers: &[(String, Vec<u8>)], n: usize) -> Result<(Duration, usize)> {
+    let started = Instant::now();
+    let mut passed = 0;
+    for _ in 0..n {
+        let r = send(port, "GET", "/products/42", headers, b"")?;
+        if r.status == 200 {
+            passed += 1;
+        }
+    }
+    Ok((
+        started.elapsed() / u32::try_from(n.max(1)).unwrap_or(1),
+        passed,
+    ))
+}
+
+/// `signalbox-harness edge-bench`: the edge worker against a pass-through in the same
+/// runtime — the WASI HTTP component and the pass-through component in our wasi-http host
+/// (a fresh instance per request), the JS build and a pass-through in workerd and in Deno —
+/// on the default bundle, Giovanni's browser from `x-forwarded-for`, no score cache. Rounds
+/// interleave the runtimes and both sides; the medians are printed with their ratio, then the
+/// module sizes. Timing is from the client, as workerd freezes its clock during CPU work.
+pub fn bench_runtimes(requests: usize, rounds: usize) -> Result<()> {
+    let dir = root().join("target/edge-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let origin = crate::upstream::Upstream::start()?;
+    let origin_url = format!("http://127.0.0.1:{}", origin.addr.port());
+    let bundle = crate::conformance::bundle_file(&root().join("policy/examples/default.yaml"))?;
+    let bundle_bytes = bundle.to_string().len();
+    let config = json!({
+        "bundle": bundle,
+        "allow_unsigned": true,
+        "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
+    });
+    let vars: Vec<(String, String)> = [
+        ("SIGNALBOX_CONFIG", config.to_string()),
+        ("SIGNALBOX_ORIGIN_URL", origin_url.clone()),
+        ("SIGNALBOX_SECRET", SECRET.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let wasm = root().join("target/wasm32-wasip2/wasm-release");
+    let component = wasm.join("signalbox_edge_worker.wasm");
+    let passthrough = wasm.join("signalbox_fixture_wasi_passthrough.wasm");
+    let wasi = crate::wasi_http::Server::start(&component, &vars, &dir.join("wasi.log"))?;
+    let wasi_pass = crate::wasi_http::Server::start(
+        &passthrough,
+        &[("ORIGIN_URL".to_owned(), origin_url.clone())],
+        &dir.join("wasi-passthrough.log"),
+    )?;
+    use crate::js_runtimes::JsRuntime;
+    let workerd = JsRuntime::workerd(&dir, &vars)?;
+    let workerd_pass = JsRuntime::workerd_passthrough(&dir, &origin_url)?;
+    let deno = JsRuntime::deno(&dir, &vars)?;
+    let deno_pass = JsRuntime::deno_passthrough(&dir, &origin_url)?;
+    let pairs = [
+        Pair {
+            runtime: "wasi-http (fresh instance per request)",
+            worker: wasi.port,
+            passthrough: wasi_pass.port,
+        },
+        Pair {
+            runtime: "workerd",
+            worker: workerd.port,
+            passthrough: workerd_pass.port,
+        },
+        Pair {
+            runtime: "deno",
+            worker: deno.port,
+            passthrough: deno_pass.port,
+        },
+    ];
+    let headers = browser("81.62.10.4");
+    // Warm up (JIT, the isolate's one-time load), and check both sides reach origin.
+    for p in &pairs {
+        for port in [p.worker, p.passthrough] {
+            let (_, passed) = timed(port, &headers, 20)?;
+            if passed != 20 {
+                anyhow::bail!(
+                    "{}: {passed} of 20 warm-up requests reached origin on port {port}",
+                    p.runtime
+                );
+            }
+        }
+    }
+    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> =
+        vec![(Vec::new(), Vec::new()); pairs.len()];
+    for _ in 0..rounds {
+        for (p, (worker, pass)) in pairs.iter().zip(samples.iter_mut()) {
+            worker.push(timed(p.worker, &headers, requests)?.0);
+            pass.push(timed(p.passthrough, &headers, requests)?.0);
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    println!(
+        "{rounds} rounds x {requests} sequential requests per side (new connection each), default bundle ({bundle_bytes} bytes of JSON), Giovanni's browser, no score cache:"
+    );
+    println!(
+        "{:<40}{:>18}{:>14}{:>14}{:>8}",
+        "runtime", "pass-through µs", "signalbox µs", "overhead µs", "ratio"
+    );
+    for (p, (worker, pass)) in pairs.iter().zip(samples.iter_mut()) {
+        let (w, t) = (median(worker), median(pass));
+        println!(
+            "{:<40}{:>18}{:>14}{:>14}{:>8.2}",
+            p.runtime,
+            t.as_micros(),
+            w.as_micros(),
+            w.as_micros().saturating_sub(t.as_micros()),
+            w.as_secs_f64() / t.as_secs_f64().max(1e-9)
+        );
+    }
+    let js = root().join("edge-worker/js/pkg");
+    for (what, path) in [
+        ("WASI HTTP component", component.clone()),
+        ("pass-through component", passthrough.clone()),
+        ("JS build: wasm", js.join("signalbox_edge_worker_bg.wasm")),
+        ("JS build: glue", js.join("signalbox_edge_worker.js")),
+    ] {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{what:<26}{size:>10} bytes  ({:.2} MiB)",
+            size as f64 / 1_048_576.0
+        );
+    }
+    println!(
+        "(the modules hold code only: the bundle and its lists come in SIGNALBOX_CONFIG, {bundle_bytes} bytes here)"
+    );
+    drop((wasi, wasi_pass));
+    Ok(())
+}
