@@ -17,7 +17,8 @@ if (variables.SIGNALBOX_CONFIG_FILE) {
 const handle = createSignalbox(glue, wasmModule, () => variables);
 
 export default {
-  fetch(request) {
-    return handle(request, null);
+  // Deno gives the peer's address apart: it is the client address.
+  fetch(request, info) {
+    return handle(request, null, info?.remoteAddr?.hostname);
   },
 };

@@ -32,7 +32,8 @@ export function createSignalbox(glue, wasmModule, variables) {
     if (typeof glue.__wbg_reset_state === "function") glue.__wbg_reset_state();
   }
 
-  return async function handle(request, env) {
+  // `clientAddress`: the peer's address when the runtime gives it apart (Deno's remoteAddr).
+  return async function handle(request, env, clientAddress) {
     let w;
     try {
       w = instance(env);
@@ -53,7 +54,7 @@ export function createSignalbox(glue, wasmModule, variables) {
     let plan;
     let bodyTaken = null;
     try {
-      plan = JSON.parse(w.start(JSON.stringify(headers), Date.now()));
+      plan = JSON.parse(w.start(JSON.stringify(headers), clientAddress ?? undefined, Date.now()));
       while (plan.action === "lookup" || plan.action === "read_body") {
         emit(plan.logs);
         if (plan.action === "lookup") {

@@ -102,14 +102,20 @@ impl EdgeWorker {
     }
 
     /// A request arrived: `headers_json` is `[[name, value]…]` with the pseudo-headers
-    /// `:method`, `:path`, `:authority`, `:scheme` first; the client's address in the header
-    /// the worker was configured with. Returns a plan (JSON).
-    pub fn start(&self, headers_json: &str, now_ms: f64) -> String {
+    /// `:method`, `:path`, `:authority`, `:scheme` first. The client's address is
+    /// `client_address` when the runtime gives it apart (Deno's `remoteAddr`), else the header
+    /// the worker was configured with (Cloudflare's `cf-connecting-ip`). Returns a plan (JSON).
+    pub fn start(&self, headers_json: &str, client_address: Option<String>, now_ms: f64) -> String {
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
-        let headers = headers
+        let mut headers: signalbox_pipeline::Headers = headers
             .into_iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v.into_bytes()))
             .collect();
+        if let Some(address) = client_address {
+            let name = self.worker.client_ip_header().to_owned();
+            headers.retain(|(n, _)| *n != name);
+            headers.push((name, address.into_bytes()));
+        }
         let next = self.worker.start(headers, nanos(now_ms));
         self.plan(next)
     }

@@ -60,6 +60,22 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Serve the edge worker in one runtime on loopback until killed; prints
+    /// `{"port": N}` once it listens (the browser suite starts these).
+    ServeEdge {
+        /// `wasi-http` (the component in our host), `workerd` or `deno`.
+        #[arg(long)]
+        runtime: String,
+        /// A file holding SIGNALBOX_CONFIG (the configuration JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// More variables, `NAME=VALUE` (SIGNALBOX_ORIGIN_URL, SIGNALBOX_SECRET, …).
+        #[arg(long = "var")]
+        vars: Vec<String>,
+        /// Where the runtime's files and logs go.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +134,12 @@ fn main() -> Result<()> {
         Cmd::EdgeBench { requests, rounds } => {
             signalbox_tests::edge::bench_runtimes(requests, rounds)
         }
+        Cmd::ServeEdge {
+            runtime,
+            config,
+            vars,
+            out,
+        } => serve_edge(&runtime, &config, &vars, &out),
     }
 }
 
@@ -443,4 +465,46 @@ fn bench(args: &BenchArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+fn serve_edge(runtime: &str, config: &Path, vars: &[String], out: &Path) -> Result<()> {
+    use signalbox_tests::js_runtimes::JsRuntime;
+    std::fs::create_dir_all(out)?;
+    let mut variables = vec![(
+        "SIGNALBOX_CONFIG".to_owned(),
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?,
+    )];
+    for v in vars {
+        let Some((k, v)) = v.split_once('=') else {
+            bail!("--var {v}: expected NAME=VALUE");
+        };
+        variables.push((k.to_owned(), v.to_owned()));
+    }
+    // Each arm keeps its server alive until the process is killed.
+    let (port, _keep): (u16, Box<dyn std::any::Any>) = match runtime {
+        "wasi-http" => {
+            let component = signalbox_tests::root()
+                .join("target/wasm32-wasip2/wasm-release/signalbox_edge_worker.wasm");
+            let server = signalbox_tests::wasi_http::Server::start(
+                &component,
+                &variables,
+                &out.join("wasi-http.log"),
+            )?;
+            (server.port, Box::new(server))
+        }
+        "workerd" => {
+            let r = JsRuntime::workerd(out, &variables)?;
+            (r.port, Box::new(r))
+        }
+        "deno" => {
+            let r = JsRuntime::deno(out, &variables)?;
+            (r.port, Box::new(r))
+        }
+        other => bail!("--runtime {other}: expected wasi-http, workerd or deno"),
+    };
+    println!("{}", serde_json::json!({ "port": port }));
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
