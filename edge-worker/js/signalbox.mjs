@@ -105,7 +105,11 @@ export function createSignalbox(glue, wasmModule, variables) {
     }
     const headers = new Headers();
     for (const [name, value] of request.headers) {
-      if (!strip.has(name.toLowerCase())) headers.append(name, value);
+      const lower = name.toLowerCase();
+      if (strip.has(lower)) continue;
+      // Unscored (after a trap): no client-sent x-signalbox-* header may reach origin either.
+      if (plan.unscored && lower.startsWith("x-signalbox-")) continue;
+      headers.append(name, value);
     }
     for (const [name, value] of plan.set) headers.set(name, value);
     const target = originUrl + url.pathname + url.search;
