@@ -195,9 +195,8 @@ fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
     let _ = options.set_connect_timeout(Some(timeout));
     let _ = options.set_first_byte_timeout(Some(timeout));
     let _ = options.set_between_bytes_timeout(Some(timeout));
-    let body = request.body().ok()?;
+    // A GET without a body: taking a body stream would frame it as chunked.
     let future = outgoing_handler::handle(request, Some(options)).ok()?;
-    OutgoingBody::finish(body, None).ok()?;
     let response = loop {
         if let Some(result) = future.get() {
             break result.ok()?.ok()?;
@@ -266,6 +265,23 @@ fn read_body(request: &IncomingRequest, limit: usize) -> Option<Vec<u8>> {
     drop(stream);
     let _ = IncomingBody::finish(body);
     Some(bytes)
+}
+
+/// Whether a request has a body to forward: one already read, a non-zero `content-length`,
+/// or a method that carries one (wasi-http hides `transfer-encoding` from the guest, so a
+/// chunked upload shows no length).
+fn has_body(method: &Method, entries: &[(String, Vec<u8>)], taken: Option<&[u8]>) -> bool {
+    if let Some(bytes) = taken {
+        return !bytes.is_empty();
+    }
+    let length = entries
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+    match length {
+        Some(n) => n > 0,
+        None => matches!(method, Method::Post | Method::Put | Method::Patch),
+    }
 }
 
 fn write_all(stream: &OutputStream, bytes: &[u8]) -> bool {
@@ -356,8 +372,15 @@ fn forward(
             None,
         );
     };
-    let Ok(outgoing_body) = outgoing.body() else {
-        return bad_gateway(out);
+    // Only a request with a body gets a body stream: wasi-http frames any request whose body
+    // stream was taken as chunked, which a GET must not be.
+    let outgoing_body = if has_body(method, entries, body_taken.as_deref()) {
+        match outgoing.body() {
+            Ok(b) => Some(b),
+            Err(()) => return bad_gateway(out),
+        }
+    } else {
+        None
     };
     let future = match outgoing_handler::handle(outgoing, None) {
         Ok(f) => f,
@@ -370,23 +393,25 @@ fn forward(
         }
     };
     // The request body: what the verify path read, else streamed from the client.
-    if let Ok(stream) = outgoing_body.write() {
-        match body_taken {
-            Some(bytes) => {
-                write_all(&stream, &bytes);
-            }
-            None => {
-                if let Ok(body) = request.consume() {
-                    if let Ok(input) = body.stream() {
-                        pipe(&input, &stream);
+    if let Some(outgoing_body) = outgoing_body {
+        if let Ok(stream) = outgoing_body.write() {
+            match body_taken {
+                Some(bytes) => {
+                    write_all(&stream, &bytes);
+                }
+                None => {
+                    if let Ok(body) = request.consume() {
+                        if let Ok(input) = body.stream() {
+                            pipe(&input, &stream);
+                        }
+                        let _ = IncomingBody::finish(body);
                     }
-                    let _ = IncomingBody::finish(body);
                 }
             }
+            drop(stream);
         }
-        drop(stream);
+        let _ = OutgoingBody::finish(outgoing_body, None);
     }
-    let _ = OutgoingBody::finish(outgoing_body, None);
     let response = loop {
         if let Some(result) = future.get() {
             match result {

@@ -69,12 +69,24 @@ impl EchoOrigin {
                                 head.push((":request".into(), l.to_owned()));
                             }
                         }
-                        let mut body = vec![0u8; length];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
+                        let chunked = head.iter().any(|(n, v)| {
+                            n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked")
+                        });
+                        let body = if chunked {
+                            match read_chunked(&mut reader) {
+                                Some(b) => b,
+                                None => return,
+                            }
+                        } else {
+                            let mut body = vec![0u8; length];
+                            if reader.read_exact(&mut body).is_err() {
+                                return;
+                            }
+                            body
+                        };
                         let text: String =
                             head.iter().map(|(n, v)| format!("{n}: {v}\n")).collect();
+                        head.push((":body".into(), String::from_utf8_lossy(&body).into_owned()));
                         if let Ok(mut last) = seen.lock() {
                             *last = head;
                         }
@@ -97,6 +109,30 @@ impl EchoOrigin {
     /// as `:request`.
     pub fn last(&self) -> Vec<(String, String)> {
         self.last.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A chunked body (RFC 9112 §7.1), trailers skipped.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            loop {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+                if line.trim().is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        let mut chunk = vec![0u8; size];
+        reader.read_exact(&mut chunk).ok()?;
+        body.extend_from_slice(&chunk);
+        line.clear();
+        reader.read_line(&mut line).ok()?;
     }
 }
 
@@ -232,6 +268,25 @@ pub fn check_worker(rig: &mut EdgeRig, port: u16, runtime: &str) {
         "{seen:?}"
     );
     assert_eq!(at_origin("accept-language"), ["it-IT,it;q=0.9,en;q=0.8"]);
+    assert!(
+        at_origin("transfer-encoding").is_empty(),
+        "a GET went out with a body: {seen:?}"
+    );
+    // A POST's body reaches origin whole.
+    let mut post = browser("81.62.0.1");
+    post.push((
+        "content-type".into(),
+        b"application/x-www-form-urlencoded".to_vec(),
+    ));
+    let r = send(server_port, "POST", "/cart", &post, b"item=42&qty=2").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = origin.last();
+    let body: Vec<&str> = seen
+        .iter()
+        .filter(|(n, _)| n == ":body")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(body, ["item=42&qty=2"], "{seen:?}");
 
     // Automation is challenged and a denied address blocked; neither reaches origin.
     let mut curl = browser("81.62.0.2");
