@@ -24,6 +24,8 @@ const captureFile = process.argv[4];
 
 function capture(req) {
   if (!captureFile || req.method !== 'GET' || req.headers['sec-fetch-mode'] === 'cors') return;
+  // Requests a test builds itself (not a browser's) are no evidence of what browsers send.
+  if (req.headers['x-suite-synthetic']) return;
   if (!(req.headers.accept ?? '').includes('text/html')) return;
   const names = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) names.push(req.rawHeaders[i].toLowerCase());
