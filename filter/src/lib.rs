@@ -374,6 +374,17 @@ impl SignalboxRoot {
         })
         .unwrap_or(false);
         if !leads {
+            // Leadership moved on (this worker's heartbeat went stale, e.g. a busy worker):
+            // the decision records it still holds go back on the shared queue for the new
+            // leader, so none is stranded here. A batch in flight comes back on failure and
+            // is handed over on the next tick.
+            if let Some(queue) = worker.records_queue
+                && self.link.log_call.is_none()
+            {
+                for record in self.link.records.drain(..) {
+                    let _ = hostcalls::enqueue_shared_queue(queue, Some(&record));
+                }
+            }
             return;
         }
         // Up to a tenth of an interval of jitter, from the clock's low bits.
