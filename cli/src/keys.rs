@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use signalbox_policy::prepared;
 use signalbox_policy::signing::{
     LoadContext, TrustedKeys, load_bundle, public_key_base64, sign as sign_bytes,
     signing_key_from_base64,
@@ -100,6 +101,47 @@ pub fn sign(file: &Path, key_path: &Path, output: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `signalbox policy prepare`: verify, then write the prepared form.
+pub fn prepare(
+    file: &Path,
+    keys_path: &Path,
+    allow_unsigned: bool,
+    now: u64,
+    output: &Path,
+) -> Result<ExitCode> {
+    let keys = load_trusted(keys_path)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let ctx = LoadContext {
+        now,
+        active_revision: None,
+        allow_unsigned,
+    };
+    let out = match prepared::prepare(&bytes, &keys, &ctx) {
+        Ok(out) => out,
+        Err(e) => {
+            println!("{}: refused: {e}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let loaded = prepared::load_prepared(&out, &keys, &ctx)
+        .context("the prepared form does not load back")?;
+    std::fs::write(output, &out).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "{}: revision {}, sha256:{}, {} lists, {} bytes (from {} bytes){}",
+        output.display(),
+        loaded.policy.revision(),
+        loaded.policy.digest_hex(),
+        loaded.policy.lists().len(),
+        out.len(),
+        bytes.len(),
+        loaded
+            .signed_by
+            .map(|kid| format!(", signed with {kid}"))
+            .unwrap_or_else(|| ", unsigned".to_owned()),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn load_trusted(path: &Path) -> Result<TrustedKeys> {
     let file: KeysFile = files::read_yaml_or_json(path)?;
     Ok(TrustedKeys::from_base64(
@@ -118,15 +160,17 @@ pub fn verify(
 ) -> Result<ExitCode> {
     let keys = load_trusted(keys_path)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    match load_bundle(
-        &bytes,
-        &keys,
-        &LoadContext {
-            now,
-            active_revision,
-            allow_unsigned,
-        },
-    ) {
+    let ctx = LoadContext {
+        now,
+        active_revision,
+        allow_unsigned,
+    };
+    let loaded = if bytes.starts_with(prepared::MAGIC) {
+        prepared::load_prepared(&bytes, &keys, &ctx).map(|p| p.policy)
+    } else {
+        load_bundle(&bytes, &keys, &ctx)
+    };
+    match loaded {
         Ok(policy) => {
             let digest = policy.digest_hex();
             println!(

@@ -151,9 +151,10 @@ enum PolicyCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Verify a signed bundle as an edge would; exit 1 with the reason if refused.
+    /// Verify a signed bundle (or a prepared one) as an edge would; exit 1 with the reason if
+    /// refused.
     Verify {
-        /// Envelope (or plain bundle, with --allow-unsigned).
+        /// Envelope, prepared bundle (or plain bundle, with --allow-unsigned).
         file: PathBuf,
         /// Trusted-keys file (`{"keys":[{"kid":..,"public":..}]}`).
         #[arg(long)]
@@ -167,6 +168,25 @@ enum PolicyCommand {
         /// Time of the check, unix seconds (default: now).
         #[arg(long)]
         now: Option<u64>,
+    },
+    /// Verify a signed bundle as an edge would and write its prepared form: what a host that
+    /// makes a fresh instance per request loads instead (no signature check, JSON or list
+    /// parsing per instance; see edge-worker/README.md). `policy verify` checks one.
+    Prepare {
+        /// Envelope (or plain bundle, with --allow-unsigned).
+        file: PathBuf,
+        /// Trusted-keys file (`{"keys":[{"kid":..,"public":..}]}`).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Accept a plain, unsigned bundle.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Time of the check, unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+        /// Output file (conventionally `*.prepared`).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// How many verdicts a bundle change would flip, by decision pair, with examples: over a
     /// request log (`OLD NEW --requests FILE`), or over the score cache's decision log, what
@@ -219,6 +239,19 @@ fn main() -> ExitCode {
             active_revision,
             allow_unsigned,
             now.unwrap_or_else(unix_now),
+        ),
+        Command::Policy(PolicyCommand::Prepare {
+            file,
+            keys: k,
+            allow_unsigned,
+            now,
+            output,
+        }) => keys::prepare(
+            &file,
+            &k,
+            allow_unsigned,
+            now.unwrap_or_else(unix_now),
+            &output,
         ),
         Command::Policy(PolicyCommand::Diff(args)) => diff::diff(&args),
         Command::Eval {

@@ -366,6 +366,66 @@ fn keygen_sign_verify_and_rotation() {
             stdout(&out)
         );
     }
+    // The prepared form: made only from a bundle that verifies, verified like it.
+    let out = signalbox(&[
+        "policy",
+        "prepare",
+        &p("old.signed.json"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1795392000",
+        "-o",
+        &p("old.prepared"),
+    ]);
+    assert!(
+        out.status.success()
+            && stdout(&out).contains("revision 7")
+            && stdout(&out).contains("signed with old"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified = stdout(&signalbox(&[
+        "policy",
+        "verify",
+        &p("old.signed.json"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1795392000",
+    ]));
+    let out = signalbox(&[
+        "policy",
+        "verify",
+        &p("old.prepared"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1795392000",
+    ]);
+    // Same revision and digest as the envelope it came from.
+    assert_eq!(
+        stdout(&out).split_once(": ").map(|(_, r)| r.to_owned()),
+        verified.split_once(": ").map(|(_, r)| r.to_owned())
+    );
+    let mut tampered = std::fs::read(dir.join("old.signed.json")).unwrap();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(dir.join("tampered.json"), &tampered).unwrap();
+    let out = signalbox(&[
+        "policy",
+        "prepare",
+        &p("tampered.json"),
+        "--keys",
+        &p("keys.json"),
+        "--now",
+        "1795392000",
+        "-o",
+        &p("tampered.prepared"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(!dir.join("tampered.prepared").exists());
     // Retire the old key: its signatures are refused for an unknown kid.
     let keys: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap();
@@ -375,6 +435,21 @@ fn keygen_sign_verify_and_rotation() {
         "policy",
         "verify",
         &p("old.signed.json"),
+        "--keys",
+        &p("new-only.json"),
+        "--now",
+        "1795392000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("unknown key id \"old\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = signalbox(&[
+        "policy",
+        "verify",
+        &p("old.prepared"),
         "--keys",
         &p("new-only.json"),
         "--now",

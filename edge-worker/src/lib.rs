@@ -38,6 +38,11 @@ pub const ORIGIN_URL_VAR: &str = "SIGNALBOX_ORIGIN_URL";
 pub const CACHE_URL_VAR: &str = "SIGNALBOX_CACHE_URL";
 /// The variable naming the header the runtime puts the client's address in.
 pub const CLIENT_IP_HEADER_VAR: &str = "SIGNALBOX_CLIENT_IP_HEADER";
+/// The variable with the path of a prepared bundle (`signalbox policy prepare`), read in
+/// place of an inline `bundle`: the cheap start for hosts that make a fresh instance per
+/// request. The WASI build reads it from the component's files (Spin's `files`, a host's
+/// preopened directory); the JS build has no files (an isolate parses the inline bundle once).
+pub const PREPARED_BUNDLE_VAR: &str = "SIGNALBOX_PREPARED_BUNDLE";
 /// Spin's (and our test host's) client address header, the default.
 pub const DEFAULT_CLIENT_IP_HEADER: &str = "spin-client-addr";
 
@@ -111,8 +116,20 @@ impl EdgeSettings {
     /// variable or the configuration's field path, never a secret's value.
     pub fn from_env(env: impl Fn(&str) -> Option<String>, now: u64) -> Result<Self, String> {
         let config = env(CONFIG_VAR).ok_or_else(|| format!("{CONFIG_VAR} is not set"))?;
-        let pipeline = signalbox_pipeline::config::parse(config.as_bytes(), now, &env)
-            .map_err(|e| format!("{CONFIG_VAR}: {e}"))?;
+        let pipeline = match env(PREPARED_BUNDLE_VAR).filter(|p| !p.trim().is_empty()) {
+            Some(path) => {
+                let prepared = std::fs::read(path.trim())
+                    .map_err(|e| format!("{PREPARED_BUNDLE_VAR}: cannot read {path}: {e}"))?;
+                signalbox_pipeline::config::parse_with_prepared(
+                    config.as_bytes(),
+                    &prepared,
+                    now,
+                    &env,
+                )
+            }
+            None => signalbox_pipeline::config::parse(config.as_bytes(), now, &env),
+        }
+        .map_err(|e| format!("{CONFIG_VAR}: {e}"))?;
         let origin = BaseUrl::parse(
             ORIGIN_URL_VAR,
             &env(ORIGIN_URL_VAR).ok_or_else(|| format!("{ORIGIN_URL_VAR} is not set"))?,

@@ -13,7 +13,10 @@ use signalbox_policy::{EdgeHeaderNames, Policy};
 #[serde(deny_unknown_fields)]
 pub struct PluginConfigV1 {
     /// A signed envelope (`{"kid","payload","sig"}`), or — with `allow_unsigned` — a bundle.
-    pub bundle: Box<serde_json::value::RawValue>,
+    /// Required, except where the adapter loads a prepared bundle instead
+    /// ([`parse_with_prepared`]).
+    #[serde(default)]
+    pub bundle: Option<Box<serde_json::value::RawValue>>,
     /// Trusted public keys.
     #[serde(default)]
     pub trusted_keys: Vec<TrustedKeyV1>,
@@ -422,6 +425,47 @@ pub fn parse_with_bundle(
     now: u64,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    let source = match replacement {
+        Some(r) => BundleSource::Replacement(r),
+        None => BundleSource::Inline,
+    };
+    parse_from(json, source, now, env)
+}
+
+/// [`parse`] for an adapter that loads a prepared bundle (`signalbox policy prepare`;
+/// `signalbox_policy::prepared`) instead of an inline one: the configuration must not carry a
+/// `bundle`, and the prepared one must be signed with one of its `trusted_keys` (or unsigned
+/// with `allow_unsigned`).
+pub fn parse_with_prepared(
+    json: &[u8],
+    prepared: &[u8],
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    parse_from(json, BundleSource::Prepared(prepared), now, env)
+}
+
+/// Where the bundle a configuration serves comes from.
+#[derive(Debug, Clone, Copy)]
+enum BundleSource<'a> {
+    /// The configuration's `bundle`.
+    Inline,
+    /// A polled bundle in its place.
+    Replacement(Replacement<'a>),
+    /// A prepared bundle; the configuration has none.
+    Prepared(&'a [u8]),
+}
+
+fn parse_from(
+    json: &[u8],
+    source: BundleSource<'_>,
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let replacement = match source {
+        BundleSource::Replacement(r) => Some(r),
+        BundleSource::Inline | BundleSource::Prepared(_) => None,
+    };
     let de = &mut serde_json::Deserializer::from_slice(json);
     let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
         .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
@@ -432,16 +476,35 @@ pub fn parse_with_bundle(
             .map(|k| (k.kid.as_str(), k.public.as_str())),
     )
     .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
-    // The bundle's bytes as they came (no JSON tree of its lists is ever built: the plugin
-    // configuration can carry megabytes of them).
-    let bundle_bytes = replacement.map_or(config.bundle.get().as_bytes(), |r| r.bundle);
     let ctx = LoadContext {
         now,
         active_revision: replacement.map(|r| r.above_revision),
         allow_unsigned: config.allow_unsigned,
     };
-    let policy =
-        load_bundle(bundle_bytes, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    let policy = match (source, &config.bundle) {
+        (BundleSource::Prepared(bytes), None) => {
+            signalbox_policy::prepared::load_prepared(bytes, &keys, &ctx)
+                .map(|p| p.policy)
+                .map_err(|e| ConfigError(format!("prepared bundle: {e}")))?
+        }
+        (BundleSource::Prepared(_), Some(_)) => {
+            return Err(ConfigError(
+                "bundle: this worker loads a prepared bundle; leave `bundle` out of the \
+                 configuration (one bundle, one place)"
+                    .to_owned(),
+            ));
+        }
+        (BundleSource::Replacement(r), _) => {
+            load_bundle(r.bundle, &keys, &ctx).map_err(|e| ConfigError(format!("bundle: {e}")))?
+        }
+        // The bundle's bytes as they came (no JSON tree of its lists is ever built: the
+        // plugin configuration can carry megabytes of them).
+        (BundleSource::Inline, Some(inline)) => load_bundle(inline.get().as_bytes(), &keys, &ctx)
+            .map_err(|e| ConfigError(format!("bundle: {e}")))?,
+        (BundleSource::Inline, None) => {
+            return Err(ConfigError("bundle: missing field `bundle`".to_owned()));
+        }
+    };
     if let Some(r) = replacement
         && policy.revision() <= r.above_revision
     {

@@ -107,6 +107,34 @@ impl IpRangeSet {
         self.heap_bytes() as f64 / self.prefixes.max(1) as f64
     }
 
+    /// The merged IPv4 ranges (inclusive), sorted and disjoint.
+    pub fn v4_ranges(&self) -> &[(u32, u32)] {
+        &self.v4
+    }
+
+    /// The merged IPv6 ranges (inclusive), sorted and disjoint.
+    pub fn v6_ranges(&self) -> &[(u128, u128)] {
+        &self.v6
+    }
+
+    /// A set from ranges as [`v4_ranges`](Self::v4_ranges) and [`v6_ranges`](Self::v6_ranges)
+    /// give them; `None` unless each family's ranges are sorted, disjoint and non-empty
+    /// (`start <= end`), which lookups rely on.
+    pub fn from_ranges(
+        v4: Vec<(u32, u32)>,
+        v6: Vec<(u128, u128)>,
+        prefixes: usize,
+    ) -> Option<Self> {
+        fn ordered<T: Ord + Copy>(ranges: &[(T, T)]) -> bool {
+            ranges.iter().all(|(start, end)| start <= end)
+                && ranges.windows(2).all(|w| match w {
+                    [(_, end), (next, _)] => end < next,
+                    _ => true,
+                })
+        }
+        (ordered(&v4) && ordered(&v6)).then_some(Self { v4, v6, prefixes })
+    }
+
     /// Heap bytes the ranges take.
     pub fn heap_bytes(&self) -> usize {
         self.v4.capacity() * std::mem::size_of::<(u32, u32)>()

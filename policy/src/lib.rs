@@ -45,6 +45,7 @@ mod facts;
 mod iprange;
 pub mod page;
 mod policy;
+pub mod prepared;
 pub mod ratelimit;
 pub mod scoring;
 pub mod signing;
@@ -62,7 +63,8 @@ pub use facts::{
 pub use iprange::{BadPrefix, IpRangeSet};
 pub use policy::{
     BundleError, CacheSettings, ChallengeSettings, ClientClass, CrawlerCategory, ENGINE_VERSION,
-    FieldError, Mode, NamedList, Policy, RateBudget, StaleRanges, SubjectKind, parse_wire,
+    FieldError, Mode, NamedList, Policy, RateBudget, StaleRanges, SubjectKind, UaMatcherBuild,
+    parse_wire,
 };
 pub use verdict::{
     Client, DecidedBy, Decision, Level, Reason, ReasonCode, RemoteStatus, RuleMatch, Verdict,

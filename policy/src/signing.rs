@@ -118,6 +118,11 @@ impl TrustedKeys {
         self.keys.is_empty()
     }
 
+    /// Whether `kid` is a trusted key id.
+    pub fn contains(&self, kid: &str) -> bool {
+        self.get(kid).is_some()
+    }
+
     fn get(&self, kid: &str) -> Option<&VerifyingKey> {
         self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key)
     }

@@ -247,12 +247,14 @@ pub struct UaScanner {
 
 impl UaScanner {
     /// Builds a scanner. `crawlers` pairs each token with its crawler's catalogue index;
-    /// `declared` are declared-bot patterns outside the catalogue.
+    /// `declared` are declared-bot patterns outside the catalogue. `quick_build` builds a
+    /// contiguous NFA (about 2.5 times faster to build, slower scans) instead of a DFA.
     pub fn new(
         crawlers: &[(String, usize)],
         declared: Vec<BotPattern>,
         headless: &[String],
         automation: &[String],
+        quick_build: bool,
     ) -> Result<Self, aho_corasick::BuildError> {
         fn add<'a>(patterns: &mut Vec<&'a str>, tokens: &mut Vec<Token>, p: &'a str, t: Token) {
             if !p.is_empty() {
@@ -284,7 +286,11 @@ impl UaScanner {
         let matcher = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            .kind(Some(if quick_build {
+                AhoCorasickKind::ContiguousNFA
+            } else {
+                AhoCorasickKind::DFA
+            }))
             .build(&patterns)?;
         Ok(Self {
             matcher,
@@ -388,7 +394,7 @@ impl UaScan {
 /// keeps one per policy). Returns `None` for anything that is not a `Mozilla/5.0` browser
 /// string with a known product token.
 pub fn parse_browser(ua: &[u8]) -> Option<Browser> {
-    UaScanner::new(&[], Vec::new(), &[], &[])
+    UaScanner::new(&[], Vec::new(), &[], &[], false)
         .ok()?
         .scan(ua)
         .browser(ua)
@@ -530,7 +536,7 @@ mod tests {
     }
 
     fn declared(patterns: Vec<BotPattern>, ua: &[u8]) -> bool {
-        UaScanner::new(&[], patterns, &[], &[])
+        UaScanner::new(&[], patterns, &[], &[], false)
             .unwrap()
             .scan(ua)
             .declared

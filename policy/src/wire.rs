@@ -314,6 +314,10 @@ pub struct IpListV1 {
     pub as_of: Option<String>,
     /// Prefixes in CIDR notation, IPv4 or IPv6 (a bare address is a /32 or /128).
     pub cidrs: Vec<String>,
+    /// The list's ranges, already parsed and merged (from a prepared bundle,
+    /// [`crate::prepared`]): compiled in place of `cidrs`. Never part of bundle JSON.
+    #[serde(skip)]
+    pub prepared: Option<crate::IpRangeSet>,
 }
 
 /// Crawler category as written in a bundle.

@@ -230,6 +230,55 @@ impl EdgeRig {
     }
 }
 
+impl EdgeRig {
+    /// [`EdgeRig::variables`], with the golden bundle signed (a test key) and prepared
+    /// (`signalbox_policy::prepared`) into `<dir>/files/signalbox.prepared`: the configuration
+    /// carries the trusted key and no bundle, `SIGNALBOX_PREPARED_BUNDLE` names the file as the
+    /// guest sees it with `<dir>/files` mounted at `/`. Returns the variables and that
+    /// directory.
+    pub fn prepared_variables(&self) -> Result<(Vec<(String, String)>, PathBuf)> {
+        use signalbox_policy::signing::{LoadContext, TrustedKeys, public_key_base64, sign};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+        let public = public_key_base64(&key);
+        let mut bundle = self.golden.clone();
+        if let Some(b) = bundle.as_object_mut() {
+            b.insert("expires_at".to_owned(), json!("2099-01-01T00:00:00Z"));
+        }
+        let envelope = serde_json::to_vec(&sign(bundle.to_string().as_bytes(), "edge-test", &key))?;
+        let keys = TrustedKeys::from_base64([("edge-test", public.as_str())])?;
+        let prepared = signalbox_policy::prepared::prepare(
+            &envelope,
+            &keys,
+            &LoadContext {
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                ..LoadContext::default()
+            },
+        )?;
+        let files = self.dir.join("files");
+        std::fs::create_dir_all(&files)?;
+        std::fs::write(files.join("signalbox.prepared"), prepared)?;
+        let config = json!({
+            "trusted_keys": [{"kid": "edge-test", "public": public}],
+            "debug_verdict_header": true,
+            "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
+            "score_cache": {"cluster": "signalbox_cache"},
+        });
+        let mut vars: Vec<(String, String)> = self
+            .variables()
+            .into_iter()
+            .filter(|(k, _)| k != "SIGNALBOX_CONFIG")
+            .collect();
+        vars.push(("SIGNALBOX_CONFIG".to_owned(), config.to_string()));
+        vars.push((
+            "SIGNALBOX_PREPARED_BUNDLE".to_owned(),
+            "/signalbox.prepared".to_owned(),
+        ));
+        Ok((vars, files))
+    }
+}
+
 /// Everything a worker on `port` must do in front of the rig (stops the rig's cache at the
 /// end); `runtime` names it in the output. Panics with what went wrong (tests only).
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -451,6 +500,41 @@ pub fn bench_runtimes(requests: usize, rounds: usize) -> Result<()> {
     let component = wasm.join("signalbox_edge_worker.wasm");
     let passthrough = wasm.join("signalbox_fixture_wasi_passthrough.wasm");
     let wasi = crate::wasi_http::Server::start(&component, &vars, &dir.join("wasi.log"))?;
+    // The same bundle prepared (`signalbox policy prepare`), as the component's files.
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    let prepared = signalbox_policy::prepared::prepare(
+        bundle.to_string().as_bytes(),
+        &signalbox_policy::signing::TrustedKeys::default(),
+        &signalbox_policy::signing::LoadContext {
+            allow_unsigned: true,
+            ..Default::default()
+        },
+    )?;
+    let prepared_bytes = prepared.len();
+    std::fs::write(files.join("signalbox.prepared"), prepared)?;
+    let mut prepared_config = config.clone();
+    if let Some(c) = prepared_config.as_object_mut() {
+        c.remove("bundle");
+    }
+    let prepared_vars: Vec<(String, String)> = vars
+        .iter()
+        .filter(|(k, _)| k != "SIGNALBOX_CONFIG")
+        .cloned()
+        .chain([
+            ("SIGNALBOX_CONFIG".to_owned(), prepared_config.to_string()),
+            (
+                "SIGNALBOX_PREPARED_BUNDLE".to_owned(),
+                "/signalbox.prepared".to_owned(),
+            ),
+        ])
+        .collect();
+    let wasi_prepared = crate::wasi_http::Server::start_with_files(
+        &component,
+        &prepared_vars,
+        Some(&files),
+        &dir.join("wasi-prepared.log"),
+    )?;
     let wasi_pass = crate::wasi_http::Server::start(
         &passthrough,
         &[("ORIGIN_URL".to_owned(), origin_url.clone())],
@@ -465,6 +549,11 @@ pub fn bench_runtimes(requests: usize, rounds: usize) -> Result<()> {
         Pair {
             runtime: "wasi-http (fresh instance per request)",
             worker: wasi.port,
+            passthrough: wasi_pass.port,
+        },
+        Pair {
+            runtime: "wasi-http, prepared bundle",
+            worker: wasi_prepared.port,
             passthrough: wasi_pass.port,
         },
         Pair {
@@ -535,8 +624,8 @@ pub fn bench_runtimes(requests: usize, rounds: usize) -> Result<()> {
         );
     }
     println!(
-        "(the modules hold code only: the bundle and its lists come in SIGNALBOX_CONFIG, {bundle_bytes} bytes here)"
+        "(the modules hold code only: the bundle and its lists come in SIGNALBOX_CONFIG, {bundle_bytes} bytes here, or as a prepared file, {prepared_bytes} bytes)"
     );
-    drop((wasi, wasi_pass));
+    drop((wasi, wasi_pass, wasi_prepared));
     Ok(())
 }

@@ -23,10 +23,11 @@
 //!   then each request gets its own [`Store`]. Nothing survives between requests.
 //! - HTTP/1.1 only (hyper), keep-alive on, plain `http` scheme.
 //! - The full WASIp2 linker (`wasi:cli/*` including `environment`, clocks, random, io,
-//!   filesystem and sockets without preopens or allowed addresses) plus `wasi:http`, like
+//!   filesystem and sockets without allowed addresses) plus `wasi:http`, like
 //!   `wasmtime serve -Scli`: a Rust std component imports `wasi:cli/environment` and more.
 //!   Configuration is the WASI environment variables given to [`Server::start`]; no Spin
-//!   variables or key-value store.
+//!   variables or key-value store. [`Server::start_with_files`] mounts one host directory
+//!   read-only at the guest's `/` (Spin's `files`); otherwise there are no preopens.
 //! - The client's address as Spin passes it: the host sets `spin-client-addr: <ip>:<port>`
 //!   (the TCP peer), replacing any copy the client sent. A request without `host` gets
 //!   `host: 127.0.0.1:<port>` (wasi-http needs an authority). Headers named in `connection`
@@ -89,6 +90,17 @@ impl Server {
     /// (created if missing). Fails if the component does not compile or its imports are not
     /// all provided (WASIp2 + `wasi:http`), before anything listens.
     pub fn start(component: &Path, env: &[(String, String)], log: &Path) -> Result<Server> {
+        Self::start_with_files(component, env, None, log)
+    }
+
+    /// [`Server::start`], with the host directory `files` (when given) mounted read-only at the
+    /// guest's `/`, as Spin mounts a component's `files`.
+    pub fn start_with_files(
+        component: &Path,
+        env: &[(String, String)],
+        files: Option<&Path>,
+        log: &Path,
+    ) -> Result<Server> {
         let engine = Engine::new(&Config::new())?;
         let compiled = Component::from_file(&engine, component)
             .map_err(anyhow::Error::from)
@@ -116,6 +128,7 @@ impl Server {
         let shared = Arc::new(Shared {
             pre,
             env: env.to_vec(),
+            files: files.map(Path::to_path_buf),
             log,
             counters: counters.clone(),
             host: HeaderValue::from_str(&format!("127.0.0.1:{port}"))?,
@@ -192,6 +205,8 @@ struct Counters {
 struct Shared {
     pre: ProxyPre<Guest>,
     env: Vec<(String, String)>,
+    /// A host directory mounted read-only at the guest's `/`.
+    files: Option<std::path::PathBuf>,
     log: File,
     counters: Arc<Counters>,
     /// `host` for requests that come without one.
@@ -304,11 +319,13 @@ impl Shared {
     ) -> Result<Response<HyperOutgoingBody>, String> {
         let log = self.log.try_clone().map_err(|e| format!("log: {e}"))?;
         let output = OutputFile::new(log);
-        let wasi = WasiCtx::builder()
-            .envs(&self.env)
-            .stdout(output.clone())
-            .stderr(output)
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env).stdout(output.clone()).stderr(output);
+        if let Some(dir) = &self.files {
+            wasi.preopened_dir(dir, "/", wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| format!("mounting {}: {e:#}", dir.display()))?;
+        }
+        let wasi = wasi.build();
         let mut store = Store::new(
             self.pre.engine(),
             Guest {

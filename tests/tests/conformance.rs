@@ -283,3 +283,74 @@ fn every_case_agrees_with_its_expect_natively_in_the_host_and_in_envoy() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     assert_eq!(native_tally.agreed, cases.len());
 }
+
+/// The prepared form of every case's bundle (`signalbox policy prepare`: lists as binary
+/// ranges, the User-Agent matcher built for startup) gives the whole verdict the bundle JSON
+/// gives, for every case and for the example requests on the real default bundle.
+#[test]
+fn the_prepared_form_decides_like_its_bundle() {
+    use signalbox_policy::prepared::{load_prepared, prepare};
+    use signalbox_policy::signing::{LoadContext, TrustedKeys};
+    let ctx = LoadContext {
+        allow_unsigned: true,
+        ..LoadContext::default()
+    };
+    let keys = TrustedKeys::default();
+    let prepared_of = |json: &[u8]| {
+        load_prepared(&prepare(json, &keys, &ctx).unwrap(), &keys, &ctx)
+            .unwrap()
+            .policy
+    };
+    let cases = load_cases().unwrap();
+    let mut policies: HashMap<String, (Policy, Policy)> = HashMap::new();
+    let mut compared = 0;
+    for case in &cases {
+        let (json, prepared) = policies.entry(case.bundle_key.clone()).or_insert_with(|| {
+            let bytes = case.bundle.to_string().into_bytes();
+            (
+                Policy::from_json_slice(&bytes).unwrap(),
+                prepared_of(&bytes),
+            )
+        });
+        let facts = case.case.request.to_facts(&case.case.edge_header_names());
+        let remote = case.case.remote.as_ref();
+        let now = case_now(case);
+        assert_eq!(
+            prepared.evaluate(&facts, remote, now),
+            json.evaluate(&facts, remote, now),
+            "{}",
+            case.name
+        );
+        compared += 1;
+    }
+    let default =
+        signalbox_tests::conformance::bundle_file(&root().join("policy/examples/default.yaml"))
+            .unwrap()
+            .to_string()
+            .into_bytes();
+    let (json, prepared) = (
+        Policy::from_json_slice(&default).unwrap(),
+        prepared_of(&default),
+    );
+    assert!(
+        json.lists()
+            .iter()
+            .map(|l| l.set.prefix_count())
+            .sum::<usize>()
+            > 10_000
+    );
+    let requests = std::fs::read_to_string(root().join("policy/examples/requests.jsonl")).unwrap();
+    let edge = signalbox_policy::EdgeHeaderNames::conventional();
+    for line in requests.lines().filter(|l| !l.trim().is_empty()) {
+        let request: signalbox_test_kit::requests::RequestLine =
+            serde_json::from_str(line).unwrap();
+        let facts = request.to_facts(&edge);
+        assert_eq!(
+            prepared.evaluate(&facts, None, DEFAULT_CASE_NOW),
+            json.evaluate(&facts, None, DEFAULT_CASE_NOW),
+            "{line}"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 60, "only {compared} compared");
+}

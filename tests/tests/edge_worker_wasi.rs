@@ -42,3 +42,21 @@ fn the_component_scores_forwards_answers_and_asks_the_cache() {
     assert_eq!(server.failures(), 0, "the host saw guest failures");
     server.stop();
 }
+
+/// The same checks with the bundle signed and prepared (`signalbox policy prepare`), loaded
+/// from the component's files as Spin mounts them: no inline bundle is parsed per instance.
+#[test]
+fn the_component_serves_a_prepared_bundle() {
+    let mut rig = EdgeRig::start("edge-worker-wasi-prepared").unwrap();
+    let (vars, files) = rig.prepared_variables().unwrap();
+    let server = Server::start_with_files(
+        &component(),
+        &vars,
+        Some(&files),
+        &rig.dir.join("worker.log"),
+    )
+    .unwrap();
+    check_worker(&mut rig, server.port, "wasi-http (prepared bundle)");
+    assert_eq!(server.failures(), 0, "the host saw guest failures");
+    server.stop();
+}
