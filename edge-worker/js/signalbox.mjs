@@ -4,6 +4,9 @@
 // fetches (with AbortController timeouts), reading a verify body, building the Response — and
 // guards every call into wasm: a trap drops the instance (wasm-bindgen's reset function) and
 // the request passes to origin or is refused, as the bundle's cache.on_unavailable says.
+// Between requests the isolate keeps its link to the score cache: the bundle poll and the
+// decision stream run in the background of the requests that find them due (`ctx.waitUntil`
+// where the runtime has it).
 
 /** Creates the handler. `glue` is the wasm-bindgen module (`--target web` output),
  * `wasmModule` the compiled `WebAssembly.Module`, `variables(env)` returns the worker's
@@ -32,8 +35,35 @@ export function createSignalbox(glue, wasmModule, variables) {
     if (typeof glue.__wbg_reset_state === "function") glue.__wbg_reset_state();
   }
 
-  // `clientAddress`: the peer's address when the runtime gives it apart (Deno's remoteAddr).
-  return async function handle(request, env, clientAddress) {
+  // The score cache's bundle poll and decision stream, when due: outside the request.
+  function link(w, ctx) {
+    let calls;
+    try {
+      calls = JSON.parse(w.link_calls(Date.now()));
+    } catch (e) {
+      log("warn", `signalbox: the worker failed (${e && e.message ? e.message : e})`);
+      dropInstance();
+      return;
+    }
+    if (calls.length === 0) return;
+    const work = Promise.all(calls.map(async (call) => {
+      const answer = await linkFetch(call);
+      // The instance was reset meanwhile: its successor polls again.
+      if (worker !== w) return;
+      try {
+        emit(JSON.parse(w.link_answer(call.kind, answer.status, answer.etag, answer.body, Date.now())));
+      } catch (e) {
+        log("warn", `signalbox: the worker failed (${e && e.message ? e.message : e})`);
+        dropInstance();
+      }
+    }));
+    if (ctx && typeof ctx.waitUntil === "function") ctx.waitUntil(work);
+    else work.catch(() => {});
+  }
+
+  // `clientAddress`: the peer's address when the runtime gives it apart (Deno's remoteAddr);
+  // `ctx`: the runtime's execution context (Workers' `waitUntil`), if any.
+  return async function handle(request, env, clientAddress, ctx) {
     let w;
     try {
       w = instance(env);
@@ -42,6 +72,7 @@ export function createSignalbox(glue, wasmModule, variables) {
       log("warn", `signalbox: not serving: ${e && e.message ? e.message : e}`);
       return text(503, "signalbox: not configured\n");
     }
+    link(w, ctx);
     const url = new URL(request.url);
     const headers = [
       [":method", request.method],
@@ -91,6 +122,20 @@ export function createSignalbox(glue, wasmModule, variables) {
       return { status: r.status, body };
     } catch {
       return { status: 0, body: new Uint8Array(0) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function linkFetch(call) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), call.timeout_ms);
+    try {
+      const r = await fetch(call.url, { headers: call.headers, signal: abort.signal });
+      const body = new Uint8Array(await r.arrayBuffer());
+      return { status: r.status, etag: r.headers.get("etag") || "", body };
+    } catch {
+      return { status: 0, etag: "", body: new Uint8Array(0) };
     } finally {
       clearTimeout(timer);
     }

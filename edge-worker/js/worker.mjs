@@ -12,7 +12,7 @@ const handle = createSignalbox(glue, wasmModule, (env) =>
 );
 
 export default {
-  fetch(request, env) {
-    return handle(request, env);
+  fetch(request, env, ctx) {
+    return handle(request, env, undefined, ctx);
   },
 };

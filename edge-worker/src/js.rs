@@ -11,6 +11,11 @@
 //! - `{"action":"read_body","id":7,"limit":4096}` then [`EdgeWorker::resume_body`].
 //!
 //! Every plan carries `"logs":[[level,line]…]` for the JS side to print.
+//!
+//! Between requests the isolate keeps its link to the score cache: [`EdgeWorker::link_calls`]
+//! gives the background calls due now (`[{"kind":"bundle"|"decisions","url","headers",
+//! "timeout_ms"}…]`), the JS side makes them outside the request (`ctx.waitUntil`) and hands
+//! each answer to [`EdgeWorker::link_answer`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -18,15 +23,15 @@ use std::collections::BTreeMap;
 use signalbox_pipeline::{Effects, LogLevel, LookupAnswer, Pending, PendingVerify};
 use wasm_bindgen::prelude::*;
 
-use crate::{EdgeSettings, Next, Worker, forwards_response_header};
+use crate::{EdgeSettings, LinkKind, Next, Resume, Worker, forwards_response_header};
 
 /// Requests waiting for the JS side (a lookup or a body), at most this many: a runtime that
 /// never resumes one cannot grow the instance without bound (the oldest are dropped).
 const MAX_WAITING: usize = 10_000;
 
 enum Waiting {
-    Lookup(Pending, Effects),
-    Body(PendingVerify, Effects),
+    Lookup(Resume<Pending>, Effects),
+    Body(Resume<PendingVerify>, Effects),
 }
 
 /// One worker per isolate.
@@ -145,6 +150,56 @@ impl EdgeWorker {
             .worker
             .resume_body(effects, &verify, body, nanos(now_ms));
         self.plan(next)
+    }
+
+    /// The background calls to the score cache due at `now_ms` (JSON array; see the module
+    /// docs).
+    pub fn link_calls(&self, now_ms: f64) -> String {
+        let now = u64::try_from(nanos(now_ms) / 1_000_000).unwrap_or(0);
+        let calls: Vec<serde_json::Value> = self
+            .worker
+            .link_calls(now)
+            .into_iter()
+            .map(|c| {
+                serde_json::json!({
+                    "kind": c.kind.name(),
+                    "url": c.url,
+                    "headers": pairs(&c.headers),
+                    "timeout_ms": c.timeout_ms,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(calls).to_string()
+    }
+
+    /// A background call's answer (`status` 0: it failed or timed out; `etag` empty: none).
+    /// Returns the lines to log (`[[level, line]…]`, JSON).
+    pub fn link_answer(
+        &self,
+        kind: &str,
+        status: u16,
+        etag: &str,
+        body: &[u8],
+        now_ms: f64,
+    ) -> String {
+        let Some(kind) = LinkKind::from_name(kind) else {
+            return "[]".to_owned();
+        };
+        let now = u64::try_from(nanos(now_ms) / 1_000_000).unwrap_or(0);
+        let etag = (!etag.is_empty()).then(|| etag.to_owned());
+        let effects = Effects {
+            logs: self.worker.link_answer(kind, status, etag, body, now),
+            ..Effects::default()
+        };
+        serde_json::Value::Array(logs(&effects)).to_string()
+    }
+
+    /// The revision of the bundle serving new requests.
+    pub fn revision(&self) -> f64 {
+        // Revisions are small integers; f64 holds them exactly below 2^53.
+        #[allow(clippy::cast_precision_loss)]
+        let revision = self.worker.pipeline().settings().policy.revision() as f64;
+        revision
     }
 
     /// Whether the bundle passes requests when it cannot decide them (its

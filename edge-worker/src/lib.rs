@@ -17,11 +17,16 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use signalbox_pipeline::{
     BucketTake, Effects, LookupAnswer, LookupCall, Outcome, Pending, PendingVerify, Pipeline,
     Reply, Request, Step,
 };
+
+mod link;
+use link::LinkState;
+pub use link::{LinkCall, LinkKind};
 
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 mod wasi_http;
@@ -108,6 +113,17 @@ pub struct EdgeSettings {
     /// The header (lower case) the runtime puts the client's address in; removed before
     /// the request goes on.
     pub client_ip_header: String,
+    /// The configuration as given, and every variable the settings read (secrets included,
+    /// as the pipeline holds them anyway): what a bundle pushed by the score cache is loaded
+    /// with, in place of the configured one.
+    reload: Reload,
+}
+
+/// What the settings were read from, to load them again with a pushed bundle.
+#[derive(Debug, Clone, Default)]
+struct Reload {
+    config_json: String,
+    variables: std::collections::BTreeMap<String, String>,
 }
 
 impl EdgeSettings {
@@ -115,6 +131,14 @@ impl EdgeSettings {
     /// worker's `env`) at `now` (unix seconds, for the bundle's validity). Errors name the
     /// variable or the configuration's field path, never a secret's value.
     pub fn from_env(env: impl Fn(&str) -> Option<String>, now: u64) -> Result<Self, String> {
+        let read = RefCell::new(std::collections::BTreeMap::new());
+        let env = |name: &str| {
+            let value = env(name);
+            if let (Some(v), Ok(mut read)) = (&value, read.try_borrow_mut()) {
+                read.insert(name.to_owned(), v.clone());
+            }
+            value
+        };
         let config = env(CONFIG_VAR).ok_or_else(|| format!("{CONFIG_VAR} is not set"))?;
         let pipeline = match env(PREPARED_BUNDLE_VAR).filter(|p| !p.trim().is_empty()) {
             Some(path) => {
@@ -124,10 +148,10 @@ impl EdgeSettings {
                     config.as_bytes(),
                     &prepared,
                     now,
-                    &env,
+                    env,
                 )
             }
-            None => signalbox_pipeline::config::parse(config.as_bytes(), now, &env),
+            None => signalbox_pipeline::config::parse(config.as_bytes(), now, env),
         }
         .map_err(|e| format!("{CONFIG_VAR}: {e}"))?;
         let origin = BaseUrl::parse(
@@ -147,11 +171,16 @@ impl EdgeSettings {
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_CLIENT_IP_HEADER.to_owned());
+        let reload = Reload {
+            config_json: config,
+            variables: read.into_inner(),
+        };
         Ok(EdgeSettings {
             pipeline,
             origin,
             cache,
             client_ip_header,
+            reload,
         })
     }
 }
@@ -173,42 +202,55 @@ pub enum Next {
         /// Its full URL.
         url: String,
         /// What to resume.
-        pending: Pending,
+        pending: Resume<Pending>,
         /// Effects so far.
         effects: Effects,
     },
     /// Read the whole request body (at most [`signalbox_pipeline::verify::MAX_VERIFY_BODY`]
     /// bytes, else pass `None`), then [`Worker::resume_body`].
-    ReadBody(PendingVerify, Effects),
+    ReadBody(Resume<PendingVerify>, Effects),
 }
 
-/// One pipeline per instance, with its rate buckets.
+/// A paused request: it resumes on the pipeline it started on, even when a pushed bundle
+/// replaced that pipeline meanwhile.
+#[derive(Debug)]
+pub struct Resume<T> {
+    pipeline: Rc<Pipeline>,
+    state: T,
+}
+
+/// One pipeline per instance, with its rate buckets and its link to the score cache.
 #[derive(Debug)]
 pub struct Worker {
-    pipeline: Pipeline,
+    /// The pipeline serving new requests (a pushed bundle replaces it).
+    pipeline: RefCell<Rc<Pipeline>>,
     origin: BaseUrl,
     cache: Option<BaseUrl>,
     client_ip_header: String,
     /// Rate-bucket slots of this instance (bounded by `rate_limit_slots`: slot keys come from
     /// that keyspace).
     buckets: RefCell<HashMap<String, Vec<u8>>>,
+    reload: Reload,
+    link: RefCell<LinkState>,
 }
 
 impl Worker {
     /// A worker over its settings.
     pub fn new(settings: EdgeSettings) -> Self {
         Worker {
-            pipeline: Pipeline::new(settings.pipeline),
+            pipeline: RefCell::new(Rc::new(Pipeline::new(settings.pipeline))),
             origin: settings.origin,
             cache: settings.cache,
             client_ip_header: settings.client_ip_header,
             buckets: RefCell::new(HashMap::new()),
+            reload: settings.reload,
+            link: RefCell::new(LinkState::default()),
         }
     }
 
-    /// The pipeline (for its load logs and settings).
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
+    /// The pipeline serving new requests (for its load logs and settings).
+    pub fn pipeline(&self) -> Rc<Pipeline> {
+        self.pipeline.borrow().clone()
     }
 
     /// Origin's base URL.
@@ -230,7 +272,8 @@ impl Worker {
             .find(|(n, _)| n.eq_ignore_ascii_case(&self.client_ip_header))
             .and_then(|(_, v)| signalbox_pipeline::request::parse_source_address(v));
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&self.client_ip_header));
-        let outcome = self.pipeline.start(
+        let pipeline = self.pipeline();
+        let outcome = pipeline.start(
             Request {
                 headers,
                 source,
@@ -243,37 +286,37 @@ impl Worker {
         effects
             .strip_request_headers
             .push(self.client_ip_header.clone());
-        self.settle(effects, outcome, now_nanos)
+        self.settle(&pipeline, effects, outcome, now_nanos)
     }
 
     /// The score cache answered (`None`: failed, timed out, or no cache).
     pub fn resume_lookup(
         &self,
         effects: Effects,
-        pending: Pending,
+        pending: Resume<Pending>,
         answer: Option<LookupAnswer>,
         now_nanos: u128,
     ) -> Next {
-        let outcome = self.pipeline.resume_lookup(pending, answer, now_nanos);
-        self.settle(effects, outcome, now_nanos)
+        let Resume { pipeline, state } = pending;
+        let outcome = pipeline.resume_lookup(state, answer, now_nanos);
+        self.settle(&pipeline, effects, outcome, now_nanos)
     }
 
     /// A verify request's body (`None`: larger than allowed).
     pub fn resume_body(
         &self,
         effects: Effects,
-        verify: &PendingVerify,
+        verify: &Resume<PendingVerify>,
         body: Option<Vec<u8>>,
         now_nanos: u128,
     ) -> Next {
         let size = body
             .as_ref()
             .map_or(signalbox_pipeline::verify::MAX_VERIFY_BODY + 1, Vec::len);
-        let outcome = self
-            .pipeline
-            .on_body(verify, size, true, || body.unwrap_or_default());
+        let pipeline = verify.pipeline.clone();
+        let outcome = pipeline.on_body(&verify.state, size, true, || body.unwrap_or_default());
         match outcome {
-            Some(outcome) => self.settle(effects, outcome, now_nanos),
+            Some(outcome) => self.settle(&pipeline, effects, outcome, now_nanos),
             // Never: the whole body was given.
             None => Next::Respond(
                 signalbox_pipeline::verify::verify_refused_reply(None),
@@ -283,16 +326,30 @@ impl Worker {
     }
 
     /// Runs the steps the worker does itself (rate buckets) until one needs the adapter.
-    fn settle(&self, mut effects: Effects, mut outcome: Outcome, now_nanos: u128) -> Next {
+    fn settle(
+        &self,
+        pipeline: &Rc<Pipeline>,
+        mut effects: Effects,
+        mut outcome: Outcome,
+        now_nanos: u128,
+    ) -> Next {
         loop {
             merge(&mut effects, std::mem::take(&mut outcome.effects));
             match outcome.step {
                 Step::Forward => return Next::Forward(effects),
                 Step::Respond(reply) => return Next::Respond(reply, effects),
-                Step::ReadBody(verify) => return Next::ReadBody(verify, effects),
+                Step::ReadBody(verify) => {
+                    return Next::ReadBody(
+                        Resume {
+                            pipeline: pipeline.clone(),
+                            state: verify,
+                        },
+                        effects,
+                    );
+                }
                 Step::Lookup(call, pending) => {
                     let Some(cache) = &self.cache else {
-                        outcome = self.pipeline.resume_lookup(pending, None, now_nanos);
+                        outcome = pipeline.resume_lookup(pending, None, now_nanos);
                         continue;
                     };
                     let url = format!(
@@ -305,14 +362,17 @@ impl Worker {
                     return Next::Lookup {
                         call,
                         url,
-                        pending,
+                        pending: Resume {
+                            pipeline: pipeline.clone(),
+                            state: pending,
+                        },
                         effects,
                     };
                 }
                 Step::TakeBuckets(takes, pending) => {
                     let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
                     let refused = self.take_buckets(&takes, now_ms);
-                    outcome = self.pipeline.resume_buckets(pending, refused, now_nanos);
+                    outcome = pipeline.resume_buckets(pending, refused, now_nanos);
                 }
             }
         }

@@ -182,3 +182,80 @@ fn rate_buckets_are_counted_by_the_instance() {
         .collect();
     assert_eq!(decisions, [200, 200, 200, 200, 200, 429, 429, 429]);
 }
+
+/// The link's bundle poll: due once per interval and handed out once until answered; a newer
+/// bundle swaps in (a request already paused keeps its pipeline), the same or an older
+/// revision changes nothing, a bundle that does not load is refused and counted, and the
+/// decision stream's calls carry the worker's cursor.
+#[test]
+fn link_polls_swap_newer_bundles_and_refuse_the_rest() {
+    let w = worker(serde_json::json!({
+        "score_cache": {"cluster": "c", "bundle_poll_ms": 1000, "decisions_poll_ms": 500}
+    }));
+    let now_ms = NOW * 1_000;
+    let calls = w.link_calls(now_ms);
+    let kinds: Vec<LinkKind> = calls.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, [LinkKind::Bundle, LinkKind::Decisions]);
+    assert_eq!(calls[0].url, "http://127.0.0.1:7700/v1/bundle");
+    assert!(
+        calls[1]
+            .url
+            .starts_with("http://127.0.0.1:7700/v1/decisions/stream?since=0")
+    );
+    assert!(w.link_calls(now_ms + 5_000).is_empty(), "handed out twice");
+
+    let serving = w.pipeline().settings().policy.revision();
+    let envelope = |revision: u64| {
+        let mut b = golden();
+        b["revision"] = revision.into();
+        serde_json::json!({"stable": b.to_string()}).to_string()
+    };
+    // A lookup paused on the old pipeline resumes on it.
+    let paused = match w.start(
+        request("/login", "curl/8.5.0", "203.0.113.9"),
+        u128::from(NOW) * 1_000_000_000,
+    ) {
+        Next::Lookup { pending, .. } => pending,
+        other => panic!("expected a lookup, got {other:?}"),
+    };
+    let logs = w.link_answer(
+        LinkKind::Bundle,
+        200,
+        Some("\"e1\"".into()),
+        envelope(serving + 1).as_bytes(),
+        now_ms,
+    );
+    assert_eq!(
+        w.pipeline().settings().policy.revision(),
+        serving + 1,
+        "{logs:?}"
+    );
+    assert_eq!(paused.pipeline.settings().policy.revision(), serving);
+    // Due again one interval later, with the ETag.
+    assert!(
+        w.link_calls(now_ms + 999)
+            .iter()
+            .all(|c| c.kind != LinkKind::Bundle)
+    );
+    let again = w.link_calls(now_ms + 1_000);
+    let bundle = again.iter().find(|c| c.kind == LinkKind::Bundle).unwrap();
+    assert!(
+        bundle
+            .headers
+            .contains(&("if-none-match".into(), "\"e1\"".into()))
+    );
+
+    // The same revision, an older one, and garbage: nothing swaps; the last two are refused.
+    for (body, refused) in [
+        (envelope(serving + 1), 0),
+        (envelope(serving), 1),
+        ("{\"stable\": \"not a bundle\"}".to_owned(), 2),
+    ] {
+        let logs = w.link_answer(LinkKind::Bundle, 200, None, body.as_bytes(), now_ms);
+        assert_eq!(w.pipeline().settings().policy.revision(), serving + 1);
+        assert_eq!(w.link_status().0, refused, "{logs:?}");
+    }
+    // A dead cache: nothing changes, the error is kept.
+    w.link_answer(LinkKind::Bundle, 0, None, b"", now_ms);
+    assert!(w.link_status().1.is_some_and(|e| e.contains("no answer")));
+}

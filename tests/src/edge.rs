@@ -209,7 +209,7 @@ impl EdgeRig {
             "allow_unsigned": true,
             "debug_verdict_header": true,
             "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
-            "score_cache": {"cluster": "signalbox_cache"},
+            "score_cache": {"cluster": "signalbox_cache", "bundle_poll_ms": LINK_POLL_MS, "decisions_poll_ms": LINK_POLL_MS},
         });
         [
             ("SIGNALBOX_CONFIG", config.to_string()),
@@ -277,6 +277,84 @@ impl EdgeRig {
         ));
         Ok((vars, files))
     }
+}
+
+/// The rig's bundle poll and decision stream interval (the JS builds follow both).
+pub const LINK_POLL_MS: u64 = 300;
+
+/// What a worker that keeps its instance (a JS isolate) must do with the score cache between
+/// requests: a bundle pushed to the cache serves within a few poll intervals; a manual ban
+/// blocks a request that never asks the cache (the decision stream, applied locally), and
+/// lifting it frees the client. Returns how long the push and the ban took (the next request
+/// after each is what notices; requests go every 50 ms). Panics with what went wrong.
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+pub fn check_link(rig: &EdgeRig, port: u16, runtime: &str) -> (Duration, Duration) {
+    let cache = &rig.cache;
+    let ip = "81.62.7.7";
+    let first = send(port, "GET", "/products/1", &browser(ip), b"").unwrap();
+    assert_eq!(first.status, 200, "{runtime}: {}", first.text());
+    let serving: u64 = verdict(&first)["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{runtime}: no revision in {}", verdict(&first)));
+    // Wait until the request's conditions are met (each request lets due polls start).
+    let until = |what: &str, ok: &dyn Fn(&Response) -> bool| -> Duration {
+        let started = std::time::Instant::now();
+        loop {
+            let r = send(port, "GET", "/products/1", &browser(ip), b"").unwrap();
+            if ok(&r) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(LINK_POLL_MS * 20),
+                "{runtime}: {what}: still {} {}",
+                r.status,
+                r.header("x-signalbox-verdict").unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A newer bundle pushed to the cache serves.
+    let mut next = rig.golden.clone();
+    next["revision"] = json!(serving + 1);
+    let (status, answer) = cache
+        .call_raw(
+            "PUT",
+            "/v1/bundle",
+            ADMIN_TOKEN,
+            Some(next.to_string().as_bytes()),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let wanted = (serving + 1).to_string();
+    let pushed = until("the pushed bundle", &|r| {
+        r.header("x-signalbox-verdict")
+            .and_then(|v| serde_json::from_str::<Value>(&v).ok())
+            .is_some_and(|v| v["revision"] == json!(wanted))
+    });
+
+    // A manual ban blocks a request that does not ask the cache; lifting it frees the client.
+    let (status, added) = cache
+        .call(
+            "POST",
+            "/v1/decisions",
+            ADMIN_TOKEN,
+            Some(&json!({"action": "ban", "scope": "ip", "key": ip, "duration_seconds": 600, "reason": "edge link test"})),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{added}");
+    let banned = until("the ban", &|r| r.status == 403);
+    let id = added["decision"]["id"].as_str().unwrap().to_owned();
+    let (status, lifted) = cache
+        .call("DELETE", &format!("/v1/decisions/{id}"), ADMIN_TOKEN, None)
+        .unwrap();
+    assert!(status == 200 || status == 204, "{status} {lifted}");
+    until("the lifted ban", &|r| r.status == 200);
+    println!(
+        "{runtime}: pushed revision {wanted} served after {pushed:?}, a ban blocked after {banned:?} (polls every {LINK_POLL_MS} ms)"
+    );
+    (pushed, banned)
 }
 
 /// Everything a worker on `port` must do in front of the rig (stops the rig's cache at the

@@ -9,13 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use signalbox_tests::edge::{EdgeRig, check_worker};
+use signalbox_tests::edge::{EdgeRig, check_link, check_worker};
 use signalbox_tests::js_runtimes::JsRuntime;
 
 #[test]
 fn workerd_runs_the_worker() {
     let mut rig = EdgeRig::start("edge-worker-workerd").unwrap();
     let runtime = JsRuntime::workerd(&rig.dir, &rig.variables()).unwrap();
+    check_link(&rig, runtime.port, "workerd");
     check_worker(&mut rig, runtime.port, "workerd");
     let output = runtime.output();
     assert!(!output.contains("Uncaught"), "{output}");
@@ -25,6 +26,7 @@ fn workerd_runs_the_worker() {
 fn deno_runs_the_worker() {
     let mut rig = EdgeRig::start("edge-worker-deno").unwrap();
     let runtime = JsRuntime::deno(&rig.dir, &rig.variables()).unwrap();
+    check_link(&rig, runtime.port, "deno");
     check_worker(&mut rig, runtime.port, "deno");
     let output = runtime.output();
     assert!(!output.contains("Uncaught"), "{output}");

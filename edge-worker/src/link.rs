@@ -1,0 +1,283 @@
+//! The worker's link to the score cache beyond lookups, for an instance that serves many
+//! requests (a JS isolate): it polls `GET /v1/bundle` every `bundle_poll_ms` (verify, then
+//! swap; never an older revision) and follows `GET /v1/decisions/stream` every
+//! `decisions_poll_ms` (bans, challenges, allows applied locally on every request, as the Envoy
+//! filter's workers do). Runtimes have no timers between requests, so the calls are due when a
+//! request comes: [`Worker::link_calls`] hands the adapter what is due, the adapter makes the
+//! calls in the background (`ctx.waitUntil` on Workers) and hands each answer to
+//! [`Worker::link_answer`]. A host that makes a fresh instance per request gets nothing from
+//! this (each instance would poll once and die); see `edge-worker/README.md`.
+
+use std::rc::Rc;
+
+use signalbox_pipeline::config::Replacement;
+use signalbox_pipeline::decisions::ActiveDecisions;
+use signalbox_pipeline::link::{self, BundleAnswer, StreamAnswer};
+use signalbox_pipeline::{LogLevel, Pipeline};
+
+use crate::Worker;
+
+/// Which call a [`LinkCall`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// `GET /v1/bundle`.
+    Bundle,
+    /// `GET /v1/decisions/stream`.
+    Decisions,
+}
+
+impl LinkKind {
+    /// `bundle` or `decisions`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Bundle => "bundle",
+            LinkKind::Decisions => "decisions",
+        }
+    }
+
+    /// The kind a [`LinkKind::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "bundle" => Some(LinkKind::Bundle),
+            "decisions" => Some(LinkKind::Decisions),
+            _ => None,
+        }
+    }
+}
+
+/// A background call to the score cache.
+#[derive(Debug, Clone)]
+pub struct LinkCall {
+    /// Which one (hand it back with the answer).
+    pub kind: LinkKind,
+    /// Full URL.
+    pub url: String,
+    /// Request headers (no pseudo-headers).
+    pub headers: Vec<(String, String)>,
+    /// Milliseconds before the adapter gives up (then answer with status 0).
+    pub timeout_ms: u32,
+}
+
+/// What the link knows between requests.
+#[derive(Debug, Default)]
+pub(crate) struct LinkState {
+    bundle_etag: Option<String>,
+    /// When each call is due next (unix ms; 0: at once).
+    bundle_due_ms: u64,
+    decisions_due_ms: u64,
+    /// A call handed out and not answered yet, with when it was handed out: a call whose
+    /// answer never comes (an instance reset under it) is handed out again after a timeout.
+    bundle_in_flight: Option<u64>,
+    decisions_in_flight: Option<u64>,
+    /// The stream said 410: the next page starts a new set.
+    decisions_restart: bool,
+    /// Bundles the link refused.
+    pub(crate) bundles_refused: u64,
+    /// The last refusal or failure, for logs and tests.
+    pub(crate) last_error: Option<String>,
+}
+
+/// How long an unanswered call blocks the next one of its kind.
+const IN_FLIGHT_LIMIT_MS: u64 = 30_000;
+
+impl Worker {
+    /// The background calls due at `now_ms` (none without a score cache, or with its polls
+    /// off). Each is handed out once until [`Worker::link_answer`] gets its answer.
+    pub fn link_calls(&self, now_ms: u64) -> Vec<LinkCall> {
+        let pipeline = self.pipeline();
+        let (Some(settings), Some(base)) = (&pipeline.settings().score_cache, &self.cache) else {
+            return Vec::new();
+        };
+        let Ok(mut state) = self.link.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let free = |in_flight: Option<u64>| {
+            in_flight.is_none_or(|at| now_ms.saturating_sub(at) > IN_FLIGHT_LIMIT_MS)
+        };
+        let mut calls = Vec::new();
+        let mut make = |kind: LinkKind, call: link::LinkCall| {
+            let path = call
+                .headers
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            calls.push(LinkCall {
+                kind,
+                url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, path),
+                headers: call
+                    .headers
+                    .into_iter()
+                    .filter(|(n, _)| !n.starts_with(':'))
+                    .collect(),
+                timeout_ms: call.timeout_ms,
+            });
+        };
+        if settings.bundle_poll_ms > 0
+            && now_ms >= state.bundle_due_ms
+            && free(state.bundle_in_flight)
+        {
+            state.bundle_in_flight = Some(now_ms);
+            make(
+                LinkKind::Bundle,
+                link::bundle_call(settings, state.bundle_etag.as_deref()),
+            );
+        }
+        if settings.decisions_poll_ms > 0
+            && now_ms >= state.decisions_due_ms
+            && free(state.decisions_in_flight)
+        {
+            state.decisions_in_flight = Some(now_ms);
+            let cursor = if state.decisions_restart {
+                "0".to_owned()
+            } else {
+                pipeline.decisions_cursor()
+            };
+            make(LinkKind::Decisions, link::stream_call(settings, &cursor));
+        }
+        calls
+    }
+
+    /// A background call's answer (`status` 0: it failed or timed out; `etag`: the answer's
+    /// `ETag`). Returns lines to log.
+    pub fn link_answer(
+        &self,
+        kind: LinkKind,
+        status: u16,
+        etag: Option<String>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Vec<(LogLevel, String)> {
+        let pipeline = self.pipeline();
+        let Some(settings) = pipeline.settings().score_cache.clone() else {
+            return Vec::new();
+        };
+        let now = now_ms / 1_000;
+        let mut logs = Vec::new();
+        match kind {
+            LinkKind::Bundle => {
+                let answer = link::bundle_answer(u32::from(status), body, etag);
+                let swapped = match answer {
+                    BundleAnswer::Envelope(envelope, etag) => {
+                        self.with_state(|s| s.bundle_etag = etag);
+                        self.offer_bundle(&pipeline, envelope.stable.as_bytes(), now, &mut logs)
+                    }
+                    BundleAnswer::Unchanged => None,
+                    BundleAnswer::Failed(why) => {
+                        self.with_state(|s| s.last_error = Some(format!("bundle poll: {why}")));
+                        None
+                    }
+                };
+                if let Some(next) = swapped
+                    && let Ok(mut serving) = self.pipeline.try_borrow_mut()
+                {
+                    *serving = Rc::new(next);
+                }
+                self.with_state(|s| {
+                    s.bundle_in_flight = None;
+                    s.bundle_due_ms = now_ms.saturating_add(u64::from(settings.bundle_poll_ms));
+                });
+            }
+            LinkKind::Decisions => {
+                let mut again_at_once = false;
+                match link::stream_answer(u32::from(status), body) {
+                    StreamAnswer::Page(page) => {
+                        let restart = self.with_state(|s| s.decisions_restart).unwrap_or(false);
+                        let applied = pipeline
+                            .apply_decisions_page(&page, now, restart)
+                            .map(|a| ActiveDecisions::decode(a.blob));
+                        match applied {
+                            Some(Ok(set)) => {
+                                pipeline.replace_decisions(set);
+                                self.with_state(|s| s.decisions_restart = false);
+                                again_at_once = page.more;
+                            }
+                            _ => logs.push((
+                                LogLevel::Warn,
+                                "signalbox: a decision page could not be applied".to_owned(),
+                            )),
+                        }
+                    }
+                    StreamAnswer::Unchanged => {}
+                    StreamAnswer::Gone => {
+                        self.with_state(|s| s.decisions_restart = true);
+                        again_at_once = true;
+                    }
+                    StreamAnswer::Failed(why) => {
+                        self.with_state(|s| {
+                            s.last_error = Some(format!("decision stream: {why}"));
+                        });
+                    }
+                }
+                self.with_state(|s| {
+                    s.decisions_in_flight = None;
+                    s.decisions_due_ms = if again_at_once {
+                        now_ms
+                    } else {
+                        now_ms.saturating_add(u64::from(settings.decisions_poll_ms))
+                    };
+                });
+            }
+        }
+        logs
+    }
+
+    /// Loads `bundle` (a signed envelope, or plain JSON where the configuration allows it)
+    /// with the worker's configuration, above the revision serving: the pipeline to swap in,
+    /// or `None` (the same revision, or refused: logged and counted).
+    fn offer_bundle(
+        &self,
+        serving: &Pipeline,
+        bundle: &[u8],
+        now: u64,
+        logs: &mut Vec<(LogLevel, String)>,
+    ) -> Option<Pipeline> {
+        let active = serving.settings().policy.revision();
+        let variables = &self.reload.variables;
+        let loaded = signalbox_pipeline::config::parse_with_bundle(
+            self.reload.config_json.as_bytes(),
+            Some(Replacement {
+                bundle,
+                above_revision: active,
+            }),
+            now,
+            |name| variables.get(name).cloned(),
+        );
+        match loaded {
+            Ok(settings) => {
+                let revision = settings.policy.revision();
+                logs.push((
+                    LogLevel::Info,
+                    format!("signalbox: bundle revision {revision} pushed by the score cache now serves (was {active})"),
+                ));
+                self.with_state(|s| s.last_error = None);
+                Some(serving.successor(settings))
+            }
+            // The revision serving now: nothing to do.
+            Err(e) if e.0.contains("is not above the active revision") => None,
+            Err(e) => {
+                logs.push((
+                    LogLevel::Warn,
+                    format!("signalbox: the score cache's bundle was refused, revision {active} keeps serving: {e}"),
+                ));
+                self.with_state(|s| {
+                    s.bundles_refused += 1;
+                    s.last_error = Some(format!("bundle refused: {e}"));
+                });
+                None
+            }
+        }
+    }
+
+    /// Bundles refused by the link so far, and the last refusal or failure.
+    pub fn link_status(&self) -> (u64, Option<String>) {
+        self.link
+            .try_borrow()
+            .map(|s| (s.bundles_refused, s.last_error.clone()))
+            .unwrap_or_default()
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut LinkState) -> T) -> Option<T> {
+        self.link.try_borrow_mut().ok().map(|mut s| f(&mut s))
+    }
+}
