@@ -4,9 +4,9 @@
 // fetches (with AbortController timeouts), reading a verify body, building the Response — and
 // guards every call into wasm: a trap drops the instance (wasm-bindgen's reset function) and
 // the request passes to origin or is refused, as the bundle's cache.on_unavailable says.
-// Between requests the isolate keeps its link to the score cache: the bundle poll and the
-// decision stream run in the background of the requests that find them due (`ctx.waitUntil`
-// where the runtime has it).
+// Between requests the isolate keeps its link to the score cache: the bundle poll, the
+// decision stream and the rate buckets' counts run in the background of the requests that find
+// them due (`ctx.waitUntil` where the runtime has it).
 
 /** Creates the handler. `glue` is the wasm-bindgen module (`--target web` output),
  * `wasmModule` the compiled `WebAssembly.Module`, `variables(env)` returns the worker's
@@ -131,7 +131,9 @@ export function createSignalbox(glue, wasmModule, variables) {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), call.timeout_ms);
     try {
-      const r = await fetch(call.url, { headers: call.headers, signal: abort.signal });
+      const init = { method: call.method, headers: call.headers, signal: abort.signal };
+      if (call.body !== null && call.body !== undefined) init.body = call.body;
+      const r = await fetch(call.url, init);
       const body = new Uint8Array(await r.arrayBuffer());
       return { status: r.status, etag: r.headers.get("etag") || "", body };
     } catch {

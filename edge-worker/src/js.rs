@@ -13,8 +13,8 @@
 //! Every plan carries `"logs":[[level,line]…]` for the JS side to print.
 //!
 //! Between requests the isolate keeps its link to the score cache: [`EdgeWorker::link_calls`]
-//! gives the background calls due now (`[{"kind":"bundle"|"decisions","url","headers",
-//! "timeout_ms"}…]`), the JS side makes them outside the request (`ctx.waitUntil`) and hands
+//! gives the background calls due now (`[{"kind":"bundle"|"decisions"|"rate","method","url",
+//! "headers","body","timeout_ms"}…]`), the JS side makes them outside the request (`ctx.waitUntil`) and hands
 //! each answer to [`EdgeWorker::link_answer`].
 
 use std::cell::{Cell, RefCell};
@@ -122,7 +122,7 @@ impl EdgeWorker {
             headers.push((name, address.into_bytes()));
         }
         let next = self.worker.start(headers, nanos(now_ms));
-        self.plan(next)
+        self.plan(next, now_ms)
     }
 
     /// The cache answered the lookup `id` (`status` 0: it failed or timed out).
@@ -137,7 +137,7 @@ impl EdgeWorker {
         let next = self
             .worker
             .resume_lookup(effects, pending, answer, nanos(now_ms));
-        self.plan(next)
+        self.plan(next, now_ms)
     }
 
     /// The body of request `id` (`too_large`: more than the plan's limit).
@@ -149,7 +149,7 @@ impl EdgeWorker {
         let next = self
             .worker
             .resume_body(effects, &verify, body, nanos(now_ms));
-        self.plan(next)
+        self.plan(next, now_ms)
     }
 
     /// The background calls to the score cache due at `now_ms` (JSON array; see the module
@@ -163,8 +163,10 @@ impl EdgeWorker {
             .map(|c| {
                 serde_json::json!({
                     "kind": c.kind.name(),
+                    "method": c.method,
                     "url": c.url,
                     "headers": pairs(&c.headers),
+                    "body": c.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
                     "timeout_ms": c.timeout_ms,
                 })
             })
@@ -243,7 +245,7 @@ impl EdgeWorker {
         id
     }
 
-    fn plan(&self, next: Next) -> String {
+    fn plan(&self, next: Next, now_ms: f64) -> String {
         let value = match next {
             Next::Forward(effects) => serde_json::json!({
                 "action": "forward",
@@ -291,6 +293,19 @@ impl EdgeWorker {
                     "timeout_ms": call.timeout_ms,
                     "logs": log_lines,
                 })
+            }
+            // Isolates count rates in the background; a report asked per request is answered
+            // as not made (the request is decided from this isolate's own counts).
+            Next::CountRates {
+                takes,
+                pending,
+                effects,
+                ..
+            } => {
+                let next =
+                    self.worker
+                        .resume_rates(effects, pending, &takes, 0, b"", nanos(now_ms));
+                return self.plan(next, now_ms);
             }
             Next::ReadBody(verify, effects) => {
                 let log_lines = logs(&effects);

@@ -27,6 +27,7 @@ use signalbox_pipeline::{
 mod link;
 use link::LinkState;
 pub use link::{LinkCall, LinkKind};
+mod rates;
 
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 mod wasi_http;
@@ -209,6 +210,31 @@ pub enum Next {
     /// Read the whole request body (at most [`signalbox_pipeline::verify::MAX_VERIFY_BODY`]
     /// bytes, else pass `None`), then [`Worker::resume_body`].
     ReadBody(Resume<PendingVerify>, Effects),
+    /// Report this request to the score cache's rate counts (a fresh instance per request,
+    /// [`RateCounting::PerRequest`]): make `call` within its timeout, then
+    /// [`Worker::resume_rates`] with the answer (status 0: none).
+    CountRates {
+        /// The call (`POST /v1/rate` with its body).
+        call: LinkCall,
+        /// The buckets the request takes from (hand them back).
+        takes: Vec<BucketTake>,
+        /// What to resume.
+        pending: Resume<Pending>,
+        /// Effects so far.
+        effects: Effects,
+    },
+}
+
+/// How an instance has its rate buckets counted when a score cache is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateCounting {
+    /// The instance serves many requests: it decides from the cache's last totals plus its
+    /// own unreported requests, and reports them in the background ([`Worker::link_calls`]).
+    #[default]
+    Background,
+    /// Each instance serves one request: it reports that request and decides from the
+    /// answer ([`Next::CountRates`]).
+    PerRequest,
 }
 
 /// A paused request: it resumes on the pipeline it started on, even when a pushed bundle
@@ -232,6 +258,9 @@ pub struct Worker {
     buckets: RefCell<HashMap<String, Vec<u8>>>,
     reload: Reload,
     link: RefCell<LinkState>,
+    /// Rate buckets counted by the score cache (when one is configured).
+    fleet_buckets: RefCell<rates::FleetBuckets>,
+    rate_counting: std::cell::Cell<RateCounting>,
 }
 
 impl Worker {
@@ -245,7 +274,40 @@ impl Worker {
             buckets: RefCell::new(HashMap::new()),
             reload: settings.reload,
             link: RefCell::new(LinkState::default()),
+            fleet_buckets: RefCell::new(rates::FleetBuckets::default()),
+            rate_counting: std::cell::Cell::new(RateCounting::Background),
         }
+    }
+
+    /// How rate buckets are counted with a score cache (the WASI component, whose hosts make
+    /// a fresh instance per request, sets [`RateCounting::PerRequest`]).
+    pub fn set_rate_counting(&self, counting: RateCounting) {
+        self.rate_counting.set(counting);
+    }
+
+    /// Whether the score cache counts this worker's rate buckets (it is configured, with a URL).
+    fn fleet_counted(&self, pipeline: &Pipeline) -> bool {
+        self.cache.is_some() && pipeline.settings().score_cache.is_some()
+    }
+
+    /// The cache answered a [`Next::CountRates`] report (`status` 0: it did not).
+    pub fn resume_rates(
+        &self,
+        effects: Effects,
+        pending: Resume<Pending>,
+        takes: &[BucketTake],
+        status: u16,
+        body: &[u8],
+        now_nanos: u128,
+    ) -> Next {
+        let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
+        let refused = self.fleet_buckets.try_borrow_mut().ok().and_then(|mut f| {
+            f.answer(status, body, now_ms);
+            f.over(takes, now_ms)
+        });
+        let Resume { pipeline, state } = pending;
+        let outcome = pipeline.resume_buckets(state, refused, now_nanos);
+        self.settle(&pipeline, effects, outcome, now_nanos)
     }
 
     /// The pipeline serving new requests (for its load logs and settings).
@@ -371,7 +433,34 @@ impl Worker {
                 }
                 Step::TakeBuckets(takes, pending) => {
                     let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
-                    let refused = self.take_buckets(&takes, now_ms);
+                    if !self.fleet_counted(pipeline) {
+                        let refused = self.take_buckets(&takes, now_ms);
+                        outcome = pipeline.resume_buckets(pending, refused, now_nanos);
+                        continue;
+                    }
+                    let max =
+                        usize::try_from(pipeline.settings().rate_limit_slots).unwrap_or(usize::MAX);
+                    let Ok(mut fleet) = self.fleet_buckets.try_borrow_mut() else {
+                        outcome = pipeline.resume_buckets(pending, None, now_nanos);
+                        continue;
+                    };
+                    let refused = fleet.take(&takes, now_ms, max);
+                    if self.rate_counting.get() == RateCounting::PerRequest
+                        && refused.is_none()
+                        && let Some(body) = fleet.report(now_ms, true)
+                        && let Some(call) = self.rate_call(pipeline, body)
+                    {
+                        return Next::CountRates {
+                            call,
+                            takes,
+                            pending: Resume {
+                                pipeline: pipeline.clone(),
+                                state: pending,
+                            },
+                            effects,
+                        };
+                    }
+                    drop(fleet);
                     outcome = pipeline.resume_buckets(pending, refused, now_nanos);
                 }
             }

@@ -24,6 +24,8 @@ pub enum LinkKind {
     Bundle,
     /// `GET /v1/decisions/stream`.
     Decisions,
+    /// `POST /v1/rate` (the rate buckets' counts).
+    Rate,
 }
 
 impl LinkKind {
@@ -32,6 +34,7 @@ impl LinkKind {
         match self {
             LinkKind::Bundle => "bundle",
             LinkKind::Decisions => "decisions",
+            LinkKind::Rate => "rate",
         }
     }
 
@@ -40,6 +43,7 @@ impl LinkKind {
         match name {
             "bundle" => Some(LinkKind::Bundle),
             "decisions" => Some(LinkKind::Decisions),
+            "rate" => Some(LinkKind::Rate),
             _ => None,
         }
     }
@@ -50,10 +54,14 @@ impl LinkKind {
 pub struct LinkCall {
     /// Which one (hand it back with the answer).
     pub kind: LinkKind,
+    /// `GET` or `POST`.
+    pub method: &'static str,
     /// Full URL.
     pub url: String,
     /// Request headers (no pseudo-headers).
     pub headers: Vec<(String, String)>,
+    /// The body (JSON), for a `POST`.
+    pub body: Option<Vec<u8>>,
     /// Milliseconds before the adapter gives up (then answer with status 0).
     pub timeout_ms: u32,
 }
@@ -104,12 +112,14 @@ impl Worker {
                 .unwrap_or_default();
             calls.push(LinkCall {
                 kind,
+                method: "GET",
                 url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, path),
                 headers: call
                     .headers
                     .into_iter()
                     .filter(|(n, _)| !n.starts_with(':'))
                     .collect(),
+                body: None,
                 timeout_ms: call.timeout_ms,
             });
         };
@@ -135,7 +145,41 @@ impl Worker {
             };
             make(LinkKind::Decisions, link::stream_call(settings, &cursor));
         }
+        drop(state);
+        if self.rate_counting.get() == crate::RateCounting::Background
+            && let Some(body) = self
+                .fleet_buckets
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut f| f.report(now_ms, false))
+            && let Some(call) = self.rate_call(&pipeline, body)
+        {
+            calls.push(call);
+        }
         calls
+    }
+
+    /// `POST /v1/rate` with `body`, within the bundle's cache timeout (at least 50 ms).
+    pub(crate) fn rate_call(&self, pipeline: &Pipeline, body: Vec<u8>) -> Option<LinkCall> {
+        let (settings, base) = (
+            pipeline.settings().score_cache.as_ref()?,
+            self.cache.as_ref()?,
+        );
+        let mut headers = vec![
+            ("accept".to_owned(), "application/json".to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        if let Some(token) = &settings.token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        Some(LinkCall {
+            kind: LinkKind::Rate,
+            method: "POST",
+            url: format!("{}://{}{}/v1/rate", base.scheme, base.authority, base.path),
+            headers,
+            body: Some(body),
+            timeout_ms: pipeline.settings().policy.cache().timeout_ms.max(50),
+        })
     }
 
     /// A background call's answer (`status` 0: it failed or timed out; `etag`: the answer's
@@ -155,6 +199,11 @@ impl Worker {
         let now = now_ms / 1_000;
         let mut logs = Vec::new();
         match kind {
+            LinkKind::Rate => {
+                if let Ok(mut f) = self.fleet_buckets.try_borrow_mut() {
+                    f.answer(status, body, now_ms);
+                }
+            }
             LinkKind::Bundle => {
                 let answer = link::bundle_answer(u32::from(status), body, etag);
                 let swapped = match answer {

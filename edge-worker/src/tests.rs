@@ -259,3 +259,51 @@ fn link_polls_swap_newer_bundles_and_refuse_the_rest() {
     w.link_answer(LinkKind::Bundle, 0, None, b"", now_ms);
     assert!(w.link_status().1.is_some_and(|e| e.contains("no answer")));
 }
+
+/// With a score cache, a fresh instance per request reports each request a budget covers and
+/// decides on the fleet's total; an instance that lives counts locally and reports later.
+#[test]
+fn rate_budgets_are_counted_by_the_score_cache() {
+    let w = worker(serde_json::json!({"score_cache": {"cluster": "c"}}));
+    w.set_rate_counting(RateCounting::PerRequest);
+    let at = u128::from(NOW) * 1_000_000_000;
+    let next = w.start(request("/burst", GIO_UA, "81.62.0.9"), at);
+    let Next::CountRates {
+        call,
+        takes,
+        pending,
+        effects,
+    } = next
+    else {
+        panic!("expected a rate report, got {next:?}");
+    };
+    assert_eq!(call.url, "http://127.0.0.1:7700/v1/rate");
+    let sent: signalbox_wire::RateCountsV1 =
+        serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+    assert_eq!(sent.counts[0].count, 1);
+    // The fleet is over the budget: throttled.
+    let over = format!(
+        r#"{{"totals":[{}],"window_left_ms":[1000]}}"#,
+        takes[0].budget.requests + 1
+    );
+    match w.resume_rates(effects, pending, &takes, 200, over.as_bytes(), at) {
+        Next::Respond(reply, _) => assert_eq!(reply.status, 429),
+        other => panic!("expected a 429, got {other:?}"),
+    }
+    // No answer, in a fresh instance: allowed (a budget never blocks traffic for an outage).
+    let w = worker(serde_json::json!({"score_cache": {"cluster": "c"}}));
+    w.set_rate_counting(RateCounting::PerRequest);
+    let Next::CountRates {
+        takes,
+        pending,
+        effects,
+        ..
+    } = w.start(request("/burst", GIO_UA, "81.62.0.9"), at)
+    else {
+        panic!("expected a rate report");
+    };
+    assert!(matches!(
+        w.resume_rates(effects, pending, &takes, 0, b"", at),
+        Next::Forward(_)
+    ));
+}

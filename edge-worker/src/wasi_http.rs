@@ -3,7 +3,9 @@
 //! 600 s), and either answers or streams the request to origin and origin's answer back.
 //!
 //! The worker is built once per instance from the WASI environment. Hosts that make a fresh
-//! instance per request (Spin and `wasmtime serve` for WASIp2) pay that per request.
+//! instance per request (Spin and `wasmtime serve` for WASIp2) pay that per request: give them
+//! a prepared bundle (`SIGNALBOX_PREPARED_BUNDLE`). Rate buckets, with a score cache, are
+//! counted there, one report per request a budget covers ([`RateCounting::PerRequest`]).
 
 use std::cell::OnceCell;
 
@@ -17,7 +19,8 @@ use wasi::http::types::{
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 use crate::{
-    BaseUrl, EdgeSettings, Next, Worker, forwards_request_header, forwards_response_header,
+    BaseUrl, EdgeSettings, LinkCall, Next, RateCounting, Worker, forwards_request_header,
+    forwards_response_header,
 };
 
 /// A lookup's answer body is small; more than this is not a context answer.
@@ -59,6 +62,11 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
                 let env = env_map();
                 let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
                 let built = EdgeSettings::from_env(|k| env.get(k).cloned(), now).map(Worker::new);
+                // Spin and `wasmtime serve` make a fresh instance per request for WASIp2: rate
+                // counts cannot gather in the instance, so each request reports its own.
+                if let Ok(w) = &built {
+                    w.set_rate_counting(RateCounting::PerRequest);
+                }
                 match &built {
                     Ok(w) => {
                         for (level, line) in w.pipeline().load_logs() {
@@ -145,6 +153,15 @@ fn serve(worker: &Worker, request: IncomingRequest, out: ResponseOutparam) {
                 let answer = lookup(worker, &call);
                 worker.resume_lookup(effects, pending, answer, now_nanos())
             }
+            Next::CountRates {
+                call,
+                takes,
+                pending,
+                effects,
+            } => {
+                let (status, body) = report_rates(worker, &call).unwrap_or((0, Vec::new()));
+                worker.resume_rates(effects, pending, &takes, status, &body, now_nanos())
+            }
             Next::ReadBody(verify, effects) => {
                 let body = read_body(&request, signalbox_pipeline::verify::MAX_VERIFY_BODY);
                 body_taken = body.clone();
@@ -175,28 +192,78 @@ fn emit(effects: &Effects) {
 /// The score cache's answer within the call's timeout (`None`: failed or too slow).
 fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
     let cache = worker.cache.as_ref()?;
+    let path = format!("{}{}", cache.path, call.key());
+    let (status, body) = call_cache(
+        cache,
+        &Method::Get,
+        &path,
+        &call.headers,
+        None,
+        call.timeout_ms,
+    )?;
+    Some(LookupAnswer {
+        status: u32::from(status),
+        body,
+    })
+}
+
+/// This request's rate report (`POST /v1/rate`) within the call's timeout.
+fn report_rates(worker: &Worker, call: &LinkCall) -> Option<(u16, Vec<u8>)> {
+    let cache = worker.cache.as_ref()?;
+    let path = format!("{}/v1/rate", cache.path);
+    call_cache(
+        cache,
+        &Method::Post,
+        &path,
+        &call.headers,
+        call.body.as_deref(),
+        call.timeout_ms,
+    )
+}
+
+/// One call to the score cache with the deadline enforced here: the status and body, or
+/// `None` (failed, too slow, or an answer too large).
+fn call_cache(
+    cache: &BaseUrl,
+    method: &Method,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    timeout_ms: u32,
+) -> Option<(u16, Vec<u8>)> {
     let deadline =
-        monotonic_clock::now().saturating_add(u64::from(call.timeout_ms).saturating_mul(1_000_000));
+        monotonic_clock::now().saturating_add(u64::from(timeout_ms).saturating_mul(1_000_000));
     let fields = Fields::new();
-    for (name, value) in &call.headers {
+    for (name, value) in headers {
         if !name.starts_with(':') {
             let _ = fields.append(name, value.as_bytes());
         }
     }
     let request = OutgoingRequest::new(fields);
-    let _ = request.set_method(&Method::Get);
-    let path = format!("{}{}", cache.path, call.key());
-    let _ = request.set_path_with_query(Some(&path));
+    let _ = request.set_method(method);
+    let _ = request.set_path_with_query(Some(path));
     let _ = request.set_scheme(Some(&scheme_of(cache)));
     let _ = request.set_authority(Some(&cache.authority));
     // Hosts that honour these stop on their own; the deadline below holds either way.
     let options = RequestOptions::new();
-    let timeout = u64::from(call.timeout_ms).saturating_mul(1_000_000);
+    let timeout = u64::from(timeout_ms).saturating_mul(1_000_000);
     let _ = options.set_connect_timeout(Some(timeout));
     let _ = options.set_first_byte_timeout(Some(timeout));
     let _ = options.set_between_bytes_timeout(Some(timeout));
-    // A GET without a body: taking a body stream would frame it as chunked.
+    // A GET goes without a body: taking a body stream would frame it as chunked.
+    let outgoing_body = match body {
+        Some(_) => Some(request.body().ok()?),
+        None => None,
+    };
     let future = outgoing_handler::handle(request, Some(options)).ok()?;
+    if let (Some(out), Some(bytes)) = (outgoing_body, body) {
+        let stream = out.write().ok()?;
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            stream.blocking_write_and_flush(chunk).ok()?;
+        }
+        drop(stream);
+        OutgoingBody::finish(out, None).ok()?;
+    }
     let response = loop {
         if let Some(result) = future.get() {
             break result.ok()?.ok()?;
@@ -205,7 +272,7 @@ fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
             return None;
         }
     };
-    let status = u32::from(response.status());
+    let status = response.status();
     let body = response.consume().ok()?;
     let stream = body.stream().ok()?;
     let mut bytes = Vec::new();
@@ -228,10 +295,7 @@ fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
     }
     drop(stream);
     let _ = IncomingBody::finish(body);
-    Some(LookupAnswer {
-        status,
-        body: bytes,
-    })
+    Some((status, bytes))
 }
 
 /// Waits for `pollable` or the deadline (monotonic nanoseconds): whether it is ready.

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bundles;
 pub mod metrics;
 pub mod model;
+pub mod rates;
 pub mod scoring;
 pub mod server;
 pub mod store;

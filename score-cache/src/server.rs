@@ -9,6 +9,7 @@
 //! | `GET /v1/decisions` | read | the decisions in force |
 //! | `GET /v1/decisions/stream?since=CURSOR` | read | changes since a cursor (`0`: a snapshot) |
 //! | `DELETE /v1/subjects/{scope}/{key}` | admin | erase a subject's data |
+//! | `POST /v1/rate` | read | edge workers' rate-bucket counts; each bucket's total in its window |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | Prometheus text, liveness, readiness |
 //!
 //! Every error is JSON, `{"error": code, "message": …, "field": …}`, and never carries a
@@ -102,6 +103,8 @@ pub struct App<S> {
     settings: Settings,
     active: RwLock<ActiveSet>,
     follow: Mutex<()>,
+    /// Edge workers' rate-bucket counts (`POST /v1/rate`).
+    rates: std::sync::Mutex<crate::rates::RateCounts>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Metrics,
 }
@@ -123,6 +126,7 @@ impl<S: Store> App<S> {
             settings,
             active: RwLock::new(ActiveSet::default()),
             follow: Mutex::new(()),
+            rates: std::sync::Mutex::new(crate::rates::RateCounts::default()),
             metrics: Metrics::default(),
         })
     }
@@ -401,7 +405,8 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
             "/v1/subjects/{scope}/{key}",
             get(subject::<S>).delete(erase_subject::<S>),
         )
-        .route("/v1/events", get(list_events::<S>).post(events::<S>));
+        .route("/v1/events", get(list_events::<S>).post(events::<S>))
+        .route("/v1/rate", post(rate::<S>));
     if settings.bench_routes {
         v1 = v1.route("/v1/noop", get(noop::<S>));
     }
@@ -476,6 +481,42 @@ impl<S: Store> App<S> {
             decision: decision.map(model::Decision::manual),
         }
     }
+}
+
+/// `POST /v1/rate`: edge workers' counts per rate bucket (`crate::rates`). Edges hold the
+/// read token, so it is read scope.
+async fn rate<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<signalbox_wire::RateTotalsV1>, ApiError> {
+    app.authorize(&headers, Scope::Read)?;
+    let asked: signalbox_wire::RateCountsV1 = parse_json(&body_of(body)?)?;
+    if asked.counts.len() > 1_000 {
+        return Err(FieldError::new("counts", "at most 1,000 buckets per report").into());
+    }
+    for (i, c) in asked.counts.iter().enumerate() {
+        if c.key.is_empty() || c.key.len() > 64 {
+            return Err(FieldError::new(format!("counts[{i}].key"), "1..=64 bytes").into());
+        }
+        if c.per_seconds == 0 || c.per_seconds > 86_400 {
+            return Err(FieldError::new(format!("counts[{i}].per_seconds"), "1..=86400").into());
+        }
+    }
+    let now = now_ms();
+    let mut rates = app
+        .rates
+        .lock()
+        .map_err(|_| ApiError::Unavailable("rate counts unavailable"))?;
+    let (totals, window_left_ms) = asked
+        .counts
+        .iter()
+        .map(|c| rates.add(&c.key, c.per_seconds, c.count, now))
+        .unzip();
+    Ok(Json(signalbox_wire::RateTotalsV1 {
+        totals,
+        window_left_ms,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -357,6 +357,68 @@ pub fn check_link(rig: &EdgeRig, port: u16, runtime: &str) -> (Duration, Duratio
     (pushed, banned)
 }
 
+/// Rate buckets counted by the score cache across instances: `ports` are workers in front of
+/// the rig (each its own instance, or a fresh instance per request), and requests to the
+/// golden bundle's `/burst` route (5 per 60 s per client) from one client alternate among
+/// them. `exact`:
+/// every request reports itself and is decided on the fleet's total (a fresh instance per
+/// request), so exactly 5 pass; otherwise instances report in the background and may each
+/// pass one more than the fleet allows, at most. Then, with the cache too slow to answer, an
+/// `exact` worker passes the request (it cannot count; a budget never blocks traffic for an
+/// outage). Returns how many passed.
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+pub fn check_rates(rig: &EdgeRig, ports: &[u16], exact: bool, runtime: &str) -> usize {
+    // The cache counts in windows aligned to the minute: keep the run inside one.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute > 50 {
+        std::thread::sleep(Duration::from_secs(61 - into_minute));
+    }
+    let mut statuses = Vec::new();
+    for i in 0..14 {
+        let port = ports[i % ports.len()];
+        let r = send(port, "GET", "/burst", &browser("81.62.9.1"), b"").unwrap();
+        assert!(
+            r.status == 200 || r.status == 429,
+            "{runtime}: /burst answered {}: {}",
+            r.status,
+            r.text()
+        );
+        statuses.push(r.status);
+        // Background reports go out when the next request comes: give them time to land.
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    if exact {
+        assert_eq!(passed, 5, "{runtime}: {statuses:?}");
+        assert!(
+            statuses[5..].iter().all(|s| *s == 429),
+            "{runtime}: {statuses:?}"
+        );
+    } else {
+        assert!(
+            (5..=5 + ports.len()).contains(&passed),
+            "{runtime}: {passed} passed of a fleet budget of 5 ({} instances): {statuses:?}",
+            ports.len()
+        );
+        assert_eq!(statuses[13], 429, "{runtime}: {statuses:?}");
+    }
+    if exact {
+        rig.relay.set_delay(Duration::from_millis(400));
+        let r = send(ports[0], "GET", "/burst", &browser("81.62.9.1"), b"").unwrap();
+        rig.relay.set_delay(Duration::ZERO);
+        assert_eq!(r.status, 200, "{runtime}: with the cache too slow to count");
+    }
+    println!(
+        "{runtime}: {passed} of 14 requests passed a fleet budget of 5 per minute across {} worker(s): {statuses:?}",
+        ports.len()
+    );
+    passed
+}
+
 /// Everything a worker on `port` must do in front of the rig (stops the rig's cache at the
 /// end); `runtime` names it in the output. Panics with what went wrong (tests only).
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]

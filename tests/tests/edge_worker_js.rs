@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use signalbox_tests::edge::{EdgeRig, check_link, check_worker};
+use signalbox_tests::edge::{EdgeRig, check_link, check_rates, check_worker};
 use signalbox_tests::js_runtimes::JsRuntime;
 
 #[test]
@@ -30,4 +30,14 @@ fn deno_runs_the_worker() {
     check_worker(&mut rig, runtime.port, "deno");
     let output = runtime.output();
     assert!(!output.contains("Uncaught"), "{output}");
+}
+
+/// Rate buckets counted by the score cache across isolates: workerd and Deno in front of one
+/// cache, requests alternating between them, share one budget.
+#[test]
+fn isolates_share_rate_budgets_through_the_score_cache() {
+    let rig = EdgeRig::start("edge-worker-js-rates").unwrap();
+    let workerd = JsRuntime::workerd(&rig.dir, &rig.variables()).unwrap();
+    let deno = JsRuntime::deno(&rig.dir, &rig.variables()).unwrap();
+    check_rates(&rig, &[workerd.port, deno.port], false, "workerd + deno");
 }

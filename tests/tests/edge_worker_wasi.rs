@@ -19,7 +19,7 @@
 
 use std::path::PathBuf;
 
-use signalbox_tests::edge::{EdgeRig, check_worker};
+use signalbox_tests::edge::{EdgeRig, check_rates, check_worker};
 use signalbox_tests::root;
 use signalbox_tests::wasi_http::Server;
 
@@ -38,6 +38,8 @@ fn the_component_scores_forwards_answers_and_asks_the_cache() {
     let mut rig = EdgeRig::start("edge-worker-wasi").unwrap();
     let server =
         Server::start(&component(), &rig.variables(), &rig.dir.join("worker.log")).unwrap();
+    // A fresh instance per request: each reports itself to the cache's rate counts.
+    check_rates(&rig, &[server.port], true, "wasi-http");
     check_worker(&mut rig, server.port, "wasi-http");
     assert_eq!(server.failures(), 0, "the host saw guest failures");
     server.stop();

@@ -170,6 +170,39 @@ pub struct CanaryV1 {
     pub percent: u8,
 }
 
+/// `POST /v1/rate`: an edge's request counts per rate bucket since its last report. Keys are
+/// the edge's bucket fingerprints (hex of a 64-bit hash of budget and subject; never a raw
+/// address), counted by the cache in fixed windows of `per_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateCountsV1 {
+    /// One entry per bucket, at most 1,000.
+    pub counts: Vec<RateCountV1>,
+}
+
+/// One bucket's count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateCountV1 {
+    /// The bucket's fingerprint, 1..=64 bytes.
+    pub key: String,
+    /// The budget's window, seconds (1..=86,400).
+    pub per_seconds: u32,
+    /// Requests counted since the edge's last report (0: only asking the total).
+    pub count: u32,
+}
+
+/// The answer to `POST /v1/rate`: each bucket's total in its current window, the edge's count
+/// included, in the order asked; and how many milliseconds are left of each window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateTotalsV1 {
+    /// Totals, in the order of `counts`.
+    pub totals: Vec<u64>,
+    /// Milliseconds until each bucket's window ends.
+    pub window_left_ms: Vec<u64>,
+}
+
 /// What an edge says about itself when it polls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
