@@ -302,7 +302,7 @@ impl Worker {
     ) -> Next {
         let now_ms = u64::try_from(now_nanos / 1_000_000).unwrap_or(0);
         let refused = self.fleet_buckets.try_borrow_mut().ok().and_then(|mut f| {
-            f.answer(status, body, now_ms);
+            f.answer(status, body);
             f.over(takes, now_ms)
         });
         let Resume { pipeline, state } = pending;

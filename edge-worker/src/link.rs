@@ -79,6 +79,9 @@ pub(crate) struct LinkState {
     decisions_in_flight: Option<u64>,
     /// The stream said 410: the next page starts a new set.
     decisions_restart: bool,
+    /// A snapshot (or catch-up) arriving in several pages: applied here until its last page,
+    /// then swapped in whole, so requests never see half a set.
+    decisions_staged: Option<ActiveDecisions>,
     /// Bundles the link refused.
     pub(crate) bundles_refused: u64,
     /// The last refusal or failure, for logs and tests.
@@ -138,10 +141,10 @@ impl Worker {
             && free(state.decisions_in_flight)
         {
             state.decisions_in_flight = Some(now_ms);
-            let cursor = if state.decisions_restart {
-                "0".to_owned()
-            } else {
-                pipeline.decisions_cursor()
+            let cursor = match (&state.decisions_staged, state.decisions_restart) {
+                (Some(staged), _) => staged.cursor().to_owned(),
+                (None, true) => "0".to_owned(),
+                (None, false) => pipeline.decisions_cursor(),
             };
             make(LinkKind::Decisions, link::stream_call(settings, &cursor));
         }
@@ -201,7 +204,7 @@ impl Worker {
         match kind {
             LinkKind::Rate => {
                 if let Ok(mut f) = self.fleet_buckets.try_borrow_mut() {
-                    f.answer(status, body, now_ms);
+                    f.answer(status, body);
                 }
             }
             LinkKind::Bundle => {
@@ -231,25 +234,45 @@ impl Worker {
                 let mut again_at_once = false;
                 match link::stream_answer(u32::from(status), body) {
                     StreamAnswer::Page(page) => {
-                        let restart = self.with_state(|s| s.decisions_restart).unwrap_or(false);
-                        let applied = pipeline
-                            .apply_decisions_page(&page, now, restart)
-                            .map(|a| ActiveDecisions::decode(a.blob));
-                        match applied {
-                            Some(Ok(set)) => {
-                                pipeline.replace_decisions(set);
-                                self.with_state(|s| s.decisions_restart = false);
-                                again_at_once = page.more;
+                        let (restart, staged) = self
+                            .with_state(|s| (s.decisions_restart, s.decisions_staged.take()))
+                            .unwrap_or((false, None));
+                        // Nothing new: the set stays (replacing it would drop the cached
+                        // context answers on every poll).
+                        let nothing_new =
+                            page.decisions.is_empty() && !page.more && staged.is_none() && !restart;
+                        if !nothing_new {
+                            let prefix = pipeline.settings().policy.ipv6_prefix();
+                            let applied = match staged {
+                                Some(staged) => Some(staged.apply(&page, prefix, now)),
+                                None => pipeline.apply_decisions_page(&page, now, restart),
                             }
-                            _ => logs.push((
-                                LogLevel::Warn,
-                                "signalbox: a decision page could not be applied".to_owned(),
-                            )),
+                            .map(|a| ActiveDecisions::decode(a.blob));
+                            match applied {
+                                Some(Ok(set)) if page.more => {
+                                    self.with_state(|s| {
+                                        s.decisions_restart = false;
+                                        s.decisions_staged = Some(set);
+                                    });
+                                    again_at_once = true;
+                                }
+                                Some(Ok(set)) => {
+                                    pipeline.replace_decisions(set);
+                                    self.with_state(|s| s.decisions_restart = false);
+                                }
+                                _ => logs.push((
+                                    LogLevel::Warn,
+                                    "signalbox: a decision page could not be applied".to_owned(),
+                                )),
+                            }
                         }
                     }
                     StreamAnswer::Unchanged => {}
                     StreamAnswer::Gone => {
-                        self.with_state(|s| s.decisions_restart = true);
+                        self.with_state(|s| {
+                            s.decisions_restart = true;
+                            s.decisions_staged = None;
+                        });
                         again_at_once = true;
                     }
                     StreamAnswer::Failed(why) => {

@@ -24,6 +24,13 @@ pub const REPORT_EVERY_MS: u64 = 1_000;
 /// Buckets in one report, at most (the cache's limit).
 const MAX_REPORTED: usize = 1_000;
 
+/// The most one report may add to a bucket (the cache's limit).
+const MAX_COUNT_PER_REPORT: u64 = 1_000_000;
+
+/// The longest window the cache counts (`POST /v1/rate` refuses longer ones): a budget with a
+/// longer window is counted by the instance alone.
+pub const MAX_REPORTED_WINDOW_SECONDS: u32 = 2_592_000;
+
 #[derive(Debug, Clone)]
 struct Bucket {
     limit: u64,
@@ -36,6 +43,16 @@ struct Bucket {
     reporting: u64,
 }
 
+impl Bucket {
+    /// Requests counted against this window: the fleet's last total, and this instance's own
+    /// since.
+    fn used(&self) -> u64 {
+        self.fleet
+            .saturating_add(self.unreported)
+            .saturating_add(self.reporting)
+    }
+}
+
 /// A bucket's key: the pipeline's fingerprint of budget and subject, and the window length.
 type Key = ([u8; 8], u32);
 
@@ -43,9 +60,11 @@ type Key = ([u8; 8], u32);
 #[derive(Debug, Default)]
 pub(crate) struct FleetBuckets {
     buckets: HashMap<Key, Bucket>,
-    /// The keys of the report in flight, in its order.
-    in_flight: Option<Vec<Key>>,
+    /// The keys of the report in flight, in its order, with the window each count is from.
+    in_flight: Option<Vec<(Key, u64)>>,
     last_report_ms: u64,
+    /// When ended windows were last swept (unix seconds).
+    swept_at: u64,
 }
 
 fn hex(fp: &[u8; 8]) -> String {
@@ -58,8 +77,10 @@ impl FleetBuckets {
     /// live buckets are kept; beyond that a new bucket's request is allowed uncounted.
     pub fn take(&mut self, takes: &[BucketTake], now_ms: u64, max_buckets: usize) -> Option<u32> {
         let mut refused: Option<u32> = None;
-        if self.buckets.len() >= max_buckets {
-            let now_s = now_ms / 1_000;
+        let now_s = now_ms / 1_000;
+        if self.buckets.len() >= max_buckets && now_s != self.swept_at {
+            // At most once a second: a full map is not scanned on every request.
+            self.swept_at = now_s;
             self.buckets
                 .retain(|(_, per), b| b.window >= now_s / u64::from((*per).max(1)));
         }
@@ -69,7 +90,8 @@ impl FleetBuckets {
             let Some(b) = self.bucket(take, window, max_buckets) else {
                 continue;
             };
-            if b.fleet + b.unreported + b.reporting >= b.limit {
+            // A budget of 0 (a level at 0 %) refuses everything, as the local bucket does.
+            if b.used() >= b.limit {
                 let seconds = u32::try_from(left_ms.div_ceil(1_000)).unwrap_or(u32::MAX);
                 refused = Some(refused.map_or(seconds, |r| r.max(seconds)).max(1));
             }
@@ -92,7 +114,7 @@ impl FleetBuckets {
         max_buckets: usize,
     ) -> Option<&mut Bucket> {
         let key = (take.fingerprint, take.budget.per_seconds.max(1));
-        let limit = u64::from(take.budget.requests.max(1));
+        let limit = u64::from(take.budget.requests);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= max_buckets {
             return None;
         }
@@ -126,7 +148,8 @@ impl FleetBuckets {
             let Some(b) = self.buckets.get(&(take.fingerprint, per)) else {
                 continue;
             };
-            if b.window == window && b.fleet.max(b.unreported + b.reporting) > b.limit {
+            if b.window == window && b.fleet.max(b.unreported.saturating_add(b.reporting)) > b.limit
+            {
                 let seconds = u32::try_from(left_ms.div_ceil(1_000)).unwrap_or(u32::MAX);
                 refused = Some(refused.map_or(seconds, |r| r.max(seconds)).max(1));
             }
@@ -152,17 +175,22 @@ impl FleetBuckets {
         let mut keys = Vec::new();
         let mut counts = Vec::new();
         for (key, b) in &mut self.buckets {
-            if b.unreported == 0 || keys.len() >= MAX_REPORTED {
+            if b.unreported == 0
+                || keys.len() >= MAX_REPORTED
+                || key.1 > MAX_REPORTED_WINDOW_SECONDS
+            {
                 continue;
             }
+            // The cache takes at most a million per bucket and report; the rest waits.
+            let count = b.unreported.min(MAX_COUNT_PER_REPORT);
             counts.push(RateCountV1 {
                 key: hex(&key.0),
                 per_seconds: key.1,
-                count: u32::try_from(b.unreported).unwrap_or(u32::MAX),
+                count: u32::try_from(count).unwrap_or(u32::MAX),
             });
-            b.reporting += b.unreported;
-            b.unreported = 0;
-            keys.push(*key);
+            b.reporting = b.reporting.saturating_add(count);
+            b.unreported -= count;
+            keys.push((*key, b.window));
         }
         if keys.is_empty() {
             return None;
@@ -174,7 +202,7 @@ impl FleetBuckets {
 
     /// The cache's answer to the report in flight (`status` 0: none). A failed report's counts
     /// go back to "unreported", to be sent with the next one.
-    pub fn answer(&mut self, status: u16, body: &[u8], now_ms: u64) {
+    pub fn answer(&mut self, status: u16, body: &[u8]) {
         let Some(keys) = self.in_flight.take() else {
             return;
         };
@@ -182,20 +210,21 @@ impl FleetBuckets {
             .then(|| serde_json::from_slice::<RateTotalsV1>(body).ok())
             .flatten()
             .filter(|t| t.totals.len() == keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            let (window, _) = window_of(key.1, now_ms);
+        for (i, (key, counted_in)) in keys.iter().enumerate() {
             let Some(b) = self.buckets.get_mut(key) else {
                 continue;
             };
+            // The bucket moved to a new window meanwhile: the answer is about the old one.
+            if b.window != *counted_in {
+                continue;
+            }
             match totals.as_ref().and_then(|t| t.totals.get(i)) {
-                // The answer is about the window it was counted in.
-                Some(total) if b.window == window => {
+                Some(total) => {
                     b.fleet = (*total).max(b.fleet);
                     b.reporting = 0;
                 }
-                Some(_) => b.reporting = 0,
                 None => {
-                    b.unreported += b.reporting;
+                    b.unreported = b.unreported.saturating_add(b.reporting);
                     b.reporting = 0;
                 }
             }
@@ -234,7 +263,7 @@ mod tests {
         // The first count is reported at once.
         assert_eq!(f.take(&[take(1, 100)], t, 10), None);
         let _ = f.report(t, false).unwrap();
-        f.answer(200, br#"{"totals":[1],"window_left_ms":[60000]}"#, t);
+        f.answer(200, br#"{"totals":[1],"window_left_ms":[60000]}"#);
         // 100 per minute: then the twentieth (5) makes a report due within the second.
         for _ in 0..4 {
             assert_eq!(f.take(&[take(1, 100)], t, 10), None);
@@ -246,18 +275,39 @@ mod tests {
         assert_eq!(sent.counts[0].count, 5);
         assert_eq!(sent.counts[0].key, "0101010101010101");
         // The fleet has used 98 of 100: one more here, then refused until the window ends.
-        f.answer(200, br#"{"totals":[98],"window_left_ms":[50000]}"#, t + 20);
+        f.answer(200, br#"{"totals":[98],"window_left_ms":[50000]}"#);
         assert_eq!(f.take(&[take(1, 100)], t + 30, 10), None);
         assert_eq!(f.take(&[take(1, 100)], t + 30, 10), None);
         assert_eq!(f.take(&[take(1, 100)], t + 30, 10), Some(60));
         // A failed report puts its counts back.
         let _ = f.report(t + 2_000, false).unwrap();
-        f.answer(0, b"", t + 2_000);
+        f.answer(0, b"");
         let again: RateCountsV1 =
             serde_json::from_slice(&f.report(t + 4_000, false).unwrap()).unwrap();
         assert_eq!(again.counts[0].count, 2);
         // The next window starts empty.
         assert_eq!(f.take(&[take(1, 100)], t + 60_000, 10), None);
+    }
+
+    #[test]
+    fn an_answer_about_an_ended_window_is_dropped_and_zero_budgets_refuse() {
+        let t = 1_795_392_000_000 + 59_900; // 100 ms before a minute ends
+        let mut f = FleetBuckets::default();
+        assert_eq!(f.take(&[take(1, 100)], t, 10), None);
+        let _ = f.report(t, false).unwrap();
+        // The next window starts before the answer about the old one lands.
+        assert_eq!(f.take(&[take(1, 100)], t + 200, 10), None);
+        f.answer(200, br#"{"totals":[99],"window_left_ms":[100]}"#);
+        assert_eq!(
+            f.take(&[take(1, 100)], t + 300, 10),
+            None,
+            "the old total counted"
+        );
+        assert_eq!(
+            f.take(&[take(2, 0)], t, 10),
+            Some(1),
+            "the window ends in 100 ms"
+        );
     }
 
     #[test]

@@ -307,3 +307,64 @@ fn rate_budgets_are_counted_by_the_score_cache() {
         Next::Forward(_)
     ));
 }
+
+/// The decision stream: a snapshot in several pages applies only once whole, a ban then blocks
+/// a request that never asks the cache, and an empty page changes nothing.
+#[test]
+fn decision_pages_apply_whole_and_ban_locally() {
+    let w = worker(serde_json::json!({
+        "score_cache": {"cluster": "c", "bundle_poll_ms": 0, "decisions_poll_ms": 500}
+    }));
+    let now_ms = NOW * 1_000;
+    let at = u128::from(NOW) * 1_000_000_000;
+    let ban = |id: &str, ip: &str| {
+        serde_json::json!({"id": id, "scope": "ip", "key": ip,
+            "decision": {"action": "ban", "expires_at": NOW + 600}})
+    };
+    let page = |decisions: Vec<serde_json::Value>, cursor: &str, more: bool| {
+        serde_json::json!({"decisions": decisions, "cursor": cursor, "more": more}).to_string()
+    };
+    let gio = |ip: &str| match w.start(request("/products/1", GIO_UA, ip), at) {
+        Next::Forward(_) => "pass",
+        Next::Respond(reply, _) if reply.status == 403 => "block",
+        other => panic!("unexpected {other:?}"),
+    };
+    let calls = w.link_calls(now_ms);
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].url.ends_with("since=0"));
+    w.link_answer(
+        LinkKind::Decisions,
+        200,
+        None,
+        page(vec![ban("d1", "81.62.0.1")], "c1", true).as_bytes(),
+        now_ms,
+    );
+    assert_eq!(gio("81.62.0.1"), "pass", "half a snapshot is not applied");
+    // The next page is asked for at once, from the staged cursor.
+    let calls = w.link_calls(now_ms);
+    assert!(calls[0].url.ends_with("since=c1"), "{calls:?}");
+    w.link_answer(
+        LinkKind::Decisions,
+        200,
+        None,
+        page(vec![ban("d2", "81.62.0.2")], "c2", false).as_bytes(),
+        now_ms,
+    );
+    assert_eq!(gio("81.62.0.1"), "block");
+    assert_eq!(gio("81.62.0.2"), "block");
+    assert_eq!(gio("81.62.0.3"), "pass");
+    // Nothing new: still banned, and the next poll waits for the interval.
+    w.link_answer(
+        LinkKind::Decisions,
+        200,
+        None,
+        page(vec![], "c2", false).as_bytes(),
+        now_ms,
+    );
+    assert_eq!(gio("81.62.0.1"), "block");
+    assert!(w.link_calls(now_ms + 100).is_empty());
+    // 410: the next poll starts over from a snapshot.
+    let calls = w.link_calls(now_ms + 500);
+    w.link_answer(calls[0].kind, 410, None, b"", now_ms + 500);
+    assert!(w.link_calls(now_ms + 500)[0].url.ends_with("since=0"));
+}

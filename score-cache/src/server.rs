@@ -499,8 +499,17 @@ async fn rate<S: Store>(
         if c.key.is_empty() || c.key.len() > 64 {
             return Err(FieldError::new(format!("counts[{i}].key"), "1..=64 bytes").into());
         }
-        if c.per_seconds == 0 || c.per_seconds > 86_400 {
-            return Err(FieldError::new(format!("counts[{i}].per_seconds"), "1..=86400").into());
+        if c.per_seconds == 0 || c.per_seconds > 2_592_000 {
+            return Err(FieldError::new(
+                format!("counts[{i}].per_seconds"),
+                "1..=2592000 (30 days)",
+            )
+            .into());
+        }
+        // An edge reports what it counted since its last report: one request at least, and
+        // never millions at once.
+        if c.count == 0 || c.count > 1_000_000 {
+            return Err(FieldError::new(format!("counts[{i}].count"), "1..=1000000").into());
         }
     }
     let now = now_ms();

@@ -316,8 +316,10 @@ pub fn check_link(rig: &EdgeRig, port: u16, runtime: &str) -> (Duration, Duratio
     };
 
     // A newer bundle pushed to the cache serves.
+    // The cache adopts a newer stable bundle's scoring: keep its one-second context TTL.
     let mut next = rig.golden.clone();
     next["revision"] = json!(serving + 1);
+    next["scoring"] = json!({"context_ttl_seconds": 1});
     let (status, answer) = cache
         .call_raw(
             "PUT",

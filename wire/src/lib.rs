@@ -186,9 +186,9 @@ pub struct RateCountsV1 {
 pub struct RateCountV1 {
     /// The bucket's fingerprint, 1..=64 bytes.
     pub key: String,
-    /// The budget's window, seconds (1..=86,400).
+    /// The budget's window, seconds (1..=2,592,000: 30 days).
     pub per_seconds: u32,
-    /// Requests counted since the edge's last report (0: only asking the total).
+    /// Requests counted since the edge's last report (1..=1,000,000).
     pub count: u32,
 }
 
