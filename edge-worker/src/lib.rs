@@ -398,8 +398,14 @@ impl Worker {
         loop {
             merge(&mut effects, std::mem::take(&mut outcome.effects));
             match outcome.step {
-                Step::Forward => return Next::Forward(effects),
-                Step::Respond(reply) => return Next::Respond(reply, effects),
+                Step::Forward => {
+                    self.keep_records(pipeline, std::mem::take(&mut effects.records));
+                    return Next::Forward(effects);
+                }
+                Step::Respond(reply) => {
+                    self.keep_records(pipeline, std::mem::take(&mut effects.records));
+                    return Next::Respond(reply, effects);
+                }
                 Step::ReadBody(verify) => {
                     return Next::ReadBody(
                         Resume {

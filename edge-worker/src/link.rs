@@ -26,6 +26,10 @@ pub enum LinkKind {
     Decisions,
     /// `POST /v1/rate` (the rate buckets' counts).
     Rate,
+    /// `POST /v1/fleet` (this instance's report, after each bundle poll).
+    Fleet,
+    /// `POST /v1/decisions/log` (a batch of decision records).
+    Log,
 }
 
 impl LinkKind {
@@ -35,6 +39,8 @@ impl LinkKind {
             LinkKind::Bundle => "bundle",
             LinkKind::Decisions => "decisions",
             LinkKind::Rate => "rate",
+            LinkKind::Fleet => "fleet",
+            LinkKind::Log => "log",
         }
     }
 
@@ -44,6 +50,8 @@ impl LinkKind {
             "bundle" => Some(LinkKind::Bundle),
             "decisions" => Some(LinkKind::Decisions),
             "rate" => Some(LinkKind::Rate),
+            "fleet" => Some(LinkKind::Fleet),
+            "log" => Some(LinkKind::Log),
             _ => None,
         }
     }
@@ -84,12 +92,26 @@ pub(crate) struct LinkState {
     decisions_staged: Option<ActiveDecisions>,
     /// Bundles the link refused.
     pub(crate) bundles_refused: u64,
+    /// This instance in fleet reports: the configured node id and the instance's first poll
+    /// time (hex ms), so each isolate is a node.
+    instance_id: Option<String>,
+    /// A fleet report is due (after a bundle poll answered).
+    fleet_due: bool,
+    fleet_in_flight: Option<u64>,
+    /// Decision records waiting to ship, oldest first, and how many were dropped for room.
+    pub(crate) records: std::collections::VecDeque<Vec<u8>>,
+    pub(crate) records_dropped: u64,
+    records_in_flight: Option<(u64, Vec<Vec<u8>>)>,
+    records_due_ms: u64,
     /// The last refusal or failure, for logs and tests.
     pub(crate) last_error: Option<String>,
 }
 
 /// How long an unanswered call blocks the next one of its kind.
 const IN_FLIGHT_LIMIT_MS: u64 = 30_000;
+
+/// Decision records per `POST /v1/decisions/log`, at most.
+const RECORDS_PER_BATCH: usize = 500;
 
 impl Worker {
     /// The background calls due at `now_ms` (none without a score cache, or with its polls
@@ -105,36 +127,44 @@ impl Worker {
         let free = |in_flight: Option<u64>| {
             in_flight.is_none_or(|at| now_ms.saturating_sub(at) > IN_FLIGHT_LIMIT_MS)
         };
-        let mut calls = Vec::new();
-        let mut make = |kind: LinkKind, call: link::LinkCall| {
-            let path = call
-                .headers
-                .iter()
-                .find(|(n, _)| n == ":path")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            calls.push(LinkCall {
+        let make = |kind: LinkKind, call: link::LinkCall| -> LinkCall {
+            let header = |name: &str| {
+                call.headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let path = header(":path");
+            let method = if header(":method") == "POST" {
+                "POST"
+            } else {
+                "GET"
+            };
+            LinkCall {
                 kind,
-                method: "GET",
+                method,
                 url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, path),
                 headers: call
                     .headers
-                    .into_iter()
+                    .iter()
                     .filter(|(n, _)| !n.starts_with(':'))
+                    .cloned()
                     .collect(),
-                body: None,
+                body: call.body,
                 timeout_ms: call.timeout_ms,
-            });
+            }
         };
+        let mut calls = Vec::new();
         if settings.bundle_poll_ms > 0
             && now_ms >= state.bundle_due_ms
             && free(state.bundle_in_flight)
         {
             state.bundle_in_flight = Some(now_ms);
-            make(
+            calls.push(make(
                 LinkKind::Bundle,
                 link::bundle_call(settings, state.bundle_etag.as_deref()),
-            );
+            ));
         }
         if settings.decisions_poll_ms > 0
             && now_ms >= state.decisions_due_ms
@@ -146,7 +176,47 @@ impl Worker {
                 (None, true) => "0".to_owned(),
                 (None, false) => pipeline.decisions_cursor(),
             };
-            make(LinkKind::Decisions, link::stream_call(settings, &cursor));
+            calls.push(make(
+                LinkKind::Decisions,
+                link::stream_call(settings, &cursor),
+            ));
+        }
+        let instance = state
+            .instance_id
+            .get_or_insert_with(|| format!("{}/{now_ms:x}", settings.node_id))
+            .clone();
+        if state.fleet_due && free(state.fleet_in_flight) {
+            state.fleet_due = false;
+            state.fleet_in_flight = Some(now_ms);
+            let report = signalbox_wire::FleetReportV1 {
+                node_id: instance,
+                stable_revision: pipeline.settings().policy.revision(),
+                canary_revision: None,
+                last_error: state.last_error.clone(),
+                clock_skew_ms: 0,
+                reported_at: now_ms / 1_000,
+            };
+            calls.push(make(LinkKind::Fleet, link::fleet_call(settings, &report)));
+        }
+        if let Some(log) = &settings.decision_log
+            && !state.records.is_empty()
+            && now_ms >= state.records_due_ms
+            && state
+                .records_in_flight
+                .as_ref()
+                .is_none_or(|(at, _)| now_ms.saturating_sub(*at) > IN_FLIGHT_LIMIT_MS)
+        {
+            // An unanswered batch past the limit goes back to the front of the queue.
+            if let Some((_, stale)) = state.records_in_flight.take() {
+                for r in stale.into_iter().rev() {
+                    state.records.push_front(r);
+                }
+            }
+            let n = state.records.len().min(RECORDS_PER_BATCH);
+            let batch: Vec<Vec<u8>> = state.records.drain(..n).collect();
+            calls.push(make(LinkKind::Log, link::log_call(settings, &batch)));
+            state.records_in_flight = Some((now_ms, batch));
+            state.records_due_ms = now_ms.saturating_add(u64::from(log.flush_ms));
         }
         drop(state);
         if self.rate_counting.get() == crate::RateCounting::Background
@@ -202,6 +272,24 @@ impl Worker {
         let now = now_ms / 1_000;
         let mut logs = Vec::new();
         match kind {
+            LinkKind::Fleet => {
+                self.with_state(|s| s.fleet_in_flight = None);
+            }
+            LinkKind::Log => {
+                // Answered (200, or a 4xx that a retry cannot fix): the batch is done. No
+                // answer or a 5xx: it goes back to the front of the queue.
+                let retry = status == 0 || status >= 500;
+                self.with_state(|s| {
+                    if let Some((_, batch)) = s.records_in_flight.take()
+                        && retry
+                    {
+                        for r in batch.into_iter().rev() {
+                            s.records.push_front(r);
+                        }
+                        trim_records(s, settings.decision_log.as_ref());
+                    }
+                });
+            }
             LinkKind::Rate => {
                 if let Ok(mut f) = self.fleet_buckets.try_borrow_mut() {
                     f.answer(status, body);
@@ -228,6 +316,7 @@ impl Worker {
                 self.with_state(|s| {
                     s.bundle_in_flight = None;
                     s.bundle_due_ms = now_ms.saturating_add(u64::from(settings.bundle_poll_ms));
+                    s.fleet_due = true;
                 });
             }
             LinkKind::Decisions => {
@@ -349,7 +438,48 @@ impl Worker {
             .unwrap_or_default()
     }
 
+    /// Queues a request's decision records to ship (only with a decision log configured),
+    /// dropping the oldest beyond its `max_buffered`.
+    pub(crate) fn keep_records(&self, pipeline: &Pipeline, records: Vec<Vec<u8>>) {
+        let Some(log) = pipeline
+            .settings()
+            .score_cache
+            .as_ref()
+            .and_then(|c| c.decision_log.as_ref())
+        else {
+            return;
+        };
+        // A fresh instance per request cannot ship later (see the README).
+        if records.is_empty()
+            || self.cache.is_none()
+            || self.rate_counting.get() == crate::RateCounting::PerRequest
+        {
+            return;
+        }
+        self.with_state(|s| {
+            s.records.extend(records);
+            trim_records(s, Some(log));
+        });
+    }
+
+    /// Decision records waiting to ship, and how many were dropped for room.
+    pub fn records_status(&self) -> (usize, u64) {
+        self.link
+            .try_borrow()
+            .map(|s| (s.records.len(), s.records_dropped))
+            .unwrap_or_default()
+    }
+
     fn with_state<T>(&self, f: impl FnOnce(&mut LinkState) -> T) -> Option<T> {
         self.link.try_borrow_mut().ok().map(|mut s| f(&mut s))
+    }
+}
+
+/// Drops the oldest records beyond the log's `max_buffered`, counting them.
+fn trim_records(s: &mut LinkState, log: Option<&signalbox_pipeline::config::DecisionLog>) {
+    let max = log.map_or(0, |l| usize::try_from(l.max_buffered).unwrap_or(usize::MAX));
+    while s.records.len() > max {
+        s.records.pop_front();
+        s.records_dropped += 1;
     }
 }

@@ -368,3 +368,65 @@ fn decision_pages_apply_whole_and_ban_locally() {
     w.link_answer(calls[0].kind, 410, None, b"", now_ms + 500);
     assert!(w.link_calls(now_ms + 500)[0].url.ends_with("since=0"));
 }
+
+/// Decision records ship in batches after the flush interval; a batch the cache did not take
+/// goes back to the front; the oldest are dropped (and counted) beyond `max_buffered`.
+#[test]
+fn decision_records_ship_in_bounded_batches() {
+    let config = serde_json::json!({"bundle": golden(), "allow_unsigned": true,
+        "score_cache": {"cluster": "c", "bundle_poll_ms": 0, "decisions_poll_ms": 0,
+            "decision_log": {"flush_ms": 1000, "max_buffered": 3, "pass_sample_percent": 0}}});
+    let env = env_with(
+        config,
+        &[
+            (ORIGIN_URL_VAR, "http://127.0.0.1:8080"),
+            (CACHE_URL_VAR, "http://127.0.0.1:7700/"),
+            (
+                "SIGNALBOX_RECORD_KEY",
+                "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=",
+            ),
+        ],
+    );
+    let w = Worker::new(EdgeSettings::from_env(|k| env.get(k).cloned(), NOW).unwrap());
+    let now_ms = NOW * 1_000;
+    let at = u128::from(NOW) * 1_000_000_000;
+    // Five automation requests, each challenged: a record each; two are dropped for room.
+    for i in 0..5 {
+        let mut next = w.start(
+            request("/products/1", "curl/8.5.0", &format!("203.0.113.{i}")),
+            at,
+        );
+        // The cache does not answer the lookups these ask for.
+        while let Next::Lookup {
+            pending, effects, ..
+        } = next
+        {
+            next = w.resume_lookup(effects, pending, None, at);
+        }
+    }
+    assert_eq!(w.records_status(), (3, 2));
+    let calls = w.link_calls(now_ms);
+    let log = calls
+        .iter()
+        .find(|c| c.kind == LinkKind::Log)
+        .expect("a log batch");
+    assert_eq!(log.method, "POST");
+    let body: serde_json::Value = serde_json::from_slice(log.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["records"].as_array().map(Vec::len), Some(3));
+    assert_eq!(w.records_status().0, 0);
+    // The cache failed: the batch is queued again, and sent after the interval.
+    w.link_answer(LinkKind::Log, 503, None, b"", now_ms);
+    assert_eq!(w.records_status().0, 3);
+    assert!(
+        w.link_calls(now_ms + 10)
+            .iter()
+            .all(|c| c.kind != LinkKind::Log)
+    );
+    assert!(
+        w.link_calls(now_ms + 1_000)
+            .iter()
+            .any(|c| c.kind == LinkKind::Log)
+    );
+    w.link_answer(LinkKind::Log, 200, None, b"{}", now_ms + 1_000);
+    assert_eq!(w.records_status(), (0, 2));
+}

@@ -209,7 +209,8 @@ impl EdgeRig {
             "allow_unsigned": true,
             "debug_verdict_header": true,
             "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
-            "score_cache": {"cluster": "signalbox_cache", "bundle_poll_ms": LINK_POLL_MS, "decisions_poll_ms": LINK_POLL_MS},
+            "score_cache": {"cluster": "signalbox_cache", "bundle_poll_ms": LINK_POLL_MS, "decisions_poll_ms": LINK_POLL_MS,
+                "node_id": "edge-test", "decision_log": {"flush_ms": 200}},
         });
         [
             ("SIGNALBOX_CONFIG", config.to_string()),
@@ -223,12 +224,16 @@ impl EdgeRig {
             ),
             ("SIGNALBOX_CACHE_TOKEN", EDGE_TOKEN.to_owned()),
             ("SIGNALBOX_SECRET", SECRET.to_owned()),
+            ("SIGNALBOX_RECORD_KEY", RECORD_KEY.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 }
+
+/// The decision records' hash key in the rig's worker variables (base64 of 37 bytes).
+const RECORD_KEY: &str = "ZWRnZS10ZXN0LXJlY29yZC1rZXktMDEyMzQ1Njc4OWFiY2RlZg==";
 
 impl EdgeRig {
     /// [`EdgeRig::variables`], with the golden bundle signed (a test key) and prepared
@@ -347,6 +352,48 @@ pub fn check_link(rig: &EdgeRig, port: u16, runtime: &str) -> (Duration, Duratio
         .unwrap();
     assert_eq!(status, 201, "{added}");
     let banned = until("the ban", &|r| r.status == 403);
+    // The isolate reports the revision it serves to the fleet, and ships its block records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, fleet) = cache.call("GET", "/v1/fleet", ADMIN_TOKEN, None).unwrap();
+        assert_eq!(status, 200, "{fleet}");
+        let serving = fleet["nodes"].as_array().into_iter().flatten().any(|n| {
+            n["node_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("edge-test/"))
+                && n["stable_revision"] == json!(serving + 1)
+        });
+        if serving {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{runtime}: no fleet report of revision {wanted}: {fleet}"
+        );
+        let _ = send(port, "GET", "/products/1", &browser("81.62.7.8"), b"");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, log) = cache
+            .call("GET", "/v1/decisions/log?decision=block", ADMIN_TOKEN, None)
+            .unwrap();
+        assert_eq!(status, 200, "{log}");
+        if log["total"].as_u64().unwrap_or(0) >= 1 {
+            let text = log.to_string();
+            assert!(
+                !text.contains(ip),
+                "{runtime}: a raw address in the decision log: {text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{runtime}: no block record shipped: {log}"
+        );
+        let _ = send(port, "GET", "/products/1", &browser("81.62.7.8"), b"");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let id = added["decision"]["id"].as_str().unwrap().to_owned();
     let (status, lifted) = cache
         .call("DELETE", &format!("/v1/decisions/{id}"), ADMIN_TOKEN, None)
