@@ -245,15 +245,6 @@ pub struct Resume<T> {
     state: T,
 }
 
-impl<T> Resume<T> {
-    fn on(pipeline: &Rc<Pipeline>, state: T) -> Self {
-        Resume {
-            pipeline: pipeline.clone(),
-            state,
-        }
-    }
-}
-
 /// One pipeline per instance, with its rate buckets and its link to the score cache.
 #[derive(Debug)]
 pub struct Worker {
@@ -416,7 +407,13 @@ impl Worker {
                     return Next::Respond(reply, effects);
                 }
                 Step::ReadBody(verify) => {
-                    return Next::ReadBody(Resume::on(pipeline, verify), effects);
+                    return Next::ReadBody(
+                        Resume {
+                            pipeline: pipeline.clone(),
+                            state: verify,
+                        },
+                        effects,
+                    );
                 }
                 Step::Lookup(call, pending) => {
                     let Some(cache) = &self.cache else {
@@ -433,7 +430,10 @@ impl Worker {
                     return Next::Lookup {
                         call,
                         url,
-                        pending: Resume::on(pipeline, pending),
+                        pending: Resume {
+                            pipeline: pipeline.clone(),
+                            state: pending,
+                        },
                         effects,
                     };
                 }
@@ -459,7 +459,10 @@ impl Worker {
                         return Next::CountRates {
                             call,
                             takes,
-                            pending: Resume::on(pipeline, pending),
+                            pending: Resume {
+                                pipeline: pipeline.clone(),
+                                state: pending,
+                            },
                             effects,
                         };
                     }
