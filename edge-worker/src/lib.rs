@@ -245,6 +245,15 @@ pub struct Resume<T> {
     state: T,
 }
 
+impl<T> Resume<T> {
+    fn on(pipeline: &Rc<Pipeline>, state: T) -> Self {
+        Resume {
+            pipeline: pipeline.clone(),
+            state,
+        }
+    }
+}
+
 /// One pipeline per instance, with its rate buckets and its link to the score cache.
 #[derive(Debug)]
 pub struct Worker {
@@ -407,13 +416,7 @@ impl Worker {
                     return Next::Respond(reply, effects);
                 }
                 Step::ReadBody(verify) => {
-                    return Next::ReadBody(
-                        Resume {
-                            pipeline: pipeline.clone(),
-                            state: verify,
-                        },
-                        effects,
-                    );
+                    return Next::ReadBody(Resume::on(pipeline, verify), effects);
                 }
                 Step::Lookup(call, pending) => {
                     let Some(cache) = &self.cache else {
@@ -430,10 +433,7 @@ impl Worker {
                     return Next::Lookup {
                         call,
                         url,
-                        pending: Resume {
-                            pipeline: pipeline.clone(),
-                            state: pending,
-                        },
+                        pending: Resume::on(pipeline, pending),
                         effects,
                     };
                 }
@@ -459,10 +459,7 @@ impl Worker {
                         return Next::CountRates {
                             call,
                             takes,
-                            pending: Resume {
-                                pipeline: pipeline.clone(),
-                                state: pending,
-                            },
+                            pending: Resume::on(pipeline, pending),
                             effects,
                         };
                     }

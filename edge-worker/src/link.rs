@@ -33,7 +33,7 @@ pub enum LinkKind {
 }
 
 impl LinkKind {
-    /// `bundle` or `decisions`.
+    /// Its name in the JS plans: `bundle`, `decisions`, `rate`, `fleet`, `log`.
     pub fn name(self) -> &'static str {
         match self {
             LinkKind::Bundle => "bundle",
@@ -72,6 +72,37 @@ pub struct LinkCall {
     pub body: Option<Vec<u8>>,
     /// Milliseconds before the adapter gives up (then answer with status 0).
     pub timeout_ms: u32,
+}
+
+/// A pipeline link call (pseudo-headers, a cluster) as the adapter makes it: a full URL on the
+/// cache's base, the method, the other headers and the body.
+fn edge_call(base: &crate::BaseUrl, kind: LinkKind, call: link::LinkCall) -> LinkCall {
+    let header = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let path = header(":path");
+    let method = if header(":method") == "POST" {
+        "POST"
+    } else {
+        "GET"
+    };
+    LinkCall {
+        kind,
+        method,
+        url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, path),
+        headers: call
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .cloned()
+            .collect(),
+        body: call.body,
+        timeout_ms: call.timeout_ms,
+    }
 }
 
 /// What the link knows between requests.
@@ -127,34 +158,7 @@ impl Worker {
         let free = |in_flight: Option<u64>| {
             in_flight.is_none_or(|at| now_ms.saturating_sub(at) > IN_FLIGHT_LIMIT_MS)
         };
-        let make = |kind: LinkKind, call: link::LinkCall| -> LinkCall {
-            let header = |name: &str| {
-                call.headers
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            let path = header(":path");
-            let method = if header(":method") == "POST" {
-                "POST"
-            } else {
-                "GET"
-            };
-            LinkCall {
-                kind,
-                method,
-                url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, path),
-                headers: call
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| !n.starts_with(':'))
-                    .cloned()
-                    .collect(),
-                body: call.body,
-                timeout_ms: call.timeout_ms,
-            }
-        };
+        let make = |kind: LinkKind, call: link::LinkCall| edge_call(base, kind, call);
         let mut calls = Vec::new();
         if settings.bundle_poll_ms > 0
             && now_ms >= state.bundle_due_ms
@@ -181,11 +185,12 @@ impl Worker {
                 link::stream_call(settings, &cursor),
             ));
         }
-        let instance = state
-            .instance_id
-            .get_or_insert_with(|| format!("{}/{now_ms:x}", settings.node_id))
-            .clone();
+        // Named on the first call, so the first poll time identifies the instance.
+        if state.instance_id.is_none() {
+            state.instance_id = Some(format!("{}/{now_ms:x}", settings.node_id));
+        }
         if state.fleet_due && free(state.fleet_in_flight) {
+            let instance = state.instance_id.clone().unwrap_or_default();
             state.fleet_due = false;
             state.fleet_in_flight = Some(now_ms);
             let report = signalbox_wire::FleetReportV1 {
@@ -201,16 +206,11 @@ impl Worker {
         if let Some(log) = &settings.decision_log
             && !state.records.is_empty()
             && now_ms >= state.records_due_ms
-            && state
-                .records_in_flight
-                .as_ref()
-                .is_none_or(|(at, _)| now_ms.saturating_sub(*at) > IN_FLIGHT_LIMIT_MS)
+            && free(state.records_in_flight.as_ref().map(|(at, _)| *at))
         {
             // An unanswered batch past the limit goes back to the front of the queue.
             if let Some((_, stale)) = state.records_in_flight.take() {
-                for r in stale.into_iter().rev() {
-                    state.records.push_front(r);
-                }
+                requeue(&mut state, stale);
             }
             let n = state.records.len().min(RECORDS_PER_BATCH);
             let batch: Vec<Vec<u8>> = state.records.drain(..n).collect();
@@ -238,21 +238,12 @@ impl Worker {
             pipeline.settings().score_cache.as_ref()?,
             self.cache.as_ref()?,
         );
-        let mut headers = vec![
-            ("accept".to_owned(), "application/json".to_owned()),
-            ("content-type".to_owned(), "application/json".to_owned()),
-        ];
-        if let Some(token) = &settings.token {
-            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
-        }
-        Some(LinkCall {
-            kind: LinkKind::Rate,
-            method: "POST",
-            url: format!("{}://{}{}/v1/rate", base.scheme, base.authority, base.path),
-            headers,
-            body: Some(body),
-            timeout_ms: pipeline.settings().policy.cache().timeout_ms.max(50),
-        })
+        let timeout_ms = pipeline.settings().policy.cache().timeout_ms.max(50);
+        Some(edge_call(
+            base,
+            LinkKind::Rate,
+            link::rate_call(settings, body, timeout_ms),
+        ))
     }
 
     /// A background call's answer (`status` 0: it failed or timed out; `etag`: the answer's
@@ -283,9 +274,7 @@ impl Worker {
                     if let Some((_, batch)) = s.records_in_flight.take()
                         && retry
                     {
-                        for r in batch.into_iter().rev() {
-                            s.records.push_front(r);
-                        }
+                        requeue(s, batch);
                         trim_records(s, settings.decision_log.as_ref());
                     }
                 });
@@ -472,6 +461,13 @@ impl Worker {
 
     fn with_state<T>(&self, f: impl FnOnce(&mut LinkState) -> T) -> Option<T> {
         self.link.try_borrow_mut().ok().map(|mut s| f(&mut s))
+    }
+}
+
+/// Puts a batch that did not ship back at the front of the queue, in its order.
+fn requeue(s: &mut LinkState, batch: Vec<Vec<u8>>) {
+    for r in batch.into_iter().rev() {
+        s.records.push_front(r);
     }
 }
 

@@ -65,6 +65,11 @@ pub(crate) struct FleetBuckets {
     last_report_ms: u64,
     /// When ended windows were last swept (unix seconds).
     swept_at: u64,
+    /// Some reportable bucket has unreported requests, and one has reached a twentieth of its
+    /// budget: kept as requests are counted, so asking whether a report is due (on every
+    /// request) is not a walk over every bucket.
+    unreported: bool,
+    threshold_reached: bool,
 }
 
 fn hex(fp: &[u8; 8]) -> String {
@@ -98,9 +103,15 @@ impl FleetBuckets {
         }
         if refused.is_none() {
             for take in takes {
-                let (window, _) = window_of(take.budget.per_seconds.max(1), now_ms);
+                let per = take.budget.per_seconds.max(1);
+                let (window, _) = window_of(per, now_ms);
                 if let Some(b) = self.bucket(take, window, max_buckets) {
                     b.unreported += 1;
+                    if per <= MAX_REPORTED_WINDOW_SECONDS {
+                        let threshold = b.unreported >= (b.limit / 20).max(1);
+                        self.unreported = true;
+                        self.threshold_reached |= threshold;
+                    }
                 }
             }
         }
@@ -164,21 +175,21 @@ impl FleetBuckets {
             return None;
         }
         let due = force
-            || self.buckets.values().any(|b| {
-                b.unreported > 0
-                    && (b.unreported >= (b.limit / 20).max(1)
-                        || now_ms.saturating_sub(self.last_report_ms) >= REPORT_EVERY_MS)
-            });
+            || self.threshold_reached
+            || (self.unreported && now_ms.saturating_sub(self.last_report_ms) >= REPORT_EVERY_MS);
         if !due {
             return None;
         }
         let mut keys = Vec::new();
         let mut counts = Vec::new();
+        // What this report cannot take (beyond its bucket or count caps) waits for the next.
+        let mut left = false;
         for (key, b) in &mut self.buckets {
-            if b.unreported == 0
-                || keys.len() >= MAX_REPORTED
-                || key.1 > MAX_REPORTED_WINDOW_SECONDS
-            {
+            if b.unreported == 0 || key.1 > MAX_REPORTED_WINDOW_SECONDS {
+                continue;
+            }
+            if keys.len() >= MAX_REPORTED {
+                left = true;
                 continue;
             }
             // The cache takes at most a million per bucket and report; the rest waits.
@@ -190,8 +201,11 @@ impl FleetBuckets {
             });
             b.reporting = b.reporting.saturating_add(count);
             b.unreported -= count;
+            left |= b.unreported > 0;
             keys.push((*key, b.window));
         }
+        self.unreported = left;
+        self.threshold_reached = false;
         if keys.is_empty() {
             return None;
         }
@@ -226,6 +240,7 @@ impl FleetBuckets {
                 None => {
                     b.unreported = b.unreported.saturating_add(b.reporting);
                     b.reporting = 0;
+                    self.unreported = true;
                 }
             }
         }

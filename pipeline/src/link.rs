@@ -124,6 +124,12 @@ pub fn fleet_call(cache: &ScoreCache, report: &FleetReportV1) -> LinkCall {
     call(cache, "POST", "/v1/fleet".to_owned(), Some(body), 5_000)
 }
 
+/// `POST /v1/rate` with an edge's rate-bucket counts (JSON `RateCountsV1`), within
+/// `timeout_ms`: edge workers that share no memory have the score cache count for them.
+pub fn rate_call(cache: &ScoreCache, body: Vec<u8>, timeout_ms: u32) -> LinkCall {
+    call(cache, "POST", "/v1/rate".to_owned(), Some(body), timeout_ms)
+}
+
 /// `POST /v1/decisions/log` with `records` (each a JSON `DecisionRecordV1`).
 pub fn log_call(cache: &ScoreCache, records: &[Vec<u8>]) -> LinkCall {
     let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 16);

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, needs_newer_engine, parse_wire};
-use crate::signing::{Envelope, LoadContext, SignatureError, TrustedKeys, load_bundle};
+use crate::signing::{LoadContext, SignatureError, TrustedKeys, load_opened, open_bundle};
 use crate::{IpRangeSet, wire};
 
 /// The first bytes of every prepared bundle, so a wrong file is named as such.
@@ -66,19 +66,13 @@ pub fn prepare(
     keys: &TrustedKeys,
     ctx: &LoadContext,
 ) -> Result<Vec<u8>, SignatureError> {
-    let policy = load_bundle(bytes, keys, ctx)?;
+    // Verified once: the same checks as load_bundle, on the payload it opened.
+    let opened = open_bundle(bytes, keys, ctx)?;
+    let policy = load_opened(&opened, ctx)?;
     let digest = policy
         .digest()
         .ok_or_else(|| SignatureError::Malformed("the verified bundle has no digest".to_owned()))?;
-    // load_bundle accepted it, so it is an envelope that verifies or an allowed plain bundle.
-    let (payload, signed_by) = match serde_json::from_slice::<Envelope>(bytes) {
-        Ok(envelope) => {
-            let kid = envelope.kid.clone();
-            (crate::signing::verify_envelope(&envelope, keys)?, Some(kid))
-        }
-        Err(_) => (bytes.to_vec(), None),
-    };
-    let mut wire = parse_wire(&payload).map_err(SignatureError::Invalid)?;
+    let mut wire = parse_wire(&opened.payload).map_err(SignatureError::Invalid)?;
     let mut lists = Vec::with_capacity(policy.lists().len());
     for list in policy.lists() {
         lists.push(PreparedListV1 {
@@ -96,7 +90,7 @@ pub fn prepare(
     let prepared = PreparedBundleV1 {
         revision: policy.revision(),
         digest,
-        signed_by,
+        signed_by: opened.signed_by.clone(),
         bundle_json,
         lists,
     };

@@ -189,6 +189,16 @@ pub fn load_bundle(
     keys: &TrustedKeys,
     ctx: &LoadContext,
 ) -> Result<Policy, SignatureError> {
+    load_opened(&open_bundle(bytes, keys, ctx)?, ctx)
+}
+
+/// The first half of [`load_bundle`]: a signed envelope's payload once its signature verifies
+/// against `keys`, or — only when `ctx.allow_unsigned` — plain bundle JSON as it is.
+pub fn open_bundle<'a>(
+    bytes: &'a [u8],
+    keys: &TrustedKeys,
+    ctx: &LoadContext,
+) -> Result<Opened<'a>, SignatureError> {
     /// Whether the top level has `sig` and `payload`, skipping everything else without
     /// building it (a plain bundle can be megabytes of lists).
     #[derive(serde::Deserialize)]
@@ -200,17 +210,39 @@ pub fn load_bundle(
     }
     let looks_signed = serde_json::from_slice::<Probe>(bytes)
         .is_ok_and(|p| p.sig.is_some() && p.payload.is_some());
-    let (payload, signed): (std::borrow::Cow<'_, [u8]>, bool) = if looks_signed {
+    if looks_signed {
         let envelope: Envelope =
             serde_json::from_slice(bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
-        (verify_envelope(&envelope, keys)?.into(), true)
+        Ok(Opened {
+            payload: verify_envelope(&envelope, keys)?.into(),
+            signed_by: Some(envelope.kid),
+        })
     } else if ctx.allow_unsigned {
-        (bytes.into(), false)
+        Ok(Opened {
+            payload: bytes.into(),
+            signed_by: None,
+        })
     } else {
-        return Err(SignatureError::UnsignedNotAllowed);
-    };
+        Err(SignatureError::UnsignedNotAllowed)
+    }
+}
 
-    let wire = parse_wire(&payload).map_err(SignatureError::Invalid)?;
+/// A bundle's payload after [`open_bundle`]: the exact bytes that were signed, and the key id
+/// that signed them (`None`: an unsigned bundle, where allowed).
+#[derive(Debug)]
+pub struct Opened<'a> {
+    /// The bundle JSON.
+    pub payload: std::borrow::Cow<'a, [u8]>,
+    /// The signing key id.
+    pub signed_by: Option<String>,
+}
+
+/// [`load_bundle`] after [`open_bundle`]: the checks on the payload itself (engine version,
+/// revision, expiry, a signed bundle's `expires_at`), then the compiled policy with the
+/// payload's digest.
+pub fn load_opened(opened: &Opened<'_>, ctx: &LoadContext) -> Result<Policy, SignatureError> {
+    let (payload, signed) = (&opened.payload, opened.signed_by.is_some());
+    let wire = parse_wire(payload).map_err(SignatureError::Invalid)?;
     if needs_newer_engine(&wire.min_engine_version) {
         return Err(SignatureError::EngineTooOld {
             needs: wire.min_engine_version,
@@ -235,7 +267,7 @@ pub fn load_bundle(
         None if signed => return Err(SignatureError::MissingExpiry),
         _ => {}
     }
-    policy.set_digest(&payload);
+    policy.set_digest(payload);
     Ok(policy)
 }
 

@@ -352,48 +352,46 @@ pub fn check_link(rig: &EdgeRig, port: u16, runtime: &str) -> (Duration, Duratio
         .unwrap();
     assert_eq!(status, 201, "{added}");
     let banned = until("the ban", &|r| r.status == 403);
-    // The isolate reports the revision it serves to the fleet, and ships its block records.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, fleet) = cache.call("GET", "/v1/fleet", ADMIN_TOKEN, None).unwrap();
-        assert_eq!(status, 200, "{fleet}");
-        let serving = fleet["nodes"].as_array().into_iter().flatten().any(|n| {
-            n["node_id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("edge-test/"))
-                && n["stable_revision"] == json!(serving + 1)
-        });
-        if serving {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{runtime}: no fleet report of revision {wanted}: {fleet}"
-        );
-        let _ = send(port, "GET", "/products/1", &browser("81.62.7.8"), b"");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, log) = cache
-            .call("GET", "/v1/decisions/log?decision=block", ADMIN_TOKEN, None)
-            .unwrap();
-        assert_eq!(status, 200, "{log}");
-        if log["total"].as_u64().unwrap_or(0) >= 1 {
-            let text = log.to_string();
+    // The isolate reports the revision it serves to the fleet, and ships its block records:
+    // the cache's answer at `path` must pass `shows` within 5 s (requests keep the link going).
+    let until_cache = |what: &str, path: &str, shows: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, answer) = cache.call("GET", path, ADMIN_TOKEN, None).unwrap();
+            assert_eq!(status, 200, "{answer}");
+            if shows(&answer) {
+                return answer;
+            }
             assert!(
-                !text.contains(ip),
-                "{runtime}: a raw address in the decision log: {text}"
+                std::time::Instant::now() < deadline,
+                "{runtime}: {what}: {answer}"
             );
-            break;
+            let _ = send(port, "GET", "/products/1", &browser("81.62.7.8"), b"");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{runtime}: no block record shipped: {log}"
-        );
-        let _ = send(port, "GET", "/products/1", &browser("81.62.7.8"), b"");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    until_cache(
+        &format!("no fleet report of revision {wanted}"),
+        "/v1/fleet",
+        &|fleet| {
+            fleet["nodes"].as_array().into_iter().flatten().any(|n| {
+                n["node_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("edge-test/"))
+                    && n["stable_revision"] == json!(serving + 1)
+            })
+        },
+    );
+    let log = until_cache(
+        "no block record shipped",
+        "/v1/decisions/log?decision=block",
+        &|log| log["total"].as_u64().unwrap_or(0) >= 1,
+    );
+    let text = log.to_string();
+    assert!(
+        !text.contains(ip),
+        "{runtime}: a raw address in the decision log: {text}"
+    );
     let id = added["decision"]["id"].as_str().unwrap().to_owned();
     let (status, lifted) = cache
         .call("DELETE", &format!("/v1/decisions/{id}"), ADMIN_TOKEN, None)
