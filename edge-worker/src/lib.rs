@@ -26,11 +26,14 @@ use signalbox_pipeline::{
 
 mod link;
 use link::LinkState;
-pub use link::{LinkCall, LinkKind};
+pub use link::{LinkCall, LinkKind, StoredPoll, StoredPollOutcome};
 mod rates;
 
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 mod wasi_http;
+
+#[cfg(all(target_os = "wasi", target_env = "p2", feature = "spin"))]
+mod spin_host;
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 pub mod js;
@@ -132,6 +135,20 @@ impl EdgeSettings {
     /// worker's `env`) at `now` (unix seconds, for the bundle's validity). Errors name the
     /// variable or the configuration's field path, never a secret's value.
     pub fn from_env(env: impl Fn(&str) -> Option<String>, now: u64) -> Result<Self, String> {
+        Self::from_env_with_pushed(env, now, None).map(|(settings, _)| settings)
+    }
+
+    /// [`EdgeSettings::from_env`] for a host that keeps a pushed bundle between fresh
+    /// instances (the `spin` build's key-value store): `pushed`, a prepared bundle, serves in
+    /// place of the `SIGNALBOX_PREPARED_BUNDLE` file when its revision is higher and it loads;
+    /// otherwise the file serves. Never a revision below the file's. The second value says
+    /// what became of `pushed`.
+    pub fn from_env_with_pushed(
+        env: impl Fn(&str) -> Option<String>,
+        now: u64,
+        pushed: Option<&[u8]>,
+    ) -> Result<(Self, PushedBundle), String> {
+        let mut outcome = PushedBundle::None;
         let read = RefCell::new(std::collections::BTreeMap::new());
         let env = |name: &str| {
             let value = env(name);
@@ -143,14 +160,45 @@ impl EdgeSettings {
         let config = env(CONFIG_VAR).ok_or_else(|| format!("{CONFIG_VAR} is not set"))?;
         let pipeline = match env(PREPARED_BUNDLE_VAR).filter(|p| !p.trim().is_empty()) {
             Some(path) => {
-                let prepared = std::fs::read(path.trim())
-                    .map_err(|e| format!("{PREPARED_BUNDLE_VAR}: cannot read {path}: {e}"))?;
-                signalbox_pipeline::config::parse_with_prepared(
-                    config.as_bytes(),
-                    &prepared,
-                    now,
-                    env,
-                )
+                let path = path.trim();
+                let mut from_pushed = None;
+                if let Some(pushed) = pushed {
+                    let packaged = packaged_revision(path)?;
+                    match signalbox_policy::prepared::prepared_revision(pushed) {
+                        Some(revision) if revision > packaged => {
+                            match signalbox_pipeline::config::parse_with_prepared(
+                                config.as_bytes(),
+                                pushed,
+                                now,
+                                env,
+                            ) {
+                                Ok(settings) => {
+                                    outcome = PushedBundle::Served(revision);
+                                    from_pushed = Some(settings);
+                                }
+                                Err(e) => outcome = PushedBundle::Refused(e.0),
+                            }
+                        }
+                        Some(revision) => outcome = PushedBundle::NotAbove(revision, packaged),
+                        None => {
+                            outcome = PushedBundle::Refused("not a prepared bundle".to_owned());
+                        }
+                    }
+                }
+                match from_pushed {
+                    Some(settings) => Ok(settings),
+                    None => {
+                        let prepared = std::fs::read(path).map_err(|e| {
+                            format!("{PREPARED_BUNDLE_VAR}: cannot read {path}: {e}")
+                        })?;
+                        signalbox_pipeline::config::parse_with_prepared(
+                            config.as_bytes(),
+                            &prepared,
+                            now,
+                            env,
+                        )
+                    }
+                }
             }
             None => signalbox_pipeline::config::parse(config.as_bytes(), now, env),
         }
@@ -176,14 +224,54 @@ impl EdgeSettings {
             config_json: config,
             variables: read.into_inner(),
         };
-        Ok(EdgeSettings {
-            pipeline,
-            origin,
-            cache,
-            client_ip_header,
-            reload,
-        })
+        Ok((
+            EdgeSettings {
+                pipeline,
+                origin,
+                cache,
+                client_ip_header,
+                reload,
+            },
+            outcome,
+        ))
     }
+}
+
+/// What became of a pushed bundle offered to [`EdgeSettings::from_env_with_pushed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushedBundle {
+    /// None was offered, or the configuration loads no prepared file (nothing to replace).
+    None,
+    /// It serves: its revision.
+    Served(u64),
+    /// Its revision (first) is not above the packaged file's (second): the file serves (a
+    /// newer one was deployed since the push).
+    NotAbove(u64, u64),
+    /// It did not load (why); the file serves.
+    Refused(String),
+}
+
+/// The revision in the header of the prepared bundle at `path` (only the first bytes are
+/// read: the whole file is read once, by the bundle that serves).
+fn packaged_revision(path: &str) -> Result<u64, String> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("{PREPARED_BUNDLE_VAR}: cannot read {path}: {e}"))?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(head.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(format!("{PREPARED_BUNDLE_VAR}: cannot read {path}: {e}")),
+        }
+    }
+    signalbox_policy::prepared::prepared_revision(head.get(..filled).unwrap_or_default())
+        .ok_or_else(|| {
+            format!(
+                "{PREPARED_BUNDLE_VAR}: {path} is not a prepared bundle (signalbox policy prepare)"
+            )
+        })
 }
 
 /// What the adapter does next.

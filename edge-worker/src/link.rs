@@ -479,3 +479,147 @@ fn trim_records(s: &mut LinkState, log: Option<&signalbox_pipeline::config::Deci
         s.records_dropped += 1;
     }
 }
+
+/// The bundle poll of a host that makes a fresh instance per request and keeps state in a
+/// store (the `spin` build: Spin's key-value store), between the instances that take turns
+/// making it: when the next poll is due and the `ETag` of the last bundle taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPoll {
+    /// Unix ms when the next poll is due (0: at once).
+    pub due_ms: u64,
+    /// The `ETag` of the last answer with a bundle.
+    pub etag: Option<String>,
+}
+
+impl StoredPoll {
+    /// Reads the stored text (`None` or unreadable: a poll at once).
+    pub fn from_stored(bytes: Option<&[u8]>) -> StoredPoll {
+        bytes
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The text to store.
+    pub fn to_stored(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// What a stored bundle poll's answer leads to ([`Worker::stored_poll_answer`]).
+#[derive(Debug, Default)]
+pub struct StoredPollOutcome {
+    /// A newer bundle, prepared, to keep in the store for the instances after this one: its
+    /// revision and bytes. Store it only when the store does not hold a higher revision by now.
+    pub keep: Option<(u64, Vec<u8>)>,
+    /// The poll state to store.
+    pub poll: StoredPoll,
+    /// This deployment's fleet report (`POST /v1/fleet`) to send.
+    pub fleet: Option<LinkCall>,
+    /// Lines to log.
+    pub logs: Vec<(LogLevel, String)>,
+}
+
+impl Worker {
+    /// For a fresh instance: the bundle poll to make at `now_ms`, or `None` (not due per the
+    /// stored state, no score cache, or polls off). When it returns a call, store the returned
+    /// state at once: it claims the poll, so the instances that start meanwhile do not all
+    /// make it.
+    pub fn stored_poll_call(
+        &self,
+        stored: &StoredPoll,
+        now_ms: u64,
+    ) -> Option<(LinkCall, StoredPoll)> {
+        let pipeline = self.pipeline();
+        let (settings, base) = (
+            pipeline.settings().score_cache.as_ref()?,
+            self.cache.as_ref()?,
+        );
+        if settings.bundle_poll_ms == 0 || now_ms < stored.due_ms {
+            return None;
+        }
+        let call = edge_call(
+            base,
+            LinkKind::Bundle,
+            link::bundle_call(settings, stored.etag.as_deref()),
+        );
+        let claimed = StoredPoll {
+            due_ms: now_ms.saturating_add(u64::from(settings.bundle_poll_ms)),
+            etag: stored.etag.clone(),
+        };
+        Some((call, claimed))
+    }
+
+    /// The answer to [`Worker::stored_poll_call`]'s call (`status` 0: it failed or timed out):
+    /// a newer bundle is verified with the configuration's keys and prepared once here, for
+    /// the store; a lower revision or one that does not verify is refused (logged, and named in
+    /// the fleet report); the same revision changes nothing.
+    pub fn stored_poll_answer(
+        &self,
+        claimed: StoredPoll,
+        status: u16,
+        etag: Option<String>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> StoredPollOutcome {
+        let pipeline = self.pipeline();
+        let mut outcome = StoredPollOutcome {
+            poll: claimed,
+            ..StoredPollOutcome::default()
+        };
+        let (Some(settings), Some(base)) = (pipeline.settings().score_cache.as_ref(), &self.cache)
+        else {
+            return outcome;
+        };
+        let active = pipeline.settings().policy.revision();
+        let mut serving = active;
+        let mut last_error = None;
+        match link::bundle_answer(u32::from(status), body, etag) {
+            BundleAnswer::Envelope(envelope, etag) => {
+                // Taken or refused, this answer is not fetched again until it changes.
+                outcome.poll.etag = etag;
+                let prepared = signalbox_pipeline::config::prepare_replacement(
+                    self.reload.config_json.as_bytes(),
+                    Replacement {
+                        bundle: envelope.stable.as_bytes(),
+                        above_revision: active,
+                    },
+                    now_ms / 1_000,
+                );
+                match prepared {
+                    Ok(Some((revision, bytes))) => {
+                        outcome.logs.push((
+                            LogLevel::Info,
+                            format!("signalbox: bundle revision {revision} pushed by the score cache is kept for the next instances (was {active})"),
+                        ));
+                        serving = revision;
+                        outcome.keep = Some((revision, bytes));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        outcome.logs.push((
+                            LogLevel::Warn,
+                            format!("signalbox: the score cache's bundle was refused, revision {active} keeps serving: {e}"),
+                        ));
+                        last_error = Some(format!("bundle refused: {e}"));
+                    }
+                }
+            }
+            BundleAnswer::Unchanged => {}
+            BundleAnswer::Failed(why) => last_error = Some(format!("bundle poll: {why}")),
+        }
+        let report = signalbox_wire::FleetReportV1 {
+            node_id: settings.node_id.clone(),
+            stable_revision: serving,
+            canary_revision: None,
+            last_error,
+            clock_skew_ms: 0,
+            reported_at: now_ms / 1_000,
+        };
+        outcome.fleet = Some(edge_call(
+            base,
+            LinkKind::Fleet,
+            link::fleet_call(settings, &report),
+        ));
+        outcome
+    }
+}

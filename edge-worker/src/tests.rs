@@ -430,3 +430,122 @@ fn decision_records_ship_in_bounded_batches() {
     w.link_answer(LinkKind::Log, 200, None, b"{}", now_ms + 1_000);
     assert_eq!(w.records_status(), (0, 2));
 }
+
+/// The fresh-instance bundle poll (the `spin` build): due per the stored state, claimed before
+/// the call, a newer bundle prepared for the store (and loadable in place of the packaged one),
+/// the same revision or an older one never kept, and the fleet report naming what serves.
+#[test]
+fn stored_polls_keep_only_newer_bundles_prepared() {
+    let w = worker(serde_json::json!({
+        "score_cache": {"cluster": "c", "bundle_poll_ms": 1000, "node_id": "spin-eu"}
+    }));
+    let now_ms = NOW * 1_000;
+    let serving = w.pipeline().settings().policy.revision();
+    let (call, claimed) = w
+        .stored_poll_call(&StoredPoll::from_stored(None), now_ms)
+        .expect("due at once with nothing stored");
+    assert_eq!(call.url, "http://127.0.0.1:7700/v1/bundle");
+    assert_eq!(claimed.due_ms, now_ms + 1_000);
+    // Claimed: not due again before the interval.
+    let stored = StoredPoll::from_stored(Some(&claimed.to_stored()));
+    assert_eq!(stored, claimed);
+    assert!(w.stored_poll_call(&stored, now_ms + 999).is_none());
+    assert!(
+        w.stored_poll_call(&StoredPoll::from_stored(Some(b"garbage")), now_ms)
+            .is_some(),
+        "an unreadable state polls at once"
+    );
+
+    let envelope = |revision: u64| {
+        let mut b = golden();
+        b["revision"] = revision.into();
+        serde_json::json!({"stable": b.to_string()}).to_string()
+    };
+    let newer = w.stored_poll_answer(
+        claimed.clone(),
+        200,
+        Some("\"e2\"".into()),
+        envelope(serving + 1).as_bytes(),
+        now_ms,
+    );
+    let (revision, prepared) = newer.keep.expect("a newer bundle is kept");
+    assert_eq!(revision, serving + 1);
+    assert_eq!(newer.poll.etag.as_deref(), Some("\"e2\""));
+    let fleet = newer.fleet.expect("a fleet report");
+    assert_eq!(fleet.url, "http://127.0.0.1:7700/v1/fleet");
+    let report: serde_json::Value = serde_json::from_slice(fleet.body.as_deref().unwrap()).unwrap();
+    assert_eq!(report["node_id"], "spin-eu");
+    assert_eq!(report["stable_revision"], serving + 1);
+
+    // The kept bytes load as the settings of the next instance (the configuration carries no
+    // inline bundle then, and the packaged file is older).
+    let dir = std::env::temp_dir().join(format!("signalbox-stored-poll-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let packaged = dir.join("packaged.prepared");
+    let mut older = golden();
+    older["revision"] = serving.into();
+    std::fs::write(
+        &packaged,
+        signalbox_policy::prepared::prepare(
+            older.to_string().as_bytes(),
+            &signalbox_policy::signing::TrustedKeys::default(),
+            &signalbox_policy::signing::LoadContext {
+                now: NOW,
+                allow_unsigned: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let env = env_with(
+        serde_json::json!({"allow_unsigned": true}),
+        &[
+            (ORIGIN_URL_VAR, "http://127.0.0.1:8080"),
+            (PREPARED_BUNDLE_VAR, packaged.to_str().unwrap()),
+        ],
+    );
+    let load = |pushed: &[u8]| {
+        EdgeSettings::from_env_with_pushed(|k| env.get(k).cloned(), NOW, Some(pushed)).unwrap()
+    };
+    let (settings, outcome) = load(&prepared);
+    assert_eq!(outcome, PushedBundle::Served(serving + 1));
+    assert_eq!(settings.pipeline.policy.revision(), serving + 1);
+    // A damaged one is refused and the packaged one serves.
+    let (settings, outcome) = load(prepared.get(..prepared.len() / 2).unwrap());
+    assert!(matches!(outcome, PushedBundle::Refused(_)), "{outcome:?}");
+    assert_eq!(settings.pipeline.policy.revision(), serving);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The revision serving: nothing kept, no refusal. An older one: refused, named in the report.
+    let same = w.stored_poll_answer(
+        claimed.clone(),
+        200,
+        None,
+        envelope(serving).as_bytes(),
+        now_ms,
+    );
+    assert!(same.keep.is_none());
+    assert!(same.logs.is_empty(), "{:?}", same.logs);
+    let older = w.stored_poll_answer(
+        claimed.clone(),
+        200,
+        None,
+        envelope(serving - 1).as_bytes(),
+        now_ms,
+    );
+    assert!(older.keep.is_none());
+    let report: serde_json::Value =
+        serde_json::from_slice(older.fleet.unwrap().body.as_deref().unwrap()).unwrap();
+    assert!(
+        report["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("bundle refused"),
+        "{report}"
+    );
+    // No answer: the claimed state stays, nothing kept.
+    let dead = w.stored_poll_answer(claimed.clone(), 0, None, b"", now_ms);
+    assert!(dead.keep.is_none());
+    assert_eq!(dead.poll, claimed);
+}

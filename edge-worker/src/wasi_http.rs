@@ -61,7 +61,10 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
             let worker = cell.get_or_init(|| {
                 let env = env_map();
                 let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+                #[cfg(not(feature = "spin"))]
                 let built = EdgeSettings::from_env(|k| env.get(k).cloned(), now).map(Worker::new);
+                #[cfg(feature = "spin")]
+                let built = spin_settings(&env, now).map(Worker::new);
                 // Spin and `wasmtime serve` make a fresh instance per request for WASIp2: rate
                 // counts cannot gather in the instance, so each request reports its own.
                 if let Ok(w) = &built {
@@ -78,7 +81,15 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
                 built
             });
             match worker {
-                Ok(worker) => serve(worker, request, out),
+                Ok(worker) => {
+                    serve(worker, request, out);
+                    // The client has its whole answer: now the bundle poll, when due.
+                    #[cfg(feature = "spin")]
+                    if let Some(store) = crate::spin_host::open() {
+                        let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
+                        crate::spin_host::poll_if_due(worker, &store, now_ms, make_link_call, log);
+                    }
+                }
                 // A configuration that does not load serves nothing, as Envoy refuses it: the
                 // operator sees 503 and the logged reason, never unscored traffic at origin.
                 Err(_) => respond(
@@ -94,6 +105,44 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
             }
         });
     }
+}
+
+/// The `spin` build's settings: Spin variables first, then the environment; the bundle kept in
+/// the key-value store serves when it is above the packaged one.
+#[cfg(feature = "spin")]
+fn spin_settings(
+    env: &std::collections::HashMap<String, String>,
+    now: u64,
+) -> Result<EdgeSettings, String> {
+    use crate::PushedBundle;
+    let store = crate::spin_host::open();
+    let pushed = store.as_ref().and_then(crate::spin_host::pushed_bundle);
+    let (settings, outcome) = EdgeSettings::from_env_with_pushed(
+        |k| crate::spin_host::setting(k, env),
+        now,
+        pushed.as_deref(),
+    )?;
+    match outcome {
+        PushedBundle::Refused(why) => {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "signalbox: the stored pushed bundle did not load, the packaged one serves: {why}"
+                ),
+            );
+            if let Some(store) = &store {
+                crate::spin_host::forget_damaged(store);
+            }
+        }
+        // A newer file was deployed since the push: the stored one is of no more use.
+        PushedBundle::NotAbove(..) => {
+            if let Some(store) = &store {
+                crate::spin_host::forget_pushed(store);
+            }
+        }
+        PushedBundle::None | PushedBundle::Served(_) => {}
+    }
+    Ok(settings)
 }
 
 fn method_name(m: &Method) -> String {
@@ -193,17 +242,18 @@ fn emit(effects: &Effects) {
 fn lookup(worker: &Worker, call: &LookupCall) -> Option<LookupAnswer> {
     let cache = worker.cache.as_ref()?;
     let path = format!("{}{}", cache.path, call.key());
-    let (status, body) = call_cache(
+    let answer = call_cache(
         cache,
         &Method::Get,
         &path,
         &call.headers,
         None,
         call.timeout_ms,
+        MAX_ANSWER_BYTES,
     )?;
     Some(LookupAnswer {
-        status: u32::from(status),
-        body,
+        status: u32::from(answer.status),
+        body: answer.body,
     })
 }
 
@@ -218,11 +268,48 @@ fn report_rates(worker: &Worker, call: &LinkCall) -> Option<(u16, Vec<u8>)> {
         &call.headers,
         call.body.as_deref(),
         call.timeout_ms,
+        MAX_ANSWER_BYTES,
     )
+    .map(|a| (a.status, a.body))
 }
 
-/// One call to the score cache with the deadline enforced here: the status and body, or
-/// `None` (failed, too slow, or an answer too large).
+/// A link call (its full URL on the cache's base) within its timeout: status (0: failed or
+/// too slow), `ETag`, body (at most `limit` bytes).
+#[cfg(feature = "spin")]
+fn make_link_call(call: &LinkCall, limit: usize) -> (u16, Option<String>, Vec<u8>) {
+    let Ok(target) = BaseUrl::parse("link call", &call.url) else {
+        return (0, None, Vec::new());
+    };
+    let method = if call.method == "POST" {
+        Method::Post
+    } else {
+        Method::Get
+    };
+    match call_cache(
+        &target,
+        &method,
+        &target.path,
+        &call.headers,
+        call.body.as_deref(),
+        call.timeout_ms,
+        limit,
+    ) {
+        Some(a) => (a.status, a.etag, a.body),
+        None => (0, None, Vec::new()),
+    }
+}
+
+/// The score cache's answer to one call.
+struct CacheAnswer {
+    status: u16,
+    /// Read by the `spin` build's bundle poll.
+    #[cfg_attr(not(feature = "spin"), allow(dead_code))]
+    etag: Option<String>,
+    body: Vec<u8>,
+}
+
+/// One call to the score cache with the deadline enforced here: the status, `ETag` and body,
+/// or `None` (failed, too slow, or an answer larger than `limit`).
 fn call_cache(
     cache: &BaseUrl,
     method: &Method,
@@ -230,7 +317,8 @@ fn call_cache(
     headers: &[(String, String)],
     body: Option<&[u8]>,
     timeout_ms: u32,
-) -> Option<(u16, Vec<u8>)> {
+    limit: usize,
+) -> Option<CacheAnswer> {
     let deadline =
         monotonic_clock::now().saturating_add(u64::from(timeout_ms).saturating_mul(1_000_000));
     let fields = Fields::new();
@@ -273,6 +361,11 @@ fn call_cache(
         }
     };
     let status = response.status();
+    let etag = response
+        .headers()
+        .get("etag")
+        .first()
+        .and_then(|v| String::from_utf8(v.clone()).ok());
     let body = response.consume().ok()?;
     let stream = body.stream().ok()?;
     let mut bytes = Vec::new();
@@ -285,7 +378,7 @@ fn call_cache(
             }
             Ok(chunk) => {
                 bytes.extend_from_slice(&chunk);
-                if bytes.len() > MAX_ANSWER_BYTES {
+                if bytes.len() > limit {
                     return None;
                 }
             }
@@ -295,7 +388,11 @@ fn call_cache(
     }
     drop(stream);
     let _ = IncomingBody::finish(body);
-    Some((status, bytes))
+    Some(CacheAnswer {
+        status,
+        etag,
+        body: bytes,
+    })
 }
 
 /// Waits for `pollable` or the deadline (monotonic nanoseconds): whether it is ready.

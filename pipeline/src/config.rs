@@ -445,6 +445,42 @@ pub fn parse_with_prepared(
     parse_from(json, BundleSource::Prepared(prepared), now, env)
 }
 
+/// A pushed bundle (a signed envelope, or plain JSON with `allow_unsigned`) verified with the
+/// configuration's keys and turned into its prepared form, for a host that keeps it between
+/// fresh instances (Spin's key-value store): `Ok(None)` when it is the revision serving now,
+/// its revision and prepared bytes when above, an error (a lower revision, a bad signature, an
+/// unknown key, expiry…) otherwise.
+pub fn prepare_replacement(
+    json: &[u8],
+    replacement: Replacement<'_>,
+    now: u64,
+) -> Result<Option<(u64, Vec<u8>)>, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
+        .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+    let keys = TrustedKeys::from_base64(
+        config
+            .trusted_keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.public.as_str())),
+    )
+    .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
+    let ctx = LoadContext {
+        now,
+        active_revision: Some(replacement.above_revision),
+        allow_unsigned: config.allow_unsigned,
+    };
+    let prepared = signalbox_policy::prepared::prepare(replacement.bundle, &keys, &ctx)
+        .map_err(|e| ConfigError(format!("bundle: {e}")))?;
+    match signalbox_policy::prepared::prepared_revision(&prepared) {
+        Some(revision) if revision > replacement.above_revision => Ok(Some((revision, prepared))),
+        Some(_) => Ok(None),
+        None => Err(ConfigError(
+            "bundle: its prepared form has no revision".to_owned(),
+        )),
+    }
+}
+
 /// Where the bundle a configuration serves comes from.
 #[derive(Debug, Clone, Copy)]
 enum BundleSource<'a> {

@@ -102,6 +102,16 @@ pub fn prepare(
     Ok(out)
 }
 
+/// The revision a prepared bundle carries in its header, read without decoding the rest
+/// (`None`: not a prepared bundle). What a host comparing two prepared bundles reads first.
+pub fn prepared_revision(bytes: &[u8]) -> Option<u64> {
+    let body = bytes.strip_prefix(MAGIC.as_slice())?;
+    // `revision` is the first field: a postcard varint.
+    postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .map(|(revision, _)| revision)
+}
+
 /// Loads a prepared bundle with the checks [`load_bundle`] makes after the signature: a
 /// revision below `ctx.active_revision`, a newer engine, expiry, a signed bundle without
 /// `expires_at`. `keys` must hold the key id it was signed with (an unsigned one needs

@@ -181,13 +181,24 @@ pub struct EdgeRig {
 impl EdgeRig {
     /// Starts them.
     pub fn start(name: &str) -> Result<EdgeRig> {
+        Self::start_with(name, &[])
+    }
+
+    /// [`EdgeRig::start`], with more `signalbox-cache serve` arguments (`cache_args`, with
+    /// `{dir}` standing for the rig's directory).
+    pub fn start_with(name: &str, cache_args: &[&str]) -> Result<EdgeRig> {
         let dir = root().join("target/e2e").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let origin = EchoOrigin::start()?;
         // The cache answers with a one-second TTL (isolates keep answers that long).
         let cache_bundle = golden_json(&dir, |b| b["scoring"] = json!({"context_ttl_seconds": 1}))?;
-        let cache = ScoreCache::start(&dir.join("cache"), &cache_bundle)?;
+        let dir_text = dir.display().to_string();
+        let cache_args: Vec<String> = cache_args
+            .iter()
+            .map(|a| a.replace("{dir}", &dir_text))
+            .collect();
+        let cache = ScoreCache::start_with(&dir.join("cache"), &cache_bundle, &cache_args)?;
         let relay = SlowRelay::start(cache.port)?;
         let golden: Value =
             serde_json::from_slice(&std::fs::read(golden_json(&dir.join("edge"), |_| {})?)?)?;
@@ -242,33 +253,16 @@ impl EdgeRig {
     /// guest sees it with `<dir>/files` mounted at `/`. Returns the variables and that
     /// directory.
     pub fn prepared_variables(&self) -> Result<(Vec<(String, String)>, PathBuf)> {
-        use signalbox_policy::signing::{LoadContext, TrustedKeys, public_key_base64, sign};
-        let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
-        let public = public_key_base64(&key);
-        let mut bundle = self.golden.clone();
-        if let Some(b) = bundle.as_object_mut() {
-            b.insert("expires_at".to_owned(), json!("2099-01-01T00:00:00Z"));
-        }
-        let envelope = serde_json::to_vec(&sign(bundle.to_string().as_bytes(), "edge-test", &key))?;
-        let keys = TrustedKeys::from_base64([("edge-test", public.as_str())])?;
-        let prepared = signalbox_policy::prepared::prepare(
-            &envelope,
-            &keys,
-            &LoadContext {
-                now: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                ..LoadContext::default()
-            },
-        )?;
+        let prepared = self.prepared(self.golden_revision())?;
         let files = self.dir.join("files");
         std::fs::create_dir_all(&files)?;
         std::fs::write(files.join("signalbox.prepared"), prepared)?;
         let config = json!({
-            "trusted_keys": [{"kid": "edge-test", "public": public}],
+            "trusted_keys": [{"kid": SIGNING_KID, "public": signing_public(SIGNING_KEY)}],
             "debug_verdict_header": true,
             "client_ip": {"mode": "x_forwarded_for", "trusted_hops": 0},
-            "score_cache": {"cluster": "signalbox_cache"},
+            "score_cache": {"cluster": "signalbox_cache", "bundle_poll_ms": LINK_POLL_MS, "decisions_poll_ms": LINK_POLL_MS,
+                "node_id": "edge-test", "decision_log": {"flush_ms": 200}},
         });
         let mut vars: Vec<(String, String)> = self
             .variables()
@@ -282,6 +276,85 @@ impl EdgeRig {
         ));
         Ok((vars, files))
     }
+}
+
+/// The seed of the key the rig signs bundles with (kid [`SIGNING_KID`]); the prepared
+/// variables trust it.
+pub const SIGNING_KEY: [u8; 32] = [11; 32];
+/// Its key id.
+pub const SIGNING_KID: &str = "edge-test";
+
+/// The base64 public key of the signing key with seed `seed`.
+pub fn signing_public(seed: [u8; 32]) -> String {
+    signalbox_policy::signing::public_key_base64(&ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// A trusted-keys file (`signalbox-cache serve --trusted-keys`) with these (kid, seed) keys.
+pub fn write_trusted_keys(path: &std::path::Path, keys: &[(&str, [u8; 32])]) -> Result<()> {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, seed)| json!({"kid": kid, "public": signing_public(*seed)}))
+        .collect();
+    std::fs::write(path, json!({ "keys": keys }).to_string())?;
+    Ok(())
+}
+
+impl EdgeRig {
+    /// The golden bundle's revision.
+    pub fn golden_revision(&self) -> u64 {
+        self.golden
+            .get("revision")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// The golden bundle at `revision`, as pushed to the cache (which adopts a stable bundle's
+    /// scoring: keep its one-second context TTL).
+    pub fn golden_for_push(&self, revision: u64) -> Value {
+        let mut bundle = self.golden.clone();
+        set_field(&mut bundle, "revision", json!(revision));
+        set_field(&mut bundle, "scoring", json!({"context_ttl_seconds": 1}));
+        bundle
+    }
+
+    /// The golden bundle at `revision`, signed with the rig's key and prepared.
+    pub fn prepared(&self, revision: u64) -> Result<Vec<u8>> {
+        use signalbox_policy::signing::{LoadContext, TrustedKeys};
+        let mut bundle = self.golden.clone();
+        set_field(&mut bundle, "revision", json!(revision));
+        let envelope = signed(&bundle, SIGNING_KID, SIGNING_KEY)?;
+        let public = signing_public(SIGNING_KEY);
+        let keys = TrustedKeys::from_base64([(SIGNING_KID, public.as_str())])?;
+        Ok(signalbox_policy::prepared::prepare(
+            &envelope,
+            &keys,
+            &LoadContext {
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                ..LoadContext::default()
+            },
+        )?)
+    }
+}
+
+/// Sets `field` of a JSON object (anything else is left as it is).
+fn set_field(object: &mut Value, field: &str, value: Value) {
+    if let Some(o) = object.as_object_mut() {
+        o.insert(field.to_owned(), value);
+    }
+}
+
+/// `bundle`, valid until 2099, signed with `(kid, seed)`: the envelope's bytes.
+pub fn signed(bundle: &Value, kid: &str, seed: [u8; 32]) -> Result<Vec<u8>> {
+    let mut bundle = bundle.clone();
+    set_field(&mut bundle, "expires_at", json!("2099-01-01T00:00:00Z"));
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    Ok(serde_json::to_vec(&signalbox_policy::signing::sign(
+        bundle.to_string().as_bytes(),
+        kid,
+        &key,
+    ))?)
 }
 
 /// The rig's bundle poll and decision stream interval (the JS builds follow both).

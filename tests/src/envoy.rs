@@ -30,6 +30,19 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` distinct free loopback ports: all are held until every one is chosen, so the kernel
+/// cannot hand the same port out twice (calling [`free_port`] N times can).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// The Envoy binary: `$SIGNALBOX_ENVOY`, or the one `scripts/install-envoy` installs.
 pub fn envoy_binary() -> Result<PathBuf> {
     let path = std::env::var_os("SIGNALBOX_ENVOY")
@@ -120,7 +133,7 @@ pub fn render(opts: &Options, ports: &Ports) -> Result<()> {
 impl Envoy {
     /// Renders and starts Envoy; waits for `/ready`. Fails with Envoy's log if it exits.
     ///
-    /// The ports come from [`free_port`], which releases them before Envoy binds: another
+    /// The ports come from [`free_ports`], which releases them before Envoy binds: another
     /// process (a test's outbound connection, another Envoy) can take one in between. When
     /// Envoy exits because an address or base id is taken, it is started again on fresh
     /// ports (three tries); any other exit fails at once.
@@ -145,12 +158,13 @@ impl Envoy {
     }
 
     fn start_once(opts: &Options) -> std::result::Result<Envoy, StartError> {
+        let [admin, edge, lb, lab, origin] = free_ports()?;
         let ports = Ports {
-            admin: free_port()?,
-            edge: free_port()?,
-            lb: free_port()?,
-            lab: free_port()?,
-            origin: free_port()?,
+            admin,
+            edge,
+            lb,
+            lab,
+            origin,
         };
         render(opts, &ports)?;
         let secret = std::fs::read_to_string(opts.out.join("secret"))?;
@@ -238,6 +252,7 @@ fn is_bind_failure(line: &str) -> bool {
         && (line.contains("address already in use")
             || line.contains("cannot bind")
             || line.contains("unable to bind")
+            || line.contains("duplicate address")
             || line.contains("base_id")
             || line.contains("base id"))
 }

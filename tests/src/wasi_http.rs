@@ -25,9 +25,15 @@
 //! - The full WASIp2 linker (`wasi:cli/*` including `environment`, clocks, random, io,
 //!   filesystem and sockets without allowed addresses) plus `wasi:http`, like
 //!   `wasmtime serve -Scli`: a Rust std component imports `wasi:cli/environment` and more.
-//!   Configuration is the WASI environment variables given to [`Server::start`]; no Spin
-//!   variables or key-value store. [`Server::start_with_files`] mounts one host directory
-//!   read-only at the guest's `/` (Spin's `files`); otherwise there are no preopens.
+//!   Configuration is the WASI environment variables given to [`Server::start`].
+//!   [`Server::start_with_files`] mounts one host directory read-only at the guest's `/`
+//!   (Spin's `files`); otherwise there are no preopens.
+//! - Spin's variables and key-value store (`fermyon:spin/variables@2.0.0`,
+//!   `fermyon:spin/key-value@2.0.0`, as declared in `edge-worker/wit/`) for a component that
+//!   imports them, from a [`SpinHost`] given to [`Server::start_spin`]: variables from a map (an
+//!   unknown name is `undefined`, as in Spin), one store labelled `default` shared by every
+//!   instance (in memory; Spin keeps it in SQLite or a cloud store), which the test can read
+//!   and write. Without a [`SpinHost`] every variable is undefined and no store opens.
 //! - The client's address as Spin passes it: the host sets `spin-client-addr: <ip>:<port>`
 //!   (the TCP peer), replacing any copy the client sent. A request without `host` gets
 //!   `host: 127.0.0.1:<port>` (wasi-http needs an authority). Headers named in `connection`
@@ -71,6 +77,39 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+mod spin_bindings {
+    wasmtime::component::bindgen!({
+        path: "../edge-worker/wit",
+        world: "spin-host",
+    });
+}
+
+use spin_bindings::fermyon::spin::{key_value, variables};
+
+/// What a Spin host gives a component beyond WASI: its variables and its `default` key-value
+/// store (shared by every instance; clone the `SpinHost` to read or write it from the test).
+#[derive(Debug, Clone, Default)]
+pub struct SpinHost {
+    /// Variable name (lower case, as Spin names them) → value.
+    pub variables: std::collections::HashMap<String, String>,
+    /// The `default` store.
+    pub store: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl SpinHost {
+    /// A copy of the value stored at `key`.
+    pub fn stored(&self, key: &str) -> Option<Vec<u8>> {
+        self.store.lock().ok()?.get(key).cloned()
+    }
+
+    /// Stores `value` at `key` (as an instance would).
+    pub fn store_value(&self, key: &str, value: Vec<u8>) {
+        if let Ok(mut store) = self.store.lock() {
+            store.insert(key.to_owned(), value);
+        }
+    }
+}
+
 /// The request header carrying the client's address (`<ip>:<port>`), as Spin sets it.
 pub const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 
@@ -101,6 +140,18 @@ impl Server {
         files: Option<&Path>,
         log: &Path,
     ) -> Result<Server> {
+        Self::start_spin(component, env, files, None, log)
+    }
+
+    /// [`Server::start_with_files`], with Spin's variables and key-value store from `spin`
+    /// (for a component that imports them; see the module docs).
+    pub fn start_spin(
+        component: &Path,
+        env: &[(String, String)],
+        files: Option<&Path>,
+        spin: Option<&SpinHost>,
+        log: &Path,
+    ) -> Result<Server> {
         let engine = Engine::new(&Config::new())?;
         let compiled = Component::from_file(&engine, component)
             .map_err(anyhow::Error::from)
@@ -108,6 +159,14 @@ impl Server {
         let mut linker = Linker::<Guest>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        variables::add_to_linker::<Guest, wasmtime::component::HasSelf<Guest>>(
+            &mut linker,
+            |guest| guest,
+        )?;
+        key_value::add_to_linker::<Guest, wasmtime::component::HasSelf<Guest>>(
+            &mut linker,
+            |guest| guest,
+        )?;
         let pre = linker
             .instantiate_pre(&compiled)
             .map_err(anyhow::Error::from)
@@ -129,6 +188,7 @@ impl Server {
             pre,
             env: env.to_vec(),
             files: files.map(Path::to_path_buf),
+            spin: spin.cloned(),
             log,
             counters: counters.clone(),
             host: HeaderValue::from_str(&format!("127.0.0.1:{port}"))?,
@@ -207,6 +267,8 @@ struct Shared {
     env: Vec<(String, String)>,
     /// A host directory mounted read-only at the guest's `/`.
     files: Option<std::path::PathBuf>,
+    /// Spin's variables and store, when given.
+    spin: Option<SpinHost>,
     log: File,
     counters: Arc<Counters>,
     /// `host` for requests that come without one.
@@ -218,6 +280,96 @@ struct Guest {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    spin: Option<SpinHost>,
+}
+
+impl variables::Host for Guest {
+    fn get(&mut self, name: String) -> Result<String, variables::Error> {
+        self.spin
+            .as_ref()
+            .and_then(|spin| spin.variables.get(&name).cloned())
+            .ok_or(variables::Error::Undefined(format!(
+                "no variable for the component named {name}"
+            )))
+    }
+}
+
+impl key_value::Host for Guest {}
+
+impl key_value::HostStore for Guest {
+    fn open(
+        &mut self,
+        label: String,
+    ) -> Result<wasmtime::component::Resource<key_value::Store>, key_value::Error> {
+        if label != "default" || self.spin.is_none() {
+            return Err(key_value::Error::NoSuchStore);
+        }
+        // One store: the handle needs no state of its own.
+        Ok(wasmtime::component::Resource::new_own(0))
+    }
+
+    fn get(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, key_value::Error> {
+        Ok(self.spin.as_ref().and_then(|spin| spin.stored(&key)))
+    }
+
+    fn set(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), key_value::Error> {
+        match &self.spin {
+            Some(spin) => {
+                spin.store_value(&key, value);
+                Ok(())
+            }
+            None => Err(key_value::Error::NoSuchStore),
+        }
+    }
+
+    fn delete(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+        key: String,
+    ) -> Result<(), key_value::Error> {
+        if let Some(Ok(mut store)) = self.spin.as_ref().map(|s| s.store.lock()) {
+            store.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn exists(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+        key: String,
+    ) -> Result<bool, key_value::Error> {
+        Ok(self
+            .spin
+            .as_ref()
+            .is_some_and(|spin| spin.stored(&key).is_some()))
+    }
+
+    fn get_keys(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+    ) -> Result<Vec<String>, key_value::Error> {
+        Ok(self
+            .spin
+            .as_ref()
+            .and_then(|spin| spin.store.lock().ok().map(|s| s.keys().cloned().collect()))
+            .unwrap_or_default())
+    }
+
+    fn drop(
+        &mut self,
+        _store: wasmtime::component::Resource<key_value::Store>,
+    ) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 impl WasiView for Guest {
@@ -332,6 +484,7 @@ impl Shared {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
+                spin: self.spin.clone(),
             },
         );
         let (sender, receiver) = oneshot::channel();
