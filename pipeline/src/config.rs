@@ -455,9 +455,8 @@ pub fn prepare_replacement(
     replacement: Replacement<'_>,
     now: u64,
 ) -> Result<Option<(u64, Vec<u8>)>, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
-        .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+    let config: PluginConfigV1 = signalbox_policy::json::from_slice_with_path(json)
+        .map_err(|e| ConfigError(format!("{}: {}", e.path, e.message)))?;
     let keys = TrustedKeys::from_base64(
         config
             .trusted_keys
@@ -502,9 +501,8 @@ fn parse_from(
         BundleSource::Replacement(r) => Some(r),
         BundleSource::Inline | BundleSource::Prepared(_) => None,
     };
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    let config: PluginConfigV1 = serde_path_to_error::deserialize(de)
-        .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+    let config: PluginConfigV1 = signalbox_policy::json::from_slice_with_path(json)
+        .map_err(|e| ConfigError(format!("{}: {}", e.path, e.message)))?;
     let keys = TrustedKeys::from_base64(
         config
             .trusted_keys

@@ -43,6 +43,7 @@
 mod engine;
 mod facts;
 mod iprange;
+pub mod json;
 pub mod page;
 mod policy;
 pub mod prepared;

@@ -61,16 +61,14 @@ fn join_errors(errors: &[FieldError]) -> String {
 
 /// Parses bundle JSON into wire types, naming the path of a shape error.
 pub fn parse_wire(json: &[u8]) -> Result<BundleV1, BundleError> {
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+    crate::json::from_slice_with_path(json).map_err(|e| {
         BundleError::Parse(FieldError {
-            path: if path == "." {
+            path: if e.path == "." {
                 "(bundle)".to_owned()
             } else {
-                path
+                e.path
             },
-            message: e.into_inner().to_string(),
+            message: e.message,
         })
     })
 }

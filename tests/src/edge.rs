@@ -756,7 +756,7 @@ pub fn bench_runtimes(requests: usize, rounds: usize) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let wasm = root().join("target/wasm32-wasip2/wasm-release");
+    let wasm = root().join("target/wasm32-wasip2/edge-release");
     let component = wasm.join("signalbox_edge_worker.wasm");
     let passthrough = wasm.join("signalbox_fixture_wasi_passthrough.wasm");
     let wasi = crate::wasi_http::Server::start(&component, &vars, &dir.join("wasi.log"))?;

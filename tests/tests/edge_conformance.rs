@@ -83,7 +83,7 @@ fn native(policy: &Policy, case: &LoadedCase, now: u64) -> Observed {
 #[test]
 fn every_case_agrees_through_the_component_workerd_and_deno() {
     let cases = load_cases().unwrap();
-    let component = root().join("target/wasm32-wasip2/wasm-release/signalbox_edge_worker.wasm");
+    let component = root().join("target/wasm32-wasip2/edge-release/signalbox_edge_worker.wasm");
     assert!(
         component.exists(),
         "build the component first (scripts/test does)"

@@ -40,10 +40,10 @@ use signalbox_tests::wasi_http::{Server, SpinHost};
 const BUNDLE_KEY: &str = "signalbox/bundle.prepared";
 
 fn component() -> PathBuf {
-    let path = root().join("target/wasm32-wasip2/wasm-release/signalbox_edge_worker.wasm");
+    let path = root().join("target/wasm32-wasip2/edge-release/signalbox_edge_worker.wasm");
     assert!(
         path.exists(),
-        "no {}: cargo build -p signalbox-edge-worker --target wasm32-wasip2 --profile wasm-release",
+        "no {}: cargo build -p signalbox-edge-worker --target wasm32-wasip2 --profile edge-release",
         path.display()
     );
     path
@@ -81,7 +81,7 @@ fn the_component_serves_a_prepared_bundle() {
 
 /// The `spin` build (`scripts/build-edge-spin`).
 fn spin_component() -> PathBuf {
-    let path = root().join("target/wasm32-wasip2/wasm-release/signalbox_edge_worker_spin.wasm");
+    let path = root().join("target/wasm32-wasip2/spin-release/signalbox_edge_worker.wasm");
     assert!(
         path.exists(),
         "no {}: scripts/build-edge-spin",
@@ -103,7 +103,7 @@ fn spin_toml_variables(app_values: &HashMap<String, String>) -> HashMap<String, 
         component["source"]
             .as_str()
             .unwrap()
-            .ends_with("signalbox_edge_worker_spin.wasm")
+            .ends_with("spin-release/signalbox_edge_worker.wasm")
     );
     let stores: Vec<&str> = component["key_value_stores"]
         .as_array()

@@ -11,7 +11,7 @@
 //!   and the host keeps serving the next request; no `ORIGIN_URL` gives the guest's 500.
 //!
 //! Needs the fixture built for wasm32-wasip2 (`scripts/test` builds it):
-//! `cargo build -p signalbox-fixture-wasi-passthrough --target wasm32-wasip2 --profile wasm-release`.
+//! `cargo build -p signalbox-fixture-wasi-passthrough --target wasm32-wasip2 --profile edge-release`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -27,10 +27,10 @@ use signalbox_tests::wasi_http::{CLIENT_ADDR_HEADER, Server};
 
 fn passthrough() -> PathBuf {
     let path =
-        root().join("target/wasm32-wasip2/wasm-release/signalbox_fixture_wasi_passthrough.wasm");
+        root().join("target/wasm32-wasip2/edge-release/signalbox_fixture_wasi_passthrough.wasm");
     assert!(
         path.exists(),
-        "no {}: build the fixture first: cargo build -p signalbox-fixture-wasi-passthrough --target wasm32-wasip2 --profile wasm-release",
+        "no {}: build the fixture first: cargo build -p signalbox-fixture-wasi-passthrough --target wasm32-wasip2 --profile edge-release",
         path.display()
     );
     path

@@ -484,7 +484,7 @@ fn serve_edge(runtime: &str, config: &Path, vars: &[String], out: &Path) -> Resu
     let (port, _keep): (u16, Box<dyn std::any::Any>) = match runtime {
         "wasi-http" => {
             let component = signalbox_tests::root()
-                .join("target/wasm32-wasip2/wasm-release/signalbox_edge_worker.wasm");
+                .join("target/wasm32-wasip2/edge-release/signalbox_edge_worker.wasm");
             let server = signalbox_tests::wasi_http::Server::start(
                 &component,
                 &variables,
