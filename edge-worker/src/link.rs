@@ -384,17 +384,17 @@ impl Worker {
     ) -> Option<Pipeline> {
         let active = serving.settings().policy.revision();
         let variables = &self.reload.variables;
-        let loaded = signalbox_pipeline::config::parse_with_bundle(
+        let loaded = signalbox_pipeline::config::parse_replacement(
             self.reload.config_json.as_bytes(),
-            Some(Replacement {
+            Replacement {
                 bundle,
                 above_revision: active,
-            }),
+            },
             now,
             |name| variables.get(name).cloned(),
         );
         match loaded {
-            Ok(settings) => {
+            Ok(Some(settings)) => {
                 let revision = settings.policy.revision();
                 logs.push((
                     LogLevel::Info,
@@ -404,7 +404,7 @@ impl Worker {
                 Some(serving.successor(settings))
             }
             // The revision serving now: nothing to do.
-            Err(e) if e.0.contains("is not above the active revision") => None,
+            Ok(None) => None,
             Err(e) => {
                 logs.push((
                     LogLevel::Warn,

@@ -669,8 +669,18 @@ impl SignalboxRoot {
         match link::bundle_answer(status, body, etag) {
             link::BundleAnswer::Envelope(envelope, etag) => {
                 self.publish_canary(&worker, envelope.canary.as_ref());
-                match settings_with(&self.config, envelope.stable.as_bytes(), active) {
-                    Ok(settings) => {
+                let now = u64::try_from(now_nanos() / 1_000_000_000).unwrap_or(0);
+                let polled = config::parse_replacement(
+                    &self.config,
+                    config::Replacement {
+                        bundle: envelope.stable.as_bytes(),
+                        above_revision: active,
+                    },
+                    now,
+                    |var| std::env::var(var).ok(),
+                );
+                match polled {
+                    Ok(Some(settings)) => {
                         let revision = settings.policy.revision();
                         let published = hostcalls::set_shared_data(
                             &link_key(link::BUNDLE_KEY, &worker.lineage),
@@ -691,7 +701,7 @@ impl SignalboxRoot {
                         }
                     }
                     // The bundle serving now: nothing to do.
-                    Err(e) if e.0.contains("is not above the active revision") => {
+                    Ok(None) => {
                         self.link.last_error = None;
                         self.link.etag = etag;
                     }

@@ -491,7 +491,49 @@ enum BundleSource<'a> {
     Prepared(&'a [u8]),
 }
 
+/// [`parse_with_bundle`] for a polled bundle, with its outcome typed: `Ok(None)` when it is the
+/// revision serving now (nothing to do), the settings when above, an error otherwise (a lower
+/// revision, a bad signature, an unknown key…).
+pub fn parse_replacement(
+    json: &[u8],
+    replacement: Replacement<'_>,
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Settings>, ConfigError> {
+    let settings = settings_from(json, BundleSource::Replacement(replacement), now, env)?;
+    let revision = settings.policy.revision();
+    if revision == replacement.above_revision {
+        return Ok(None);
+    }
+    not_above(revision, replacement.above_revision)?;
+    Ok(Some(settings))
+}
+
+/// A replacement must be above the revision serving.
+fn not_above(revision: u64, active: u64) -> Result<(), ConfigError> {
+    if revision <= active {
+        return Err(ConfigError(format!(
+            "bundle: revision {revision} is not above the active revision {active}"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_from(
+    json: &[u8],
+    source: BundleSource<'_>,
+    now: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let settings = settings_from(json, source, now, env)?;
+    if let BundleSource::Replacement(r) = source {
+        not_above(settings.policy.revision(), r.above_revision)?;
+    }
+    Ok(settings)
+}
+
+/// The settings from a configuration and its bundle, before any revision comparison.
+fn settings_from(
     json: &[u8],
     source: BundleSource<'_>,
     now: u64,
@@ -539,15 +581,6 @@ fn parse_from(
             return Err(ConfigError("bundle: missing field `bundle`".to_owned()));
         }
     };
-    if let Some(r) = replacement
-        && policy.revision() <= r.above_revision
-    {
-        return Err(ConfigError(format!(
-            "bundle: revision {} is not above the active revision {}",
-            policy.revision(),
-            r.above_revision
-        )));
-    }
     if policy.requires_score_cache() && config.score_cache.is_none() {
         return Err(ConfigError(
             "bundle: cache.on_unavailable is fail_closed, but this filter has no score cache \
@@ -713,6 +746,48 @@ mod tests {
 
     fn bundle() -> serde_json::Value {
         serde_json::json!({"format_version": 1, "revision": 3, "min_engine_version": "0.1.0"})
+    }
+
+    /// A polled bundle: above the serving revision it loads, at it nothing happens, below it
+    /// is refused; `parse_with_bundle` refuses both of the latter.
+    #[test]
+    fn replacements_load_only_above_the_serving_revision() {
+        let cfg = serde_json::json!({"bundle": bundle(), "allow_unsigned": true}).to_string();
+        let at = |revision: u64| {
+            let mut b = bundle();
+            b["revision"] = revision.into();
+            b.to_string()
+        };
+        let replace = |text: &str| {
+            parse_replacement(
+                cfg.as_bytes(),
+                Replacement {
+                    bundle: text.as_bytes(),
+                    above_revision: 3,
+                },
+                NOW,
+                |_| None,
+            )
+        };
+        let above = replace(&at(4)).unwrap().expect("revision 4 replaces 3");
+        assert_eq!(above.policy.revision(), 4);
+        assert!(replace(&at(3)).unwrap().is_none());
+        assert!(replace(&at(2)).is_err());
+        assert!(replace("{").is_err());
+        let same = parse_with_bundle(
+            cfg.as_bytes(),
+            Some(Replacement {
+                bundle: at(3).as_bytes(),
+                above_revision: 3,
+            }),
+            NOW,
+            |_| None,
+        );
+        assert!(
+            same.unwrap_err()
+                .0
+                .contains("is not above the active revision 3")
+        );
     }
 
     #[test]
