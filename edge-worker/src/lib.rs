@@ -128,6 +128,9 @@ pub struct EdgeSettings {
 struct Reload {
     config_json: String,
     variables: std::collections::BTreeMap<String, String>,
+    /// The bundle came from a prepared file (`SIGNALBOX_PREPARED_BUNDLE`), which a stored one
+    /// can replace.
+    prepared: bool,
 }
 
 impl EdgeSettings {
@@ -158,7 +161,9 @@ impl EdgeSettings {
             value
         };
         let config = env(CONFIG_VAR).ok_or_else(|| format!("{CONFIG_VAR} is not set"))?;
-        let pipeline = match env(PREPARED_BUNDLE_VAR).filter(|p| !p.trim().is_empty()) {
+        let prepared_path = env(PREPARED_BUNDLE_VAR).filter(|p| !p.trim().is_empty());
+        let prepared = prepared_path.is_some();
+        let pipeline = match prepared_path {
             Some(path) => {
                 let path = path.trim();
                 let mut from_pushed = None;
@@ -223,6 +228,7 @@ impl EdgeSettings {
         let reload = Reload {
             config_json: config,
             variables: read.into_inner(),
+            prepared,
         };
         Ok((
             EdgeSettings {

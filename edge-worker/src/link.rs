@@ -482,13 +482,17 @@ fn trim_records(s: &mut LinkState, log: Option<&signalbox_pipeline::config::Deci
 
 /// The bundle poll of a host that makes a fresh instance per request and keeps state in a
 /// store (the `spin` build: Spin's key-value store), between the instances that take turns
-/// making it: when the next poll is due and the `ETag` of the last bundle taken.
+/// making it: when the next poll is due, the `ETag` of the last bundle answer, and the highest
+/// revision ever kept in the store (never gone below, even when the stored bundle is lost).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredPoll {
     /// Unix ms when the next poll is due (0: at once).
     pub due_ms: u64,
     /// The `ETag` of the last answer with a bundle.
     pub etag: Option<String>,
+    /// The highest revision kept so far: a bundle below it is refused.
+    #[serde(default)]
+    pub floor: u64,
 }
 
 impl StoredPoll {
@@ -503,6 +507,16 @@ impl StoredPoll {
     pub fn to_stored(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+
+    /// The same state with the next poll due at once and without an `ETag`, so the cache's
+    /// bundle is fetched and checked again (the floor stays).
+    pub fn fetch_again(&self) -> StoredPoll {
+        StoredPoll {
+            due_ms: 0,
+            etag: None,
+            floor: self.floor,
+        }
+    }
 }
 
 /// What a stored bundle poll's answer leads to ([`Worker::stored_poll_answer`]).
@@ -511,19 +525,21 @@ pub struct StoredPollOutcome {
     /// A newer bundle, prepared, to keep in the store for the instances after this one: its
     /// revision and bytes. Store it only when the store does not hold a higher revision by now.
     pub keep: Option<(u64, Vec<u8>)>,
-    /// The poll state to store.
+    /// The poll state to store once `keep` is stored (or when there is nothing to keep). When
+    /// `keep` could not be stored, store [`StoredPoll::fetch_again`] of it instead.
     pub poll: StoredPoll,
-    /// This deployment's fleet report (`POST /v1/fleet`) to send.
-    pub fleet: Option<LinkCall>,
+    /// A refusal or a failed poll, for the fleet report.
+    pub last_error: Option<String>,
     /// Lines to log.
     pub logs: Vec<(LogLevel, String)>,
 }
 
 impl Worker {
-    /// For a fresh instance: the bundle poll to make at `now_ms`, or `None` (not due per the
-    /// stored state, no score cache, or polls off). When it returns a call, store the returned
-    /// state at once: it claims the poll, so the instances that start meanwhile do not all
-    /// make it.
+    /// For a fresh instance serving a prepared bundle (`SIGNALBOX_PREPARED_BUNDLE`): the bundle
+    /// poll to make at `now_ms`, or `None` (not due per the stored state, no score cache, polls
+    /// off, or no prepared bundle to replace). A due time further ahead than one interval (a
+    /// clock that jumped back) counts as due. When it returns a call, store the returned state
+    /// at once: it claims the poll, so the instances that start meanwhile do not all make it.
     pub fn stored_poll_call(
         &self,
         stored: &StoredPoll,
@@ -534,7 +550,9 @@ impl Worker {
             pipeline.settings().score_cache.as_ref()?,
             self.cache.as_ref()?,
         );
-        if settings.bundle_poll_ms == 0 || now_ms < stored.due_ms {
+        let interval = u64::from(settings.bundle_poll_ms);
+        let too_far = stored.due_ms > now_ms.saturating_add(interval);
+        if !self.reload.prepared || interval == 0 || (now_ms < stored.due_ms && !too_far) {
             return None;
         }
         let call = edge_call(
@@ -543,16 +561,17 @@ impl Worker {
             link::bundle_call(settings, stored.etag.as_deref()),
         );
         let claimed = StoredPoll {
-            due_ms: now_ms.saturating_add(u64::from(settings.bundle_poll_ms)),
-            etag: stored.etag.clone(),
+            due_ms: now_ms.saturating_add(interval),
+            ..stored.clone()
         };
         Some((call, claimed))
     }
 
     /// The answer to [`Worker::stored_poll_call`]'s call (`status` 0: it failed or timed out):
     /// a newer bundle is verified with the configuration's keys and prepared once here, for
-    /// the store; a lower revision or one that does not verify is refused (logged, and named in
-    /// the fleet report); the same revision changes nothing.
+    /// the store; one below the revision serving or below the stored floor, or one that does
+    /// not verify, is refused (logged, and named in the fleet report); the same revision
+    /// changes nothing.
     pub fn stored_poll_answer(
         &self,
         claimed: StoredPoll,
@@ -566,13 +585,7 @@ impl Worker {
             poll: claimed,
             ..StoredPollOutcome::default()
         };
-        let (Some(settings), Some(base)) = (pipeline.settings().score_cache.as_ref(), &self.cache)
-        else {
-            return outcome;
-        };
         let active = pipeline.settings().policy.revision();
-        let mut serving = active;
-        let mut last_error = None;
         match link::bundle_answer(u32::from(status), body, etag) {
             BundleAnswer::Envelope(envelope, etag) => {
                 // Taken or refused, this answer is not fetched again until it changes.
@@ -585,28 +598,51 @@ impl Worker {
                     },
                     now_ms / 1_000,
                 );
-                match prepared {
+                let refused = match prepared {
+                    Ok(Some((revision, _))) if revision < outcome.poll.floor => Some(format!(
+                        "revision {revision} is below revision {}, which this deployment has served",
+                        outcome.poll.floor
+                    )),
                     Ok(Some((revision, bytes))) => {
                         outcome.logs.push((
                             LogLevel::Info,
                             format!("signalbox: bundle revision {revision} pushed by the score cache is kept for the next instances (was {active})"),
                         ));
-                        serving = revision;
+                        outcome.poll.floor = outcome.poll.floor.max(revision);
                         outcome.keep = Some((revision, bytes));
+                        None
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        outcome.logs.push((
-                            LogLevel::Warn,
-                            format!("signalbox: the score cache's bundle was refused, revision {active} keeps serving: {e}"),
-                        ));
-                        last_error = Some(format!("bundle refused: {e}"));
-                    }
+                    Ok(None) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = refused {
+                    outcome.logs.push((
+                        LogLevel::Warn,
+                        format!("signalbox: the score cache's bundle was refused, revision {active} keeps serving: {why}"),
+                    ));
+                    outcome.last_error = Some(format!("bundle refused: {why}"));
                 }
             }
             BundleAnswer::Unchanged => {}
-            BundleAnswer::Failed(why) => last_error = Some(format!("bundle poll: {why}")),
+            BundleAnswer::Failed(why) => outcome.last_error = Some(format!("bundle poll: {why}")),
         }
+        outcome
+    }
+
+    /// This deployment's fleet report (`POST /v1/fleet`, as `score_cache.node_id`: instances
+    /// are not nodes) after a stored poll: the revision the next instances serve and the
+    /// poll's error.
+    pub fn stored_fleet_call(
+        &self,
+        serving: u64,
+        last_error: Option<String>,
+        now_ms: u64,
+    ) -> Option<LinkCall> {
+        let pipeline = self.pipeline();
+        let (settings, base) = (
+            pipeline.settings().score_cache.as_ref()?,
+            self.cache.as_ref()?,
+        );
         let report = signalbox_wire::FleetReportV1 {
             node_id: settings.node_id.clone(),
             stable_revision: serving,
@@ -615,11 +651,10 @@ impl Worker {
             clock_skew_ms: 0,
             reported_at: now_ms / 1_000,
         };
-        outcome.fleet = Some(edge_call(
+        Some(edge_call(
             base,
             LinkKind::Fleet,
             link::fleet_call(settings, &report),
-        ));
-        outcome
+        ))
     }
 }

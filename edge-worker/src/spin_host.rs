@@ -7,10 +7,15 @@
 //!   (`SIGNALBOX_ORIGIN_URL` → `origin_url`, a secret `SIGNALBOX_SECRET` → `secret`), else the
 //!   WASI environment variable.
 //! - The store (`default`) holds [`BUNDLE_KEY`], the newest pushed bundle in its prepared
-//!   form, and [`POLL_KEY`], when the next bundle poll is due ([`StoredPoll`]). Each instance
-//!   reads both; the one that finds the poll due claims it, answers its own request, then polls
-//!   the cache: a newer bundle is verified and prepared once, here, and stored for the
-//!   instances after it. The packaged file stays the floor: a stored bundle serves only above
+//!   form, and [`POLL_KEY`], the poll's state ([`StoredPoll`]: when it is due, its `ETag`, the
+//!   highest revision kept). Each instance reads both; the one that finds the poll due claims
+//!   it, answers its own request, then polls the cache: a newer bundle is verified and prepared
+//!   once, here, and stored for the instances after it.
+//! - The store is not trusted as the signed bundle is: anything with access to it (another
+//!   component granted it, `spin cloud kv`, a shared backend) could write it. So the stored
+//!   bundle carries an HMAC-SHA256 tag under `SIGNALBOX_STORE_KEY` (a secret only the
+//!   deployment holds), checked in constant time before it is loaded; without that key the
+//!   store is not used. The packaged file stays the floor: a stored bundle serves only above
 //!   its revision, and one that no longer loads is set aside for the file.
 
 use signalbox_pipeline::LogLevel;
@@ -28,10 +33,19 @@ use fermyon::spin::variables;
 
 /// The store the component is granted (`key_value_stores = ["default"]`).
 pub const STORE_LABEL: &str = "default";
-/// The newest pushed bundle, prepared.
+/// The newest pushed bundle: its tag, then its prepared bytes.
 pub const BUNDLE_KEY: &str = "signalbox/bundle.prepared";
 /// The bundle poll's state.
 pub const POLL_KEY: &str = "signalbox/bundle-poll";
+/// The setting with the key that tags stored bundles.
+pub const STORE_KEY_VAR: &str = "SIGNALBOX_STORE_KEY";
+/// Keys shorter than this are refused (32 random bytes, base64, are 44 characters).
+const MIN_STORE_KEY_LEN: usize = 32;
+/// What the tag covers before the bundle: the purpose, so a tag made for anything else under
+/// the same key never passes.
+const TAG_CONTEXT: &[u8] = b"signalbox stored prepared bundle v1\0";
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// A setting by its environment variable name: the Spin variable, else `env`'s value.
 pub fn setting(name: &str, env: &std::collections::HashMap<String, String>) -> Option<String> {
@@ -44,66 +58,163 @@ pub fn setting(name: &str, env: &std::collections::HashMap<String, String>) -> O
         .or_else(|| env.get(name).cloned())
 }
 
-/// The store, when the component is granted one.
-pub fn open() -> Option<Store> {
-    Store::open(STORE_LABEL).ok()
+/// The deployment's store: the key-value store and the key its bundles are tagged with.
+pub struct BundleStore {
+    store: Store,
+    key: Vec<u8>,
 }
 
-/// The stored pushed bundle.
-pub fn pushed_bundle(store: &Store) -> Option<Vec<u8>> {
-    store.get(BUNDLE_KEY).ok().flatten()
-}
-
-/// Sets aside a stored bundle the packaged one has overtaken.
-pub fn forget_pushed(store: &Store) {
-    let _ = store.delete(BUNDLE_KEY);
-}
-
-/// Sets aside a stored bundle that no longer loads (damaged, or its key is no longer trusted),
-/// and the poll state with it: the next instance polls at once, without an `ETag`, so the
-/// cache's bundle is fetched and checked again rather than answered "unchanged".
-pub fn forget_damaged(store: &Store) {
-    let _ = store.delete(BUNDLE_KEY);
-    let _ = store.delete(POLL_KEY);
-}
-
-/// After the request was answered: the bundle poll, when this instance finds it due.
-/// `call` makes one call to the cache: status (0: failed), `ETag`, body.
-pub fn poll_if_due(
-    worker: &Worker,
-    store: &Store,
-    now_ms: u64,
-    call: impl Fn(&LinkCall, usize) -> (u16, Option<String>, Vec<u8>),
-    log: impl Fn(LogLevel, &str),
-) {
-    let stored = StoredPoll::from_stored(store.get(POLL_KEY).ok().flatten().as_deref());
-    let Some((request, claimed)) = worker.stored_poll_call(&stored, now_ms) else {
-        return;
-    };
-    if store.set(POLL_KEY, &claimed.to_stored()).is_err() {
-        return;
+impl BundleStore {
+    /// The store, when the component is granted one and the store key is set (why not, else).
+    pub fn open(env: &std::collections::HashMap<String, String>) -> Result<BundleStore, String> {
+        let key = setting(STORE_KEY_VAR, env)
+            .map(|k| k.trim().as_bytes().to_vec())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| format!("{STORE_KEY_VAR} is not set"))?;
+        if key.len() < MIN_STORE_KEY_LEN {
+            return Err(format!(
+                "{STORE_KEY_VAR} is shorter than {MIN_STORE_KEY_LEN} characters"
+            ));
+        }
+        let store = Store::open(STORE_LABEL).map_err(|e| format!("store {STORE_LABEL}: {e:?}"))?;
+        Ok(BundleStore { store, key })
     }
-    let (status, etag, body) = call(&request, MAX_BUNDLE_BYTES);
-    let outcome = worker.stored_poll_answer(claimed, status, etag, &body, now_ms);
-    for (level, line) in &outcome.logs {
-        log(*level, line);
+
+    fn mac(&self) -> Option<HmacSha256> {
+        use hmac::{KeyInit, Mac};
+        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
+        mac.update(TAG_CONTEXT);
+        Some(mac)
     }
-    if let Some((revision, bytes)) = &outcome.keep {
-        // No compare-and-swap in Spin's key-value interface: read again just before writing,
-        // so an instance that took a higher revision meanwhile is not overwritten.
-        let stored_revision = pushed_bundle(store)
+
+    /// The stored pushed bundle: `Ok(None)` when there is none, an error when the store cannot
+    /// be read or the entry's tag does not verify (then it is not to be used).
+    pub fn pushed_bundle(&self) -> Result<Option<Vec<u8>>, String> {
+        use hmac::Mac;
+        let Some(entry) = self
+            .store
+            .get(BUNDLE_KEY)
+            .map_err(|e| format!("reading {BUNDLE_KEY}: {e:?}"))?
+        else {
+            return Ok(None);
+        };
+        let (tag, bundle) = entry
+            .split_at_checked(32)
+            .ok_or_else(|| format!("{BUNDLE_KEY} is too short to carry a tag"))?;
+        let mut mac = self.mac().ok_or("the store key")?;
+        mac.update(bundle);
+        mac.verify_slice(tag)
+            .map_err(|_| format!("{BUNDLE_KEY}: its tag does not verify under {STORE_KEY_VAR}"))?;
+        Ok(Some(bundle.to_vec()))
+    }
+
+    /// The revision of the stored bundle whose tag verifies (0: none, or one that does not
+    /// verify, which a good one may replace); an error when the store cannot be read.
+    fn stored_revision(&self) -> Result<u64, String> {
+        let entry = self
+            .store
+            .get(BUNDLE_KEY)
+            .map_err(|e| format!("reading {BUNDLE_KEY}: {e:?}"))?;
+        if entry.is_none() {
+            return Ok(0);
+        }
+        Ok(self
+            .pushed_bundle()
+            .ok()
+            .flatten()
             .and_then(|b| signalbox_policy::prepared::prepared_revision(&b))
-            .unwrap_or(0);
-        if *revision > stored_revision && store.set(BUNDLE_KEY, bytes).is_err() {
-            log(
-                LogLevel::Warn,
-                "signalbox: the pushed bundle could not be stored",
-            );
+            .unwrap_or(0))
+    }
+
+    /// Stores `bundle` (prepared) with its tag.
+    fn keep(&self, bundle: &[u8]) -> Result<(), String> {
+        use hmac::Mac;
+        let mut mac = self.mac().ok_or("the store key")?;
+        mac.update(bundle);
+        let mut entry = mac.finalize().into_bytes().to_vec();
+        entry.extend_from_slice(bundle);
+        self.store
+            .set(BUNDLE_KEY, &entry)
+            .map_err(|e| format!("writing {BUNDLE_KEY}: {e:?}"))
+    }
+
+    fn poll_state(&self) -> Result<StoredPoll, String> {
+        let stored = self
+            .store
+            .get(POLL_KEY)
+            .map_err(|e| format!("reading {POLL_KEY}: {e:?}"))?;
+        Ok(StoredPoll::from_stored(stored.as_deref()))
+    }
+
+    fn set_poll_state(&self, poll: &StoredPoll) -> bool {
+        self.store.set(POLL_KEY, &poll.to_stored()).is_ok()
+    }
+
+    /// Sets aside a stored bundle the packaged one has overtaken.
+    pub fn forget_pushed(&self) {
+        let _ = self.store.delete(BUNDLE_KEY);
+    }
+
+    /// Sets aside a stored bundle that does not load or verify, and has the next instance
+    /// fetch the cache's bundle again (at once, without an `ETag`); the floor stays. Another
+    /// instance may have stored a good bundle meanwhile: it is fetched again too.
+    pub fn forget_damaged(&self) {
+        let _ = self.store.delete(BUNDLE_KEY);
+        if let Ok(poll) = self.poll_state() {
+            let _ = self.set_poll_state(&poll.fetch_again());
         }
     }
-    let _ = store.set(POLL_KEY, &outcome.poll.to_stored());
-    if let Some(fleet) = &outcome.fleet {
-        let _ = call(fleet, 64 * 1024);
+
+    /// After the request was answered: the bundle poll, when this instance finds it due.
+    /// `call` makes one call to the cache: status (0: failed), `ETag`, body.
+    pub fn poll_if_due(
+        &self,
+        worker: &Worker,
+        now_ms: u64,
+        call: impl Fn(&LinkCall, usize) -> (u16, Option<String>, Vec<u8>),
+        log: impl Fn(LogLevel, &str),
+    ) {
+        let Ok(stored) = self.poll_state() else {
+            return;
+        };
+        let Some((request, claimed)) = worker.stored_poll_call(&stored, now_ms) else {
+            return;
+        };
+        if !self.set_poll_state(&claimed) {
+            return;
+        }
+        let (status, etag, body) = call(&request, MAX_BUNDLE_BYTES);
+        let mut outcome = worker.stored_poll_answer(claimed, status, etag, &body, now_ms);
+        for (level, line) in &outcome.logs {
+            log(*level, line);
+        }
+        let mut serving = worker.pipeline().settings().policy.revision();
+        if let Some((revision, bytes)) = &outcome.keep {
+            // No compare-and-swap in Spin's key-value interface: read again just before
+            // writing, so an instance that stored a higher revision meanwhile is not
+            // overwritten; a read that fails stores nothing.
+            let kept = match self.stored_revision() {
+                Ok(stored) if *revision <= stored => {
+                    serving = stored;
+                    Ok(())
+                }
+                Ok(_) => self.keep(bytes).map(|()| serving = *revision),
+                Err(why) => Err(why),
+            };
+            if let Err(why) = kept {
+                log(
+                    LogLevel::Warn,
+                    &format!("signalbox: the pushed bundle could not be stored: {why}"),
+                );
+                // Fetched again at the next poll rather than answered "unchanged".
+                outcome.poll = outcome.poll.fetch_again();
+                outcome.last_error = Some(format!("bundle not stored: {why}"));
+            }
+        }
+        let _ = self.set_poll_state(&outcome.poll);
+        if let Some(fleet) = worker.stored_fleet_call(serving, outcome.last_error, now_ms) {
+            let _ = call(&fleet, 64 * 1024);
+        }
     }
 }
 

@@ -438,25 +438,71 @@ fn decision_records_ship_in_bounded_batches() {
     assert_eq!(w.records_status(), (0, 2));
 }
 
-/// The fresh-instance bundle poll (the `spin` build): due per the stored state, claimed before
-/// the call, a newer bundle prepared for the store (and loadable in place of the packaged one),
-/// the same revision or an older one never kept, and the fleet report naming what serves.
+/// The fresh-instance bundle poll (the `spin` build): only for a worker serving a prepared
+/// file; due per the stored state (a due time far ahead counts as due), claimed before the
+/// call; a newer bundle prepared for the store (and loadable in place of the packaged one);
+/// the same revision, an older one, or one below the stored floor never kept.
 #[test]
 fn stored_polls_keep_only_newer_bundles_prepared() {
-    let w = worker(serde_json::json!({
-        "score_cache": {"cluster": "c", "bundle_poll_ms": 1000, "node_id": "spin-eu"}
-    }));
     let now_ms = NOW * 1_000;
-    let serving = w.pipeline().settings().policy.revision();
+    let serving = golden()["revision"].as_u64().unwrap();
+    let dir = std::env::temp_dir().join(format!("signalbox-stored-poll-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let packaged = dir.join("packaged.prepared");
+    std::fs::write(
+        &packaged,
+        signalbox_policy::prepared::prepare(
+            golden().to_string().as_bytes(),
+            &signalbox_policy::signing::TrustedKeys::default(),
+            &signalbox_policy::signing::LoadContext {
+                now: NOW,
+                allow_unsigned: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let env = env_with(
+        serde_json::json!({"allow_unsigned": true,
+            "score_cache": {"cluster": "c", "bundle_poll_ms": 1000, "node_id": "spin-eu"}}),
+        &[
+            (ORIGIN_URL_VAR, "http://127.0.0.1:8080"),
+            (CACHE_URL_VAR, "http://127.0.0.1:7700/"),
+            (PREPARED_BUNDLE_VAR, packaged.to_str().unwrap()),
+        ],
+    );
+    let load = |pushed: Option<&[u8]>| {
+        EdgeSettings::from_env_with_pushed(|k| env.get(k).cloned(), NOW, pushed).unwrap()
+    };
+    let w = Worker::new(load(None).0);
+    assert_eq!(w.pipeline().settings().policy.revision(), serving);
+    // An inline bundle has nothing a stored one could replace: no poll.
+    assert!(
+        worker(serde_json::json!({"score_cache": {"cluster": "c", "bundle_poll_ms": 1000}}))
+            .stored_poll_call(&StoredPoll::default(), now_ms)
+            .is_none()
+    );
+
     let (call, claimed) = w
         .stored_poll_call(&StoredPoll::from_stored(None), now_ms)
         .expect("due at once with nothing stored");
     assert_eq!(call.url, "http://127.0.0.1:7700/v1/bundle");
     assert_eq!(claimed.due_ms, now_ms + 1_000);
-    // Claimed: not due again before the interval.
     let stored = StoredPoll::from_stored(Some(&claimed.to_stored()));
     assert_eq!(stored, claimed);
-    assert!(w.stored_poll_call(&stored, now_ms + 999).is_none());
+    assert!(
+        w.stored_poll_call(&stored, now_ms + 999).is_none(),
+        "claimed"
+    );
+    let far = StoredPoll {
+        due_ms: now_ms + 10_000_000,
+        ..StoredPoll::default()
+    };
+    assert!(
+        w.stored_poll_call(&far, now_ms).is_some(),
+        "a clock that jumped back"
+    );
     assert!(
         w.stored_poll_call(&StoredPoll::from_stored(Some(b"garbage")), now_ms)
             .is_some(),
@@ -478,53 +524,30 @@ fn stored_polls_keep_only_newer_bundles_prepared() {
     let (revision, prepared) = newer.keep.expect("a newer bundle is kept");
     assert_eq!(revision, serving + 1);
     assert_eq!(newer.poll.etag.as_deref(), Some("\"e2\""));
-    let fleet = newer.fleet.expect("a fleet report");
+    assert_eq!(newer.poll.floor, serving + 1);
+    assert!(newer.last_error.is_none());
+    let fleet = w
+        .stored_fleet_call(revision, None, now_ms)
+        .expect("a fleet report");
     assert_eq!(fleet.url, "http://127.0.0.1:7700/v1/fleet");
     let report: serde_json::Value = serde_json::from_slice(fleet.body.as_deref().unwrap()).unwrap();
     assert_eq!(report["node_id"], "spin-eu");
     assert_eq!(report["stable_revision"], serving + 1);
 
-    // The kept bytes load as the settings of the next instance (the configuration carries no
-    // inline bundle then, and the packaged file is older).
-    let dir = std::env::temp_dir().join(format!("signalbox-stored-poll-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let packaged = dir.join("packaged.prepared");
-    let mut older = golden();
-    older["revision"] = serving.into();
-    std::fs::write(
-        &packaged,
-        signalbox_policy::prepared::prepare(
-            older.to_string().as_bytes(),
-            &signalbox_policy::signing::TrustedKeys::default(),
-            &signalbox_policy::signing::LoadContext {
-                now: NOW,
-                allow_unsigned: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let env = env_with(
-        serde_json::json!({"allow_unsigned": true}),
-        &[
-            (ORIGIN_URL_VAR, "http://127.0.0.1:8080"),
-            (PREPARED_BUNDLE_VAR, packaged.to_str().unwrap()),
-        ],
-    );
-    let load = |pushed: &[u8]| {
-        EdgeSettings::from_env_with_pushed(|k| env.get(k).cloned(), NOW, Some(pushed)).unwrap()
-    };
-    let (settings, outcome) = load(&prepared);
+    // The kept bytes load as the settings of the next instance; a damaged copy is refused and
+    // the packaged file serves.
+    let (settings, outcome) = load(Some(&prepared));
     assert_eq!(outcome, PushedBundle::Served(serving + 1));
     assert_eq!(settings.pipeline.policy.revision(), serving + 1);
-    // A damaged one is refused and the packaged one serves.
-    let (settings, outcome) = load(prepared.get(..prepared.len() / 2).unwrap());
+    let (settings, outcome) = load(Some(prepared.get(..prepared.len() / 2).unwrap()));
     assert!(matches!(outcome, PushedBundle::Refused(_)), "{outcome:?}");
     assert_eq!(settings.pipeline.policy.revision(), serving);
+    // One at the packaged revision or below is not above it: the file serves.
+    let (_, outcome) = load(Some(&std::fs::read(&packaged).unwrap()));
+    assert_eq!(outcome, PushedBundle::NotAbove(serving, serving));
     let _ = std::fs::remove_dir_all(&dir);
 
-    // The revision serving: nothing kept, no refusal. An older one: refused, named in the report.
+    // The revision serving: nothing kept, no refusal. An older one: refused.
     let same = w.stored_poll_answer(
         claimed.clone(),
         200,
@@ -532,8 +555,11 @@ fn stored_polls_keep_only_newer_bundles_prepared() {
         envelope(serving).as_bytes(),
         now_ms,
     );
-    assert!(same.keep.is_none());
-    assert!(same.logs.is_empty(), "{:?}", same.logs);
+    assert!(
+        same.keep.is_none() && same.last_error.is_none(),
+        "{:?}",
+        same.logs
+    );
     let older = w.stored_poll_answer(
         claimed.clone(),
         200,
@@ -542,17 +568,20 @@ fn stored_polls_keep_only_newer_bundles_prepared() {
         now_ms,
     );
     assert!(older.keep.is_none());
-    let report: serde_json::Value =
-        serde_json::from_slice(older.fleet.unwrap().body.as_deref().unwrap()).unwrap();
-    assert!(
-        report["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("bundle refused"),
-        "{report}"
-    );
+    assert!(older.last_error.unwrap().contains("bundle refused"));
+    // Above the serving revision but below the floor (the stored bundle was lost): refused.
+    let floored = StoredPoll {
+        floor: serving + 2,
+        ..claimed.clone()
+    };
+    let below_floor =
+        w.stored_poll_answer(floored, 200, None, envelope(serving + 1).as_bytes(), now_ms);
+    assert!(below_floor.keep.is_none());
+    assert!(below_floor.last_error.unwrap().contains("below revision"));
     // No answer: the claimed state stays, nothing kept.
     let dead = w.stored_poll_answer(claimed.clone(), 0, None, b"", now_ms);
     assert!(dead.keep.is_none());
     assert_eq!(dead.poll, claimed);
+    assert_eq!(claimed.fetch_again().floor, claimed.floor);
+    assert_eq!(claimed.fetch_again().etag, None);
 }

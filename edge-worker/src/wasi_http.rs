@@ -85,9 +85,9 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
                     serve(worker, request, out);
                     // The client has its whole answer: now the bundle poll, when due.
                     #[cfg(feature = "spin")]
-                    if let Some(store) = crate::spin_host::open() {
+                    if let Ok(store) = crate::spin_host::BundleStore::open(&env_map()) {
                         let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
-                        crate::spin_host::poll_if_due(worker, &store, now_ms, make_link_call, log);
+                        store.poll_if_due(worker, now_ms, make_link_call, log);
                     }
                 }
                 // A configuration that does not load serves nothing, as Envoy refuses it: the
@@ -108,39 +108,56 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
 }
 
 /// The `spin` build's settings: Spin variables first, then the environment; the bundle kept in
-/// the key-value store serves when it is above the packaged one.
+/// the key-value store serves when its tag verifies and it is above the packaged one.
 #[cfg(feature = "spin")]
 fn spin_settings(
     env: &std::collections::HashMap<String, String>,
     now: u64,
 ) -> Result<EdgeSettings, String> {
     use crate::PushedBundle;
-    let store = crate::spin_host::open();
-    let pushed = store.as_ref().and_then(crate::spin_host::pushed_bundle);
+    use crate::spin_host::BundleStore;
+    let store = BundleStore::open(env)
+        .map_err(|why| {
+            log(
+                LogLevel::Warn,
+                &format!("signalbox: the key-value store is not used, pushed bundles do not reach this deployment: {why}"),
+            );
+        })
+        .ok();
+    let pushed = match store.as_ref().map(BundleStore::pushed_bundle) {
+        Some(Ok(pushed)) => pushed,
+        Some(Err(why)) => {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "signalbox: the stored pushed bundle is set aside, the packaged one serves: {why}"
+                ),
+            );
+            if let Some(store) = &store {
+                store.forget_damaged();
+            }
+            None
+        }
+        None => None,
+    };
     let (settings, outcome) = EdgeSettings::from_env_with_pushed(
         |k| crate::spin_host::setting(k, env),
         now,
         pushed.as_deref(),
     )?;
-    match outcome {
-        PushedBundle::Refused(why) => {
+    match (outcome, &store) {
+        (PushedBundle::Refused(why), Some(store)) => {
             log(
                 LogLevel::Warn,
                 &format!(
                     "signalbox: the stored pushed bundle did not load, the packaged one serves: {why}"
                 ),
             );
-            if let Some(store) = &store {
-                crate::spin_host::forget_damaged(store);
-            }
+            store.forget_damaged();
         }
         // A newer file was deployed since the push: the stored one is of no more use.
-        PushedBundle::NotAbove(..) => {
-            if let Some(store) = &store {
-                crate::spin_host::forget_pushed(store);
-            }
-        }
-        PushedBundle::None | PushedBundle::Served(_) => {}
+        (PushedBundle::NotAbove(..), Some(store)) => store.forget_pushed(),
+        _ => {}
     }
     Ok(settings)
 }

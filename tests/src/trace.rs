@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::envoy::{EnvoyProcess, free_port};
+use crate::envoy::{EnvoyProcess, free_ports};
 
 /// One scenario request.
 #[derive(Debug, Clone)]
@@ -232,7 +232,7 @@ impl FixtureEnvoy {
     /// Writes the config into `dir`, starts Envoy and waits until it is ready.
     pub fn start(fixture: &Fixture<'_>, dir: &Path) -> Result<FixtureEnvoy> {
         std::fs::create_dir_all(dir)?;
-        let (listener, admin, refused) = (free_port()?, free_port()?, free_port()?);
+        let [listener, admin, refused] = free_ports()?;
         let config = dir.join("fixture-envoy.yaml");
         let lds_dir = dir.join("lds");
         std::fs::create_dir_all(&lds_dir)?;

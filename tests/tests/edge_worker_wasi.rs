@@ -13,7 +13,8 @@
 //!   (fail-open bundle) without waiting for it.
 //!
 //! Needs the component (`cargo build -p signalbox-edge-worker --target wasm32-wasip2
-//! --profile wasm-release`; `scripts/test` builds it) and the debug `signalbox-cache`.
+//! --profile edge-release`, and `scripts/build-edge-spin` for the Spin build; `scripts/test`
+//! builds both) and the debug `signalbox-cache`.
 
 #![allow(
     clippy::unwrap_used,
@@ -38,6 +39,20 @@ use signalbox_tests::wasi_http::{Server, SpinHost};
 
 /// Where the `spin` build keeps the pushed bundle (`edge-worker/src/spin_host.rs`).
 const BUNDLE_KEY: &str = "signalbox/bundle.prepared";
+/// The test's `store_key` (`SIGNALBOX_STORE_KEY`).
+const STORE_KEY: &str = "edge-test-store-key-0123456789abcdef";
+
+/// A prepared bundle as the Spin build stores it: HMAC-SHA256 under the store key over the
+/// purpose and the bundle, then the bundle (the format `spin_host.rs` documents).
+fn tagged(prepared: &[u8], key: &str) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(b"signalbox stored prepared bundle v1\0");
+    mac.update(prepared);
+    let mut entry = mac.finalize().into_bytes().to_vec();
+    entry.extend_from_slice(prepared);
+    entry
+}
 
 fn component() -> PathBuf {
     let path = root().join("target/wasm32-wasip2/edge-release/signalbox_edge_worker.wasm");
@@ -159,11 +174,12 @@ fn served_revision(r: &signalbox_tests::http::Response) -> u64 {
 }
 
 /// The Spin build on a host giving it Spin's variables and key-value store, a fresh instance
-/// per request as Spin does for WASIp2: every setting comes from Spin variables (no WASI
-/// environment at all); a bundle pushed to the score cache reaches later instances through the
-/// store; an older stored bundle never serves over the packaged one; a damaged stored bundle
-/// falls back to the packaged one and is fetched again; a bundle the edge does not trust is
-/// refused (named in the fleet report) and the pushed one keeps serving.
+/// per request as Spin does for WASIp2: every setting comes from Spin variables bound by
+/// spin.toml (no WASI environment at all); a stored bundle without the deployment's tag never
+/// serves, nor an older one of its own over the packaged one; a bundle pushed to the score
+/// cache reaches later instances through the store; a damaged stored bundle falls back to the
+/// packaged one and is fetched again; a bundle the edge does not trust is refused (named in
+/// the fleet report) and the pushed one keeps serving.
 #[test]
 fn the_spin_build_takes_pushed_bundles_through_the_key_value_store() {
     const OTHER_KEY: [u8; 32] = [12; 32];
@@ -176,20 +192,28 @@ fn the_spin_build_takes_pushed_bundles_through_the_key_value_store() {
     let (vars, files) = rig.prepared_variables().unwrap();
     // The application's variables as an operator sets them (SPIN_VARIABLE_*), bound to the
     // component through spin.toml's own templates.
-    let app_values: HashMap<String, String> = vars
+    let mut app_values: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| {
             let name = k.strip_prefix("SIGNALBOX_").unwrap().to_ascii_lowercase();
             (name, v.clone())
         })
         .collect();
+    app_values.insert("store_key".to_owned(), STORE_KEY.to_owned());
     let spin = SpinHost {
         variables: spin_toml_variables(&app_values),
         ..SpinHost::default()
     };
     let packaged = rig.golden_revision();
-    // An older bundle left in the store (say, from before a redeploy).
-    spin.store_value(BUNDLE_KEY, rig.prepared(packaged - 1).unwrap());
+    // Someone with access to the store (not the deployment: no store key) writes a trusted,
+    // well-formed prepared bundle far above the packaged one.
+    spin.store_value(
+        BUNDLE_KEY,
+        tagged(
+            &rig.prepared(packaged + 50).unwrap(),
+            "not-the-store-key-0123456789abcdef",
+        ),
+    );
     let server = Server::start_spin(
         &spin_component(),
         &[],
@@ -204,6 +228,20 @@ fn the_spin_build_takes_pushed_bundles_through_the_key_value_store() {
     assert_eq!(first.status, 200, "{}", first.text());
     assert_eq!(
         served_revision(&first),
+        packaged,
+        "a forged stored bundle must not serve"
+    );
+    assert!(
+        spin.stored(BUNDLE_KEY).is_none(),
+        "the forged stored bundle was not set aside"
+    );
+    // An older bundle of the deployment's own left in the store (from before a redeploy).
+    spin.store_value(
+        BUNDLE_KEY,
+        tagged(&rig.prepared(packaged - 1).unwrap(), STORE_KEY),
+    );
+    assert_eq!(
+        served_revision(&get()),
         packaged,
         "the packaged bundle serves"
     );
@@ -242,7 +280,12 @@ fn the_spin_build_takes_pushed_bundles_through_the_key_value_store() {
     });
     let stored = spin.stored(BUNDLE_KEY).expect("no bundle in the store");
     assert_eq!(
-        signalbox_policy::prepared::prepared_revision(&stored),
+        stored,
+        tagged(&stored[32..], STORE_KEY),
+        "an untagged entry"
+    );
+    assert_eq!(
+        signalbox_policy::prepared::prepared_revision(&stored[32..]),
         Some(packaged + 1)
     );
     let fleet_shows = |what: &str, ok: &dyn Fn(&Value) -> bool| {
@@ -288,11 +331,12 @@ fn the_spin_build_takes_pushed_bundles_through_the_key_value_store() {
     fleet_shows("no refusal in the fleet report", &|n| {
         n["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("bundle refused"))
+            .is_some_and(|e| e.contains("bundle refused") && e.contains("\"other\""))
+            && n["stable_revision"] == json!(packaged + 1)
     });
     assert_eq!(served_revision(&get()), packaged + 1);
     assert_eq!(
-        signalbox_policy::prepared::prepared_revision(&spin.stored(BUNDLE_KEY).unwrap()),
+        signalbox_policy::prepared::prepared_revision(&spin.stored(BUNDLE_KEY).unwrap()[32..]),
         Some(packaged + 1)
     );
     assert_eq!(server.failures(), 0, "the host saw guest failures");

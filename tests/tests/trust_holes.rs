@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use signalbox_tests::envoy::{Envoy, Options, Ports, free_port, render, run_to_exit};
+use signalbox_tests::envoy::{Envoy, Options, Ports, free_ports, render, run_to_exit};
 use signalbox_tests::host::{Filter, Request, SharedData, VmOptions, compile};
 use signalbox_tests::root;
 use signalbox_tests::trace::{Fixture, FixtureEnvoy};
@@ -502,13 +502,13 @@ fn minimal_bundle(name: &str, extra: &str) -> PathBuf {
 #[test]
 fn envoy_refuses_a_fail_closed_bundle_without_a_cache() {
     let out = root().join("target/e2e/fail-closed");
-    let free = || free_port().unwrap();
+    let [admin, edge, lb, lab, origin] = free_ports().unwrap();
     let ports = Ports {
-        admin: free(),
-        edge: free(),
-        lb: free(),
-        lab: free(),
-        origin: free(),
+        admin,
+        edge,
+        lb,
+        lab,
+        origin,
     };
     render(
         &Options {
