@@ -14,6 +14,7 @@
 //! - [`active`]: the decisions in force, in memory, following the store's log.
 //! - [`server`]: the HTTP API (axum): routes, auth scopes, limits, errors.
 //! - [`auth`], [`metrics`]: bearer tokens; Prometheus text.
+//! - [`ui`]: the dashboard at `/ui`, server-rendered over the same API.
 //!
 //! The `signalbox-cache` binary (`src/main.rs`) serves it.
 
@@ -27,3 +28,4 @@ pub mod scoring;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;

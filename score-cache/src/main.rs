@@ -166,6 +166,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         allow_unsigned_bundles: args.allow_unsigned,
         fleet_stale_seconds: args.fleet_stale_seconds,
         log_retention_days: args.log_retention_days,
+        secure_cookies: args.tls_cert.is_some(),
         ..Settings::default()
     };
     let timeout = Duration::from_millis(args.store_timeout_ms);

@@ -11,6 +11,7 @@
 //! | `DELETE /v1/subjects/{scope}/{key}` | admin | erase a subject's data |
 //! | `POST /v1/rate` | read | edge workers' rate-bucket counts; each bucket's total in its window |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | Prometheus text, liveness, readiness |
+//! | `/ui/…` | a session from a read or admin token | the dashboard (`crate::ui`) |
 //!
 //! Every error is JSON, `{"error": code, "message": …, "field": …}`, and never carries a
 //! store's own message (those go to the log).
@@ -69,6 +70,8 @@ pub struct Settings {
     pub fleet_stale_seconds: u64,
     /// Edges' verdict records are kept this many days.
     pub log_retention_days: u32,
+    /// The dashboard's session cookie is `Secure` (the cache serves TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +93,7 @@ impl Default for Settings {
             allow_unsigned_bundles: false,
             fleet_stale_seconds: 120,
             log_retention_days: 14,
+            secure_cookies: false,
         }
     }
 }
@@ -421,7 +425,10 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .load_shed()
         .concurrency_limit(settings.concurrency.max(1))
         .timeout(settings.request_timeout);
-    v1.route("/healthz", get(|| async { "ok\n" }))
+    let tokens = settings.tokens.clone();
+    let secure_cookies = settings.secure_cookies;
+    let api = v1
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
         .layer(DefaultBodyLimit::max(settings.body_limit))
@@ -430,7 +437,10 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
             Arc::clone(&app),
             observe::<S>,
         ))
-        .with_state(app)
+        .with_state(app);
+    // The dashboard reads through the API router itself (crate::ui).
+    api.clone()
+        .merge(crate::ui::routes(api, tokens, secure_cookies))
 }
 
 async fn observe<S: Store>(

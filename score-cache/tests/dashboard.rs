@@ -1,0 +1,375 @@
+//! The dashboard (`/ui`) in-process against the embedded store: login by form (the session
+//! cookie's attributes, refused tokens), each page showing the seeded data, read-only sessions
+//! that cannot change anything, and CSRF and origin checks on the forms. The browser suite
+//! (`tests/browser/dashboard.test.mjs`) drives the same pages in Chromium.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use signalbox_score_cache::server::{self, App, Settings};
+use signalbox_score_cache::store::AnyStore;
+use signalbox_score_cache::store::embedded::EmbeddedStore;
+use tower::ServiceExt;
+
+struct Page {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+async fn send(router: &Router, request: Request<Body>) -> Page {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn api(router: &Router, method: &str, uri: &str, token: &str, body: Option<Value>) -> Value {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    serde_json::from_str(&send(router, request).await.text).unwrap_or(Value::Null)
+}
+
+/// Logs in with `token`: the session cookie (`name=value`).
+async fn login(router: &Router, token: &str) -> Page {
+    let request = Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={token}")))
+        .unwrap();
+    send(router, request).await
+}
+
+fn cookie_of(page: &Page) -> String {
+    let set = page.headers[header::SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn get(router: &Router, uri: &str, cookie: &str) -> Page {
+    let request = Request::builder()
+        .uri(uri)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    send(router, request).await
+}
+
+async fn post_form(
+    router: &Router,
+    uri: &str,
+    cookie: &str,
+    origin: Option<&str>,
+    form: &str,
+) -> Page {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header(header::HOST, "cache.test")
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(o) = origin {
+        request = request.header(header::ORIGIN, o);
+    }
+    send(router, request.body(Body::from(form.to_owned())).unwrap()).await
+}
+
+fn csrf_of(page: &Page) -> String {
+    let at = page
+        .text
+        .find(r#"name="csrf" value=""#)
+        .expect("no csrf field")
+        + 19;
+    page.text[at..].split('"').next().unwrap().to_owned()
+}
+
+fn router() -> (Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let settings = Settings {
+        tokens: common::tokens(),
+        ..Settings::default()
+    };
+    let app = App::new(AnyStore::Embedded(store), common::policy(), settings);
+    (server::router(Arc::clone(&app)), dir)
+}
+
+fn record(id: &str, at_ms: u64, decision: &str, class: &str, reason: &str) -> Value {
+    json!({"request_id": id, "at_ms": at_ms, "node_id": "edge-1", "revision": 7,
+        "decision": decision, "score": 70, "level": "high",
+        "reasons": [{"code": reason, "points": 25}], "rules": ["deny-curl"], "client": class,
+        "method": "GET", "path": "/login", "route": "login", "ip_hash": "ab12"})
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_what_the_api_holds_and_only_admins_change_it() {
+    let (r, _dir) = router();
+    let now = server::now_ms();
+    // Seed: six verdicts of the last minutes, a subject with events, a fleet report.
+    let records: Vec<Value> = [
+        ("r1", "challenge", "automation", "ua.automation"),
+        ("r2", "challenge", "automation", "ua.automation"),
+        ("r3", "challenge", "browser", "ip.hosting"),
+        (
+            "r4",
+            "block",
+            "spoofed_bot;bot=\"googlebot\"",
+            "crawler.spoofed",
+        ),
+        ("r5", "block", "automation", "ua.automation"),
+        ("r6", "pass", "browser", "ip.hosting"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (id, d, class, reason))| record(id, now - 60_000 * (i as u64 + 1), d, class, reason))
+    .collect();
+    api(
+        &r,
+        "POST",
+        "/v1/decisions/log",
+        common::READ,
+        Some(json!({"records": records})),
+    )
+    .await;
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("e{i}"), "subject": {"scope": "user", "key": "mallory"}, "type": "failed_login", "severity": "medium", "impact": 10}))
+        .collect();
+    api(
+        &r,
+        "POST",
+        "/v1/events",
+        common::INGEST,
+        Some(json!({"events": events})),
+    )
+    .await;
+    api(&r, "POST", "/v1/fleet", common::READ, Some(json!({"node_id": "edge-eu-1", "stable_revision": 7, "last_error": null, "clock_skew_ms": 0, "reported_at": now / 1000}))).await;
+
+    // Not logged in: to the login form. A token without read scope: refused.
+    let anonymous = get(&r, "/ui", "").await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+    assert_eq!(anonymous.headers[header::LOCATION], "/ui/login");
+    assert_eq!(
+        login(&r, common::INGEST).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&r, "no-such-token").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A read-only login: an HttpOnly, SameSite=Strict session cookie; no token anywhere.
+    let viewer_login = login(&r, common::READ).await;
+    assert_eq!(viewer_login.status, StatusCode::SEE_OTHER);
+    let set = viewer_login.headers[header::SET_COOKIE].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    assert!(
+        !set.contains(common::READ)
+            && !viewer_login.headers[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .contains(common::READ)
+    );
+    let viewer = cookie_of(&viewer_login);
+
+    let overview = get(&r, "/ui", &viewer).await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(
+        overview.text.contains("6 of 6 records"),
+        "{}",
+        overview.text
+    );
+    for (decision, n) in [("pass", 1), ("challenge", 3), ("throttle", 0), ("block", 2)] {
+        assert!(
+            overview.text.contains(&format!(
+                r#"data-decision-total="{decision}">{decision} {n}<"#
+            )),
+            "{decision} {n}"
+        );
+    }
+    let bars: u64 = overview
+        .text
+        .match_indices(r#"data-decision="challenge" data-count=""#)
+        .map(|(at, m)| {
+            overview.text[at + m.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(bars, 3, "the chart's challenge bars add up to the total");
+    assert!(
+        overview
+            .text
+            .contains(r#"data-label="ua.automation" data-count="3""#)
+    );
+    assert!(
+        overview
+            .text
+            .contains(r#"data-label="automation" data-count="3""#)
+    );
+    assert!(overview.text.contains(r#"data-node="edge-eu-1""#));
+    assert!(
+        !overview.text.contains(common::READ),
+        "the token is not in the page"
+    );
+
+    let subjects = get(&r, "/ui/subjects", &viewer).await;
+    assert!(
+        subjects.text.contains(r#"data-subject="user:mallory""#),
+        "{}",
+        subjects.text
+    );
+    let subject = get(&r, "/ui/subjects/user/mallory", &viewer).await;
+    assert!(subject.text.contains(r#"id="history-chart""#));
+    assert_eq!(
+        subject.text.matches(r#"data-event="failed_login""#).count(),
+        3
+    );
+    assert!(
+        subject
+            .text
+            .contains(r#"data-factor="velocity.login_burst""#),
+        "{}",
+        subject.text
+    );
+
+    let log = get(&r, "/ui/log?decision=block", &viewer).await;
+    assert!(
+        log.text.contains(r#"<p id="log-total">2 records"#),
+        "{}",
+        log.text
+    );
+    assert!(
+        log.text.contains(r#"data-reason="crawler.spoofed""#) && log.text.contains("deny-curl")
+    );
+    let filtered = get(&r, "/ui/log?class=browser&reason=ip.hosting", &viewer).await;
+    assert!(filtered.text.contains(r#"<p id="log-total">2 records"#));
+
+    // Read-only: no forms, and a forged add is refused by the API's scope.
+    let page = get(&r, "/ui/decisions", &viewer).await;
+    assert!(page.text.contains(r#"id="read-only""#) && !page.text.contains(r#"id="add-decision""#));
+    let csrf = csrf_of(&page);
+    let forged = post_form(
+        &r,
+        "/ui/decisions",
+        &viewer,
+        None,
+        &format!("csrf={csrf}&action=ban&scope=ip&key=203.0.113.7&duration_seconds=600&reason=x"),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let listed = api(&r, "GET", "/v1/decisions", common::ADMIN, None).await;
+    assert_eq!(listed["decisions"].as_array().unwrap().len(), 0);
+
+    // Admin: the form adds a decision that the edges' stream carries; CSRF and origin checked.
+    let admin = cookie_of(&login(&r, common::ADMIN).await);
+    let page = get(&r, "/ui/decisions", &admin).await;
+    assert!(page.text.contains(r#"id="add-decision""#));
+    let csrf = csrf_of(&page);
+    let form = |csrf: &str| {
+        format!(
+            "csrf={csrf}&action=ban&scope=ip&key=203.0.113.7&duration_seconds=600&reason=card+testing"
+        )
+    };
+    assert_eq!(
+        post_form(&r, "/ui/decisions", &admin, None, &form("wrong"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_form(
+            &r,
+            "/ui/decisions",
+            &admin,
+            Some("https://evil.example"),
+            &form(&csrf)
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_form(&r, "/ui/decisions", &admin, Some("null"), &form(&csrf))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_form(&r, "/ui/decisions", &viewer, None, &form(&csrf))
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "another session's token"
+    );
+    let added = post_form(
+        &r,
+        "/ui/decisions",
+        &admin,
+        Some("http://cache.test"),
+        &form(&csrf),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.text);
+    let stream = api(
+        &r,
+        "GET",
+        "/v1/decisions/stream?since=0",
+        common::READ,
+        None,
+    )
+    .await;
+    assert!(stream.to_string().contains("203.0.113.7"), "{stream}");
+    let page = get(&r, "/ui/decisions", &admin).await;
+    let id = page
+        .text
+        .split(r#"data-decision-id=""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let removed = post_form(
+        &r,
+        &format!("/ui/decisions/{id}/remove"),
+        &admin,
+        None,
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    let listed = api(&r, "GET", "/v1/decisions", common::ADMIN, None).await;
+    assert_eq!(listed["decisions"].as_array().unwrap().len(), 0);
+
+    // Logging out ends the session.
+    post_form(&r, "/ui/logout", &admin, None, &format!("csrf={csrf}")).await;
+    assert_eq!(get(&r, "/ui", &admin).await.status, StatusCode::SEE_OTHER);
+}
