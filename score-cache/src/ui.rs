@@ -497,7 +497,10 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
     let _ = write!(
         body,
         r#"<div class="card" id="bundle"><b>Bundle</b>: stable revision <span id="stable-revision">{stable}</span>; canary <span id="canary">{canary}</span></div>"#,
-        stable = esc(&text_of(fleet.f("stable_revision"))),
+        stable = match fleet.f("stable_revision").as_u64() {
+            Some(rev) => rev.to_string(),
+            None => "none pushed yet (the cache's --bundle applies)".to_owned(),
+        },
         canary = match fleet.f("canary_revision").as_u64() {
             Some(rev) => format!(
                 "revision {rev} for {}% of clients",
