@@ -382,6 +382,9 @@ fn body_of(
     })
 }
 
+/// The largest bundle push (`PUT /v1/bundle`, `PUT /v1/bundle/canary`), bytes.
+pub const BUNDLE_BODY_LIMIT: usize = 64 << 20;
+
 /// The router with every route, limit and the metrics layer.
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     let settings = &app.settings;
@@ -393,10 +396,19 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/decisions/{id}", delete(delete_decision::<S>))
         .route("/v1/decisions/stream", get(stream::<S>))
-        .route("/v1/bundle", get(get_bundle::<S>).put(put_bundle::<S>))
+        // A signed bundle with its lists is megabytes (the default one: ~1.6 MB): pushes get
+        // their own body limit, above the API's (they take the admin scope).
+        .route(
+            "/v1/bundle",
+            get(get_bundle::<S>)
+                .put(put_bundle::<S>)
+                .layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
+        )
         .route(
             "/v1/bundle/canary",
-            axum::routing::put(put_canary::<S>).delete(abort_canary::<S>),
+            axum::routing::put(put_canary::<S>)
+                .delete(abort_canary::<S>)
+                .layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
         )
         .route("/v1/bundle/promote", post(promote_canary::<S>))
         .route("/v1/fleet", get(fleet::<S>).post(report::<S>))
