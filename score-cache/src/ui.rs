@@ -8,6 +8,11 @@
 //! third-party network access: the HTML, its few lines of CSS and the charts (inline SVG,
 //! drawn here; no chart library) come from this module.
 //!
+//! Every answer forbids framing and any script or outside resource (`Content-Security-Policy`,
+//! `X-Frame-Options: DENY`) and is never cached. The charts are inline SVG drawn here rather
+//! than a vendored library: no script runs in the dashboard at all, nothing is fetched from
+//! elsewhere, and each bar carries its category and count as attributes the tests read.
+//!
 //! Login is a form: the token is posted once, checked against the tokens file, and kept in
 //! memory on the server; the browser gets only a random session id in an `HttpOnly`,
 //! `SameSite=Strict` cookie scoped to `/ui` (`Secure` when the cache serves TLS), so the token
@@ -73,7 +78,29 @@ pub fn routes(api: Router, tokens: Tokens, secure_cookies: bool) -> Router {
         .route("/ui/decisions", get(decisions).post(add_decision))
         .route("/ui/decisions/{id}/remove", post(remove_decision))
         .route("/ui/log", get(log))
+        .layer(axum::middleware::map_response(protect))
         .with_state(ui)
+}
+
+/// What every dashboard answer carries: no scripts, styles or forms from anywhere else, never
+/// framed (clickjacking), never cached, no referrer to other sites.
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on the dashboard's own form
+        // posts, which the origin check must refuse.
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 fn random_hex(bytes: usize) -> Option<String> {
@@ -241,6 +268,7 @@ table{{border-collapse:collapse;background:#fff;width:100%}} td,th{{border-botto
 .card{{background:#fff;border:1px solid #e2e5ea;border-radius:6px;padding:12px;margin:10px 0}}
 .error{{color:#a40000}} .muted{{color:#6b7385}} .pass{{color:#2e7d32}} .challenge{{color:#b26a00}} .throttle{{color:#1f5fbf}} .block{{color:#a40000}}
 label{{margin-right:10px}} input,select{{margin-left:4px}}
+.legend{{margin-right:12px;font-size:12px}} .legend i{{display:inline-block;width:10px;height:10px;margin-right:4px}}
 </style></head>
 <body><header><b>Signalbox</b>{nav}</header><main><h1>{title}</h1>
 {body}
@@ -356,21 +384,47 @@ fn colour(decision: &str) -> &'static str {
 
 const DECISIONS: [&str; 4] = ["pass", "challenge", "throttle", "block"];
 
-/// Decisions per time bucket over `[from, to)`, as stacked SVG bars (one `<g data-bucket>`
-/// per bucket, one `<rect data-decision data-count>` per decision with any).
-fn decisions_chart(records: &[Value], from_ms: u64, to_ms: u64, buckets: usize) -> String {
+/// A client class's name in a record (`spoofed_bot;bot="googlebot"` → `spoofed_bot`).
+fn class_of(record: &Value) -> String {
+    text_of(record.f("client"))
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Colours for client classes, in rank order.
+const CLASS_COLOURS: [&str; 6] = [
+    "#3b7ddd", "#8e44ad", "#16a085", "#e67e22", "#7f8c8d", "#c0392b",
+];
+
+/// Records per time bucket over `[from, to)`, stacked by category, as SVG bars: one
+/// `<g data-bucket>` per bucket, one `<rect data-{attr}="…" data-count>` per category with any.
+/// `category` names a record's category; `colour` gives each a colour; a record whose category
+/// is not in `categories` is left out.
+#[allow(clippy::too_many_arguments)]
+fn time_chart(
+    id: &str,
+    attr: &str,
+    records: &[Value],
+    (from_ms, to_ms): (u64, u64),
+    buckets: usize,
+    categories: &[String],
+    category: impl Fn(&Value) -> String,
+    colour: impl Fn(usize, &str) -> String,
+) -> String {
     let span = to_ms.saturating_sub(from_ms).max(1);
-    let mut counts = vec![[0u64; 4]; buckets];
+    let mut counts = vec![vec![0u64; categories.len()]; buckets];
     for r in records {
         let at = r.f("at_ms").as_u64().unwrap_or(0);
         if at < from_ms || at >= to_ms {
             continue;
         }
         let bucket = usize::try_from((at - from_ms) * buckets as u64 / span).unwrap_or(0);
-        let kind = DECISIONS
-            .iter()
-            .position(|d| r.f("decision").as_str() == Some(d))
-            .unwrap_or(3);
+        let name = category(r);
+        let Some(kind) = categories.iter().position(|c| *c == name) else {
+            continue;
+        };
         if let Some(slot) = counts.get_mut(bucket).and_then(|c| c.get_mut(kind)) {
             *slot += 1;
         }
@@ -383,7 +437,7 @@ fn decisions_chart(records: &[Value], from_ms: u64, to_ms: u64, buckets: usize) 
         .max(1);
     let (width, height, bar) = (720u64, 180u64, 720 / buckets.max(1) as u64);
     let mut svg = format!(
-        r##"<svg id="decisions-chart" viewBox="0 0 {width} {h}" width="{width}" height="{h}" role="img" aria-label="Decisions over time"><rect width="{width}" height="{height}" fill="#fff"/>"##,
+        r##"<svg id="{id}" viewBox="0 0 {width} {h}" width="{width}" height="{h}" role="img"><rect width="{width}" height="{height}" fill="#fff"/>"##,
         h = height + 20
     );
     for (i, c) in counts.iter().enumerate() {
@@ -396,12 +450,13 @@ fn decisions_chart(records: &[Value], from_ms: u64, to_ms: u64, buckets: usize) 
             }
             let h = (n * (height - 10) / max).max(1);
             y = y.saturating_sub(h);
-            let decision = DECISIONS.get(k).copied().unwrap_or("block");
+            let name = categories.get(k).map_or("", String::as_str);
             let _ = write!(
                 svg,
-                r#"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="{fill}" data-decision="{decision}" data-count="{n}"><title>{decision}: {n}</title></rect>"#,
+                r#"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="{fill}" data-{attr}="{name}" data-count="{n}"><title>{name}: {n}</title></rect>"#,
                 w = bar.saturating_sub(2).max(1),
-                fill = colour(decision),
+                fill = colour(k, name),
+                name = esc(name),
             );
         }
         svg.push_str("</g>");
@@ -413,7 +468,18 @@ fn decisions_chart(records: &[Value], from_ms: u64, to_ms: u64, buckets: usize) 
         from = esc(&time_of(from_ms)),
         to = esc(&time_of(to_ms)),
     );
-    svg
+    let legend: String = categories
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            format!(
+                r#"<span class="legend"><i style="background:{}"></i>{}</span> "#,
+                colour(k, name),
+                esc(name)
+            )
+        })
+        .collect();
+    format!("{svg}<p>{legend}</p>")
 }
 
 /// Horizontal bars of `(label, count)` pairs.
@@ -482,9 +548,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
     let mut by_reason: HashMap<String, u64> = HashMap::new();
     for r in &records {
         *by_decision.entry(text_of(r.f("decision"))).or_default() += 1;
-        let class = text_of(r.f("client"));
-        let class = class.split(';').next().unwrap_or_default().to_owned();
-        *by_class.entry(class).or_default() += 1;
+        *by_class.entry(class_of(r)).or_default() += 1;
         for reason in r.f("reasons").as_array().into_iter().flatten() {
             *by_reason.entry(text_of(reason.f("code"))).or_default() += 1;
         }
@@ -499,7 +563,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         r#"<div class="card" id="bundle"><b>Bundle</b>: stable revision <span id="stable-revision">{stable}</span>; canary <span id="canary">{canary}</span></div>"#,
         stable = match fleet.f("stable_revision").as_u64() {
             Some(rev) => rev.to_string(),
-            None => "none pushed yet (the cache's --bundle applies)".to_owned(),
+            None => "— (none pushed yet; the cache's --bundle applies)".to_owned(),
         },
         canary = match fleet.f("canary_revision").as_u64() {
             Some(rev) => format!(
@@ -521,10 +585,40 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
     let _ = write!(
         body,
         r#"<h2>Decisions, last hour</h2><p id="decision-totals">{shown} of {total} records: {counts}</p>{chart}
-<h2>By client class</h2>{classes}<h2>Top reasons</h2>{reasons}"#,
+<h2>By client class, last hour</h2>{classes}<h2>Top reasons</h2>{reasons}"#,
         shown = records.len(),
-        chart = decisions_chart(&records, from, to, 12),
-        classes = bars("class-chart", &ranked(by_class, 12)),
+        chart = time_chart(
+            "decisions-chart",
+            "decision",
+            &records,
+            (from, to),
+            12,
+            &DECISIONS.map(str::to_owned),
+            |r| text_of(r.f("decision")),
+            |_, d| colour(d).to_owned(),
+        ),
+        classes = {
+            let top = ranked(by_class, CLASS_COLOURS.len());
+            let names: Vec<String> = top.iter().map(|(name, _)| name.clone()).collect();
+            format!(
+                "{}{}",
+                time_chart(
+                    "class-time-chart",
+                    "class",
+                    &records,
+                    (from, to),
+                    12,
+                    &names,
+                    class_of,
+                    |k, _| CLASS_COLOURS
+                        .get(k)
+                        .copied()
+                        .unwrap_or("#7f8c8d")
+                        .to_owned(),
+                ),
+                bars("class-chart", &top)
+            )
+        },
         reasons = bars("reason-chart", &ranked(by_reason, 10)),
     );
     body.push_str(r#"<h2>Fleet</h2><table id="fleet"><tr><th>node</th><th>stable</th><th>canary</th><th>last report</th><th>last error</th></tr>"#);

@@ -198,6 +198,28 @@ async fn the_dashboard_shows_what_the_api_holds_and_only_admins_change_it() {
 
     let overview = get(&r, "/ui", &viewer).await;
     assert_eq!(overview.status, StatusCode::OK);
+    let csp = overview.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(overview.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(overview.headers[header::CACHE_CONTROL], "no-store");
+    let class_bars: u64 = overview
+        .text
+        .match_indices(r#"data-class="automation" data-count=""#)
+        .map(|(at, m)| {
+            overview.text[at + m.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(class_bars, 3, "the class chart's automation bars add up");
     assert!(
         overview.text.contains("6 of 6 records"),
         "{}",

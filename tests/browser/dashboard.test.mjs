@@ -87,6 +87,10 @@ describe('chromium on the dashboard', () => {
       assert.ok(bars.every(([, , h]) => h > 0), 'every bar is drawn');
       assert.equal(await page.$eval('#reason-chart g[data-label="ua.automation"]', (g) => g.dataset.count), '3');
       assert.equal(await page.$eval('#class-chart g[data-label="browser"]', (g) => g.dataset.count), '2');
+      const classBars = await page.$$eval('#class-time-chart rect[data-class]', (rs) =>
+        rs.map((r) => [r.dataset.class, Number(r.dataset.count)]));
+      const byClass = (c) => classBars.filter(([k]) => k === c).reduce((n, [, x]) => n + x, 0);
+      assert.deepEqual([byClass('automation'), byClass('browser'), byClass('spoofed_bot')], [3, 2, 1]);
       assert.ok(await page.$('#fleet tr[data-node="edge-eu-1"]'));
       await page.screenshot({ path: screenshotPath('dashboard-overview'), fullPage: true });
 
