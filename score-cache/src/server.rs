@@ -382,8 +382,17 @@ fn body_of(
     })
 }
 
-/// The largest bundle push (`PUT /v1/bundle`, `PUT /v1/bundle/canary`), bytes.
+/// The largest bundle push (`PUT /v1/bundle`, `PUT /v1/bundle/canary`), bytes: read only
+/// after the token is checked for admin scope, so an anonymous request costs no more than the
+/// API's own limit.
 pub const BUNDLE_BODY_LIMIT: usize = 64 << 20;
+
+/// A bundle push's body, read only now (after the caller's scope was checked).
+async fn push_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BUNDLE_BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::TooLarge)
+}
 
 /// The router with every route, limit and the metrics layer.
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
@@ -396,19 +405,12 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/decisions/{id}", delete(delete_decision::<S>))
         .route("/v1/decisions/stream", get(stream::<S>))
-        // A signed bundle with its lists is megabytes (the default one: ~1.6 MB): pushes get
-        // their own body limit, above the API's (they take the admin scope).
-        .route(
-            "/v1/bundle",
-            get(get_bundle::<S>)
-                .put(put_bundle::<S>)
-                .layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
-        )
+        // A signed bundle with its lists is megabytes (the default one: ~1.6 MB): bundle
+        // pushes read their body themselves, up to BUNDLE_BODY_LIMIT, after the admin check.
+        .route("/v1/bundle", get(get_bundle::<S>).put(put_bundle::<S>))
         .route(
             "/v1/bundle/canary",
-            axum::routing::put(put_canary::<S>)
-                .delete(abort_canary::<S>)
-                .layer(DefaultBodyLimit::max(BUNDLE_BODY_LIMIT)),
+            axum::routing::put(put_canary::<S>).delete(abort_canary::<S>),
         )
         .route("/v1/bundle/promote", post(promote_canary::<S>))
         .route("/v1/fleet", get(fleet::<S>).post(report::<S>))
@@ -1006,10 +1008,10 @@ async fn get_bundle<S: Store>(
 async fn put_bundle<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authorize(&headers, Scope::Admin)?;
-    let body = body_of(body)?;
+    let body = push_body(body).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| FieldError::new("body", "a bundle is UTF-8 JSON"))?
         .to_owned();
@@ -1038,10 +1040,10 @@ struct CanaryIn {
 async fn put_canary<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authorize(&headers, Scope::Admin)?;
-    let input: CanaryIn = parse_json(&body_of(body)?)?;
+    let input: CanaryIn = parse_json(&push_body(body).await?)?;
     if !(1..=100).contains(&input.percent) {
         return Err(FieldError::new("percent", "must be 1..=100").into());
     }

@@ -42,6 +42,10 @@ use crate::server::now_ms;
 pub const SESSION_COOKIE: &str = "signalbox_session";
 /// How long a session lasts.
 const SESSION_MS: u64 = 8 * 3600 * 1000;
+/// Sessions per token, at most (a leaked read token cannot fill the server's memory).
+const MAX_SESSIONS_PER_TOKEN: usize = 20;
+/// Sessions in all, at most.
+const MAX_SESSIONS: usize = 1_000;
 /// Decision log records the overview charts read, at most (the newest hour).
 const OVERVIEW_RECORDS: usize = 2_000;
 
@@ -168,20 +172,41 @@ fn time_of(ms: u64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Whether a post comes from the dashboard's own origin: no `Origin` (an older client), or
+/// one naming this host; `null` and other origins are refused.
+fn same_origin(headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|host| {
+                origin == format!("http://{host}") || origin == format!("https://{host}")
+            }),
+    }
+}
+
 impl Ui {
-    fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
-        let id = headers
+    /// The session id the request's cookie names (whether or not it is a live session).
+    fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+        headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(name, _)| *name == SESSION_COOKIE)
-            .map(|(_, value)| value.to_owned())?;
-        let mut sessions = self.sessions.lock().ok()?;
-        let now = now_ms();
-        sessions.retain(|_, s| s.expires_ms > now);
-        sessions.get(&id).cloned().map(|s| (id, s))
+            .map(|(_, value)| value.to_owned())
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let id = self.session_id(headers)?;
+        let sessions = self.sessions.lock().ok()?;
+        sessions
+            .get(&id)
+            .filter(|s| s.expires_ms > now_ms())
+            .cloned()
+            .map(|s| (id, s))
     }
 
     /// One API call with the session's token: the status and the JSON answer.
@@ -229,16 +254,7 @@ impl Ui {
     /// Whether a form post may change anything: the session's CSRF token, and no other origin.
     fn form_allowed(&self, headers: &HeaderMap, session: &Session, csrf: &str) -> bool {
         let same_token = bool::from(session.csrf.as_bytes().ct_eq(csrf.as_bytes()));
-        let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            None => true,
-            Some(origin) => headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|host| {
-                    origin == format!("http://{host}") || origin == format!("https://{host}")
-                }),
-        };
-        same_token && origin_ok
+        same_token && same_origin(headers)
     }
 }
 
@@ -313,7 +329,18 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(ui): State<Arc<Ui>>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(ui): State<Arc<Ui>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "login refused: posted from another origin",
+        )
+            .into_response();
+    }
     let scopes = ui.tokens.scopes_of(form.token.trim());
     let Some(scopes) = scopes.filter(|s| s.allows(Scope::Read)) else {
         let mut refused = login_page(Some(
@@ -333,6 +360,33 @@ async fn login(State(ui): State<Arc<Ui>>, Form(form): Form<LoginForm>) -> Respon
         expires_ms: now_ms().saturating_add(SESSION_MS),
     };
     if let Ok(mut sessions) = ui.sessions.lock() {
+        // The session this browser had ends here (no fixation, no pile of stale ids); a token
+        // keeps at most MAX_SESSIONS_PER_TOKEN and the map MAX_SESSIONS, the oldest going first.
+        if let Some(old) = ui.session_id(&headers) {
+            sessions.remove(&old);
+        }
+        let now = now_ms();
+        sessions.retain(|_, s| s.expires_ms > now);
+        let mut same_token: Vec<(u64, String)> = sessions
+            .iter()
+            .filter(|(_, s)| s.token == session.token)
+            .map(|(id, s)| (s.expires_ms, id.clone()))
+            .collect();
+        same_token.sort();
+        for (_, old) in same_token
+            .iter()
+            .take((same_token.len() + 1).saturating_sub(MAX_SESSIONS_PER_TOKEN))
+        {
+            sessions.remove(old);
+        }
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires_ms)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
         sessions.insert(id.clone(), session);
     }
     let cookie = format!(
@@ -568,7 +622,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         canary = match fleet.f("canary_revision").as_u64() {
             Some(rev) => format!(
                 "revision {rev} for {}% of clients",
-                text_of(fleet.f("canary_percent"))
+                esc(&text_of(fleet.f("canary_percent")))
             ),
             None => "none".to_owned(),
         },
@@ -709,14 +763,14 @@ async fn subjects(
                 ("trend", "trend")
             ]
         ),
-        total = text_of(answer.f("total")),
+        total = esc(&text_of(answer.f("total"))),
         avg = answer
             .f("summary")
             .f("average_score")
             .as_f64()
             .unwrap_or(0.0),
-        high = text_of(answer.f("summary").f("high_risk")),
-        critical = text_of(answer.f("summary").f("critical_risk")),
+        high = esc(&text_of(answer.f("summary").f("high_risk"))),
+        critical = esc(&text_of(answer.f("summary").f("critical_risk"))),
     );
     for s in answer.f("subjects").as_array().into_iter().flatten() {
         let (scope, key) = (text_of(s.f("scope")), text_of(s.f("key")));
@@ -757,7 +811,7 @@ fn history_chart(history: &[Value]) -> String {
     let (width, height) = (720u64, 160u64);
     let xy = |(at, score): (u64, u64)| {
         (
-            10 + (at - first.0) * (width - 20) / span,
+            10 + at.saturating_sub(first.0).min(span) * (width - 20) / span,
             height - 10 - score.min(100) * (height - 20) / 100,
         )
     };
@@ -1025,7 +1079,7 @@ async fn log(
                 ("revision", "revision")
             ]
         ),
-        total = text_of(answer.f("total")),
+        total = esc(&text_of(answer.f("total"))),
     );
     for r in answer.f("records").as_array().into_iter().flatten() {
         let reasons: String = r

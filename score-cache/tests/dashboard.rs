@@ -154,6 +154,26 @@ async fn the_dashboard_shows_what_the_api_holds_and_only_admins_change_it() {
         Some(json!({"records": records})),
     )
     .await;
+    // Traffic decides what these fields hold: markup must come out as text. (Two hours old:
+    // outside the overview's hour, so its counts stay those of the six above.)
+    let mut hostile = record(
+        "r7",
+        now - 7_200_000,
+        "challenge",
+        "automation",
+        "ua.automation",
+    );
+    hostile["path"] = json!("/<script>alert(1)</script>");
+    hostile["node_id"] = json!("edge\"><img src=x onerror=alert(1)>");
+    let taken = api(
+        &r,
+        "POST",
+        "/v1/decisions/log",
+        common::READ,
+        Some(json!({"records": [hostile]})),
+    )
+    .await;
+    assert_eq!(taken["accepted"], 1, "{taken}");
     let events: Vec<Value> = (0..3)
         .map(|i| json!({"id": format!("e{i}"), "subject": {"scope": "user", "key": "mallory"}, "type": "failed_login", "severity": "medium", "impact": 10}))
         .collect();
@@ -282,6 +302,17 @@ async fn the_dashboard_shows_what_the_api_holds_and_only_admins_change_it() {
         subject.text
     );
 
+    let all = get(&r, "/ui/log", &viewer).await;
+    assert!(
+        all.text.contains("/&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "the path escaped"
+    );
+    assert!(
+        all.text
+            .contains("edge&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"),
+        "the node escaped"
+    );
+    assert!(!all.text.contains("<script>alert") && !all.text.contains("<img src=x"));
     let log = get(&r, "/ui/log?decision=block", &viewer).await;
     assert!(
         log.text.contains(r#"<p id="log-total">2 records"#),
@@ -394,4 +425,71 @@ async fn the_dashboard_shows_what_the_api_holds_and_only_admins_change_it() {
     // Logging out ends the session.
     post_form(&r, "/ui/logout", &admin, None, &format!("csrf={csrf}")).await;
     assert_eq!(get(&r, "/ui", &admin).await.status, StatusCode::SEE_OTHER);
+}
+
+/// Bundle pushes take megabytes, but only from an admin: the body is read after the token.
+#[tokio::test]
+async fn bundle_pushes_read_megabytes_only_after_the_admin_check() {
+    let (r, _dir) = router();
+    let big = format!("{{\"padding\": \"{}\"}}", "x".repeat(3 << 20));
+    let push = |token: Option<&str>| {
+        let mut request = Request::builder().method("PUT").uri("/v1/bundle");
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        request.body(Body::from(big.clone())).unwrap()
+    };
+    assert_eq!(send(&r, push(None)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(&r, push(Some(common::READ))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // From an admin, 3 MiB is read (over the API's 1 MiB) and judged as a bundle.
+    let admin = send(&r, push(Some(common::ADMIN))).await;
+    assert_eq!(admin.status, StatusCode::CONFLICT, "{}", admin.text);
+    assert!(admin.text.contains("not signed"), "{}", admin.text);
+}
+
+/// A token keeps at most 20 sessions; logging in again ends the browser's previous session; a
+/// login posted from another origin is refused.
+#[tokio::test]
+async fn sessions_are_bounded_and_replaced() {
+    let (r, _dir) = router();
+    let first = cookie_of(&login(&r, common::READ).await);
+    assert_eq!(get(&r, "/ui", &first).await.status, StatusCode::OK);
+    // The same browser logs in again: its old session ends.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::COOKIE, &first)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={}", common::READ)))
+        .unwrap();
+    let second = cookie_of(&send(&r, request).await);
+    assert_eq!(get(&r, "/ui", &first).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(get(&r, "/ui", &second).await.status, StatusCode::OK);
+    let mut cookies = vec![second];
+    for _ in 0..25 {
+        cookies.push(cookie_of(&login(&r, common::READ).await));
+    }
+    let mut live = 0;
+    for c in &cookies {
+        if get(&r, "/ui", c).await.status == StatusCode::OK {
+            live += 1;
+        }
+    }
+    assert_eq!(live, 20, "a token keeps its 20 newest sessions");
+    assert_eq!(
+        get(&r, "/ui", cookies.last().unwrap()).await.status,
+        StatusCode::OK
+    );
+    let cross = Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::HOST, "cache.test")
+        .header(header::ORIGIN, "https://evil.example")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={}", common::READ)))
+        .unwrap();
+    assert_eq!(send(&r, cross).await.status, StatusCode::FORBIDDEN);
 }
