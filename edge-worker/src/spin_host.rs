@@ -90,14 +90,21 @@ impl BundleStore {
     /// The stored pushed bundle: `Ok(None)` when there is none, an error when the store cannot
     /// be read or the entry's tag does not verify (then it is not to be used).
     pub fn pushed_bundle(&self) -> Result<Option<Vec<u8>>, String> {
-        use hmac::Mac;
-        let Some(entry) = self
-            .store
+        self.read_entry()?
+            .map(|entry| self.verified(&entry).map(<[u8]>::to_vec))
+            .transpose()
+    }
+
+    /// The stored entry as it is (tag and bundle), or `None`; an error when unreadable.
+    fn read_entry(&self) -> Result<Option<Vec<u8>>, String> {
+        self.store
             .get(BUNDLE_KEY)
-            .map_err(|e| format!("reading {BUNDLE_KEY}: {e:?}"))?
-        else {
-            return Ok(None);
-        };
+            .map_err(|e| format!("reading {BUNDLE_KEY}: {e:?}"))
+    }
+
+    /// An entry's bundle, when its tag verifies under the store key (in constant time).
+    fn verified<'e>(&self, entry: &'e [u8]) -> Result<&'e [u8], String> {
+        use hmac::Mac;
         let (tag, bundle) = entry
             .split_at_checked(32)
             .ok_or_else(|| format!("{BUNDLE_KEY} is too short to carry a tag"))?;
@@ -105,24 +112,19 @@ impl BundleStore {
         mac.update(bundle);
         mac.verify_slice(tag)
             .map_err(|_| format!("{BUNDLE_KEY}: its tag does not verify under {STORE_KEY_VAR}"))?;
-        Ok(Some(bundle.to_vec()))
+        Ok(bundle)
     }
 
     /// The revision of the stored bundle whose tag verifies (0: none, or one that does not
-    /// verify, which a good one may replace); an error when the store cannot be read.
+    /// verify, which a good one may replace); an error when the store cannot be read. The
+    /// entry is read once.
     fn stored_revision(&self) -> Result<u64, String> {
-        let entry = self
-            .store
-            .get(BUNDLE_KEY)
-            .map_err(|e| format!("reading {BUNDLE_KEY}: {e:?}"))?;
-        if entry.is_none() {
-            return Ok(0);
-        }
         Ok(self
-            .pushed_bundle()
-            .ok()
-            .flatten()
-            .and_then(|b| signalbox_policy::prepared::prepared_revision(&b))
+            .read_entry()?
+            .and_then(|entry| {
+                let bundle = self.verified(&entry).ok()?;
+                signalbox_policy::prepared::prepared_revision(bundle)
+            })
             .unwrap_or(0))
     }
 

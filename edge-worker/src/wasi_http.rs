@@ -36,6 +36,34 @@ thread_local! {
     static WORKER: OnceCell<Result<Worker, String>> = const { OnceCell::new() };
 }
 
+#[cfg(feature = "spin")]
+thread_local! {
+    /// The `spin` build's store, opened once per instance: read while the worker is built,
+    /// polled after the request is answered.
+    static STORE: OnceCell<Option<crate::spin_host::BundleStore>> = const { OnceCell::new() };
+}
+
+/// The instance's store (opened on first use; `None` without one or without its key, logged).
+#[cfg(feature = "spin")]
+fn with_store<T>(
+    env: &std::collections::HashMap<String, String>,
+    f: impl FnOnce(Option<&crate::spin_host::BundleStore>) -> T,
+) -> T {
+    STORE.with(|cell| {
+        let store = cell.get_or_init(|| {
+            crate::spin_host::BundleStore::open(env)
+                .map_err(|why| {
+                    log(
+                        LogLevel::Warn,
+                        &format!("signalbox: the key-value store is not used, pushed bundles do not reach this deployment: {why}"),
+                    );
+                })
+                .ok()
+        });
+        f(store.as_ref())
+    })
+}
+
 fn now_nanos() -> u128 {
     let now = wasi::clocks::wall_clock::now();
     u128::from(now.seconds) * 1_000_000_000 + u128::from(now.nanoseconds)
@@ -85,10 +113,12 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
                     serve(worker, request, out);
                     // The client has its whole answer: now the bundle poll, when due.
                     #[cfg(feature = "spin")]
-                    if let Ok(store) = crate::spin_host::BundleStore::open(&env_map()) {
-                        let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
-                        store.poll_if_due(worker, now_ms, make_link_call, log);
-                    }
+                    with_store(&env_map(), |store| {
+                        if let Some(store) = store {
+                            let now_ms = u64::try_from(now_nanos() / 1_000_000).unwrap_or(0);
+                            store.poll_if_due(worker, now_ms, make_link_call, log);
+                        }
+                    });
                 }
                 // A configuration that does not load serves nothing, as Envoy refuses it: the
                 // operator sees 503 and the logged reason, never unscored traffic at origin.
@@ -115,51 +145,44 @@ fn spin_settings(
     now: u64,
 ) -> Result<EdgeSettings, String> {
     use crate::PushedBundle;
-    use crate::spin_host::BundleStore;
-    let store = BundleStore::open(env)
-        .map_err(|why| {
-            log(
-                LogLevel::Warn,
-                &format!("signalbox: the key-value store is not used, pushed bundles do not reach this deployment: {why}"),
-            );
-        })
-        .ok();
-    let pushed = match store.as_ref().map(BundleStore::pushed_bundle) {
-        Some(Ok(pushed)) => pushed,
-        Some(Err(why)) => {
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "signalbox: the stored pushed bundle is set aside, the packaged one serves: {why}"
-                ),
-            );
-            if let Some(store) = &store {
+    with_store(env, |store| {
+        let pushed = match store.map(crate::spin_host::BundleStore::pushed_bundle) {
+            Some(Ok(pushed)) => pushed,
+            Some(Err(why)) => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "signalbox: the stored pushed bundle is set aside, the packaged one serves: {why}"
+                    ),
+                );
+                if let Some(store) = store {
+                    store.forget_damaged();
+                }
+                None
+            }
+            None => None,
+        };
+        let (settings, outcome) = EdgeSettings::from_env_with_pushed(
+            |k| crate::spin_host::setting(k, env),
+            now,
+            pushed.as_deref(),
+        )?;
+        match (outcome, store) {
+            (PushedBundle::Refused(why), Some(store)) => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "signalbox: the stored pushed bundle did not load, the packaged one serves: {why}"
+                    ),
+                );
                 store.forget_damaged();
             }
-            None
+            // A newer file was deployed since the push: the stored one is of no more use.
+            (PushedBundle::NotAbove(..), Some(store)) => store.forget_pushed(),
+            _ => {}
         }
-        None => None,
-    };
-    let (settings, outcome) = EdgeSettings::from_env_with_pushed(
-        |k| crate::spin_host::setting(k, env),
-        now,
-        pushed.as_deref(),
-    )?;
-    match (outcome, &store) {
-        (PushedBundle::Refused(why), Some(store)) => {
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "signalbox: the stored pushed bundle did not load, the packaged one serves: {why}"
-                ),
-            );
-            store.forget_damaged();
-        }
-        // A newer file was deployed since the push: the stored one is of no more use.
-        (PushedBundle::NotAbove(..), Some(store)) => store.forget_pushed(),
-        _ => {}
-    }
-    Ok(settings)
+        Ok(settings)
+    })
 }
 
 fn method_name(m: &Method) -> String {

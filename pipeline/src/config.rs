@@ -445,6 +445,20 @@ pub fn parse_with_prepared(
     parse_from(json, BundleSource::Prepared(prepared), now, env)
 }
 
+/// The plugin configuration and the bundle-signing keys it trusts; errors name the field path.
+fn config_and_keys(json: &[u8]) -> Result<(PluginConfigV1, TrustedKeys), ConfigError> {
+    let config: PluginConfigV1 = signalbox_policy::json::from_slice_with_path(json)
+        .map_err(|e| ConfigError(format!("{}: {}", e.path, e.message)))?;
+    let keys = TrustedKeys::from_base64(
+        config
+            .trusted_keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.public.as_str())),
+    )
+    .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
+    Ok((config, keys))
+}
+
 /// A pushed bundle (a signed envelope, or plain JSON with `allow_unsigned`) verified with the
 /// configuration's keys and turned into its prepared form, for a host that keeps it between
 /// fresh instances (Spin's key-value store): `Ok(None)` when it is the revision serving now,
@@ -455,15 +469,7 @@ pub fn prepare_replacement(
     replacement: Replacement<'_>,
     now: u64,
 ) -> Result<Option<(u64, Vec<u8>)>, ConfigError> {
-    let config: PluginConfigV1 = signalbox_policy::json::from_slice_with_path(json)
-        .map_err(|e| ConfigError(format!("{}: {}", e.path, e.message)))?;
-    let keys = TrustedKeys::from_base64(
-        config
-            .trusted_keys
-            .iter()
-            .map(|k| (k.kid.as_str(), k.public.as_str())),
-    )
-    .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
+    let (config, keys) = config_and_keys(json)?;
     let ctx = LoadContext {
         now,
         active_revision: Some(replacement.above_revision),
@@ -543,15 +549,7 @@ fn settings_from(
         BundleSource::Replacement(r) => Some(r),
         BundleSource::Inline | BundleSource::Prepared(_) => None,
     };
-    let config: PluginConfigV1 = signalbox_policy::json::from_slice_with_path(json)
-        .map_err(|e| ConfigError(format!("{}: {}", e.path, e.message)))?;
-    let keys = TrustedKeys::from_base64(
-        config
-            .trusted_keys
-            .iter()
-            .map(|k| (k.kid.as_str(), k.public.as_str())),
-    )
-    .map_err(|e| ConfigError(format!("trusted_keys: {e}")))?;
+    let (config, keys) = config_and_keys(json)?;
     let ctx = LoadContext {
         now,
         active_revision: replacement.map(|r| r.above_revision),

@@ -20,8 +20,9 @@ pub struct ChallengePage<'a> {
     pub csp_nonce: &'a str,
 }
 
-/// Escapes text for HTML element content and double-quoted attributes.
-fn escape_html(text: &str) -> String {
+/// Escapes text for HTML element content and quoted attributes (also the score cache's
+/// dashboard's escaper).
+pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

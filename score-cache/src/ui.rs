@@ -36,7 +36,9 @@ use subtle::ConstantTimeEq;
 use tower::ServiceExt;
 
 use crate::auth::{Scope, Tokens};
+// HTML-escapes text for element content and quoted attributes (the challenge page's escaper).
 use crate::server::now_ms;
+use signalbox_policy::page::escape_html as esc;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "signalbox_session";
@@ -111,22 +113,6 @@ fn random_hex(bytes: usize) -> Option<String> {
     let mut raw = vec![0u8; bytes];
     getrandom::fill(&mut raw).ok()?;
     Some(raw.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// HTML-escapes text for element content and quoted attributes.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Percent-encodes a path segment or query value (everything but RFC 3986's unreserved).
@@ -240,6 +226,14 @@ impl Ui {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// [`Ui::get`], with a failure noted in `errors` (shown on the page) and `null` in its place.
+    async fn get_or_note(&self, session: &Session, path: &str, errors: &mut Vec<String>) -> Value {
+        self.get(session, path).await.unwrap_or_else(|e| {
+            errors.push(e);
+            Value::Null
+        })
     }
 
     async fn get(&self, session: &Session, path: &str) -> Result<Value, String> {
@@ -607,10 +601,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
             *by_reason.entry(text_of(reason.f("code"))).or_default() += 1;
         }
     }
-    let fleet = ui.get(&session, "/v1/fleet").await.unwrap_or_else(|e| {
-        errors.push(e);
-        Value::Null
-    });
+    let fleet = ui.get_or_note(&session, "/v1/fleet", &mut errors).await;
     let mut body = error_block(&errors);
     let _ = write!(
         body,
@@ -742,12 +733,12 @@ async fn subjects(
     let query = passthrough(&params, &filters);
     let mut errors = Vec::new();
     let answer = ui
-        .get(&session, &format!("/v1/scores?limit=50&{query}"))
-        .await
-        .unwrap_or_else(|e| {
-            errors.push(e);
-            Value::Null
-        });
+        .get_or_note(
+            &session,
+            &format!("/v1/scores?limit=50&{query}"),
+            &mut errors,
+        )
+        .await;
     let mut body = error_block(&errors);
     let _ = write!(
         body,
@@ -912,10 +903,7 @@ async fn decisions(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
 
 async fn decisions_page(ui: &Ui, session: &Session, problems: &[String]) -> Response {
     let mut errors = problems.to_vec();
-    let answer = ui.get(session, "/v1/decisions").await.unwrap_or_else(|e| {
-        errors.push(e);
-        Value::Null
-    });
+    let answer = ui.get_or_note(session, "/v1/decisions", &mut errors).await;
     let mut body = error_block(&errors);
     if session.admin {
         let _ = write!(
@@ -1058,12 +1046,12 @@ async fn log(
     );
     let mut errors = Vec::new();
     let answer = ui
-        .get(&session, &format!("/v1/decisions/log?limit=100&{query}"))
-        .await
-        .unwrap_or_else(|e| {
-            errors.push(e);
-            Value::Null
-        });
+        .get_or_note(
+            &session,
+            &format!("/v1/decisions/log?limit=100&{query}"),
+            &mut errors,
+        )
+        .await;
     let mut body = error_block(&errors);
     let _ = write!(
         body,
