@@ -191,6 +191,8 @@ struct LogReplay {
     records: usize,
     replayed: usize,
     rate_limited: usize,
+    /// Decided by an operator's manual decision, which overrides any bundle: kept as it was.
+    manual: usize,
     without_facts: usize,
     /// The candidate asks the score cache where the recording edge did not: replayed with an
     /// empty answer (what the cache says about a subject it has no events for).
@@ -239,6 +241,7 @@ fn over_log(args: &DiffArgs, candidate_path: &std::path::Path) -> Result<ExitCod
                 "recorded_by_revision": replay.by_revision,
                 "replayed": replay.replayed,
                 "rate_limited": replay.rate_limited,
+                "manual_decision": replay.manual,
                 "without_facts": replay.without_facts,
                 "assumed_empty_context": replay.assumed_empty_context,
                 "flipped": replay.flips.total(),
@@ -267,10 +270,10 @@ fn over_log(args: &DiffArgs, candidate_path: &std::path::Path) -> Result<ExitCod
             revisions.join(", ")
         }
     );
-    if replay.rate_limited + replay.without_facts > 0 {
+    if replay.rate_limited + replay.manual + replay.without_facts > 0 {
         println!(
-            "  not replayed: {} throttled by a rate budget (bucket state is not recorded), {} without facts (from an older edge)",
-            replay.rate_limited, replay.without_facts
+            "  not replayed: {} throttled by a rate budget (bucket state is not recorded), {} decided by a manual decision (it overrides any bundle), {} without facts (from an older edge)",
+            replay.rate_limited, replay.manual, replay.without_facts
         );
     }
     if replay.assumed_empty_context > 0 {
@@ -312,6 +315,10 @@ impl LogReplay {
         self.recorded_lists.extend(record.ip_lists.iter().cloned());
         if record.rate_limited {
             self.rate_limited += 1;
+            return;
+        }
+        if record.manual_decision.is_some() {
+            self.manual += 1;
             return;
         }
         let Some(replay) = replay_facts(record) else {

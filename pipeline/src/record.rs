@@ -7,8 +7,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use signalbox_policy::{
-    Clearance, Decision, Facts, ManualAction, Policy, RecordedIp, RemoteContext, SIGNAL_HEADERS,
-    Verdict,
+    Clearance, DecidedBy, Decision, Facts, ManualAction, Policy, RecordedIp, RemoteContext,
+    SIGNAL_HEADERS, Verdict,
 };
 use signalbox_wire::{
     ContextAnswerV1, DecisionRecordV1, ManualActionV1, ManualDecisionV1, RecordClearanceV1,
@@ -203,6 +203,10 @@ pub fn decision_record(
             .map(|ip| policy.lists_holding(ip))
             .unwrap_or_default(),
         rate_limited: d.rate_limited,
+        manual_decision: match &d.verdict.decided_by {
+            DecidedBy::Manual(scope) => Some((*scope).to_owned()),
+            _ => None,
+        },
         facts: Some(recorded_facts),
     }
 }
@@ -384,6 +388,57 @@ mod tests {
         assert!(replay.context_asked);
         let again = policy.evaluate(&replay.facts, replay.context.as_ref(), replay.now);
         assert_eq!(again, verdict);
+    }
+
+    #[test]
+    fn a_record_names_the_manual_decision_that_decided_it() {
+        let policy = golden();
+        let browser = [
+            (
+                "User-Agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            ),
+            ("Accept", "text/html"),
+            ("Accept-Language", "de-CH"),
+        ];
+        let record_of = |facts: &Facts| {
+            let verdict = policy.evaluate(facts, None, NOW);
+            decision_record(
+                Recorder {
+                    node_id: "edge-1",
+                    hash_key: b"record key",
+                },
+                &policy,
+                Decided {
+                    request_id: "r1",
+                    facts,
+                    verdict: &verdict,
+                    last: crate::Final::of(&verdict, false),
+                    rate_limited: false,
+                    context_asked: false,
+                    context: None,
+                    at_ms: NOW * 1_000,
+                },
+            )
+        };
+        let mut banned = request("81.62.10.4", &browser);
+        banned.manual_decisions.ip = Some(signalbox_policy::ManualDecision {
+            action: ManualAction::Ban,
+            expires_at: NOW + 60,
+        });
+        let record = record_of(&banned);
+        assert_eq!(record.decision, "block");
+        assert_eq!(record.manual_decision.as_deref(), Some("ip"));
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains(r#""manual_decision":"ip""#), "{text}");
+
+        let plain = record_of(&request("81.62.10.4", &browser));
+        assert_eq!(plain.manual_decision, None);
+        assert!(
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("manual_decision")
+        );
     }
 
     #[test]

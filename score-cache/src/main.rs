@@ -89,6 +89,11 @@ struct ServeArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The origin browsers reach the dashboard at, when a proxy in front terminates TLS or
+    /// rewrites `Host` (`https://signalbox.example.com`): dashboard form posts must come from
+    /// it, and an https origin makes the session cookie `Secure`.
+    #[arg(long)]
+    public_origin: Option<String>,
     /// Serve `GET /v1/noop` (the load run's baseline).
     #[arg(long, hide = true)]
     bench_routes: bool,
@@ -152,7 +157,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
+    let public_origin = match &args.public_origin {
+        Some(raw) => Some(
+            server::public_origin_of(raw).map_err(|e| anyhow::anyhow!("--public-origin: {e}"))?,
+        ),
+        None => None,
+    };
     let settings = Settings {
+        public_origin,
         tokens,
         ip: IpKeying {
             ipv6_prefix: policy.ipv6_prefix(),
@@ -206,7 +218,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(listen = %local, scheme, revision, "signalbox-cache serving");
     // Tests and scripts read this line to learn the port.
     println!("listening on {scheme}://{local}");
-    let router = server::router(app);
+    // Handlers see each connection's client address (the dashboard's login limiter).
+    let router = server::router(app).into_make_service_with_connect_info::<server::PeerAddr>();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

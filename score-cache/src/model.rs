@@ -273,6 +273,29 @@ pub fn subject_of(
     Ok(SubjectKey { scope, key })
 }
 
+/// A subject as a reader names it: as [`subject_of`], and when IP keys are hashed, also by its
+/// stored key (the hex hash `/v1/scores` lists), so a listed IP subject can be looked up or
+/// erased. Events and decisions still take addresses only.
+pub fn stored_subject_of(
+    field: &str,
+    scope: &str,
+    key: &str,
+    ip: &IpKeying,
+) -> Result<SubjectKey, FieldError> {
+    if scope == "ip" && ip.hash_key.is_some() && is_hashed_key(key) {
+        return Ok(SubjectKey {
+            scope: ScopeV1::Ip,
+            key: key.to_owned(),
+        });
+    }
+    subject_of(field, scope, key, ip)
+}
+
+/// Whether `key` has the form of a hashed subject key (32 lower-case hex digits).
+fn is_hashed_key(key: &str) -> bool {
+    key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Validates a whole batch; the first error rejects all of it.
 pub fn validate_batch(
     batch: EventBatchIn,

@@ -72,6 +72,8 @@ pub struct Settings {
     pub log_retention_days: u32,
     /// The dashboard's session cookie is `Secure` (the cache serves TLS).
     pub secure_cookies: bool,
+    /// The origin browsers reach the dashboard at, behind a proxy (`--public-origin`).
+    pub public_origin: Option<String>,
 }
 
 impl Default for Settings {
@@ -94,6 +96,7 @@ impl Default for Settings {
             fleet_stale_seconds: 120,
             log_retention_days: 14,
             secure_cookies: false,
+            public_origin: None,
         }
     }
 }
@@ -439,8 +442,16 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .load_shed()
         .concurrency_limit(settings.concurrency.max(1))
         .timeout(settings.request_timeout);
-    let tokens = settings.tokens.clone();
-    let secure_cookies = settings.secure_cookies;
+    let ui = crate::ui::UiSettings {
+        tokens: settings.tokens.clone(),
+        secure_cookies: settings.secure_cookies
+            || settings
+                .public_origin
+                .as_deref()
+                .is_some_and(|o| o.starts_with("https://")),
+        public_origin: settings.public_origin.clone(),
+        request_timeout: settings.request_timeout,
+    };
     let api = v1
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
@@ -453,8 +464,58 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         ))
         .with_state(app);
     // The dashboard reads through the API router itself (crate::ui).
-    api.clone()
-        .merge(crate::ui::routes(api, tokens, secure_cookies))
+    api.clone().merge(crate::ui::routes(api, ui))
+}
+
+/// A connection's client address, as the listener saw it (plain TCP or TLS): serve the router
+/// with `into_make_service_with_connect_info::<PeerAddr>()` and handlers find it in
+/// `ConnectInfo<PeerAddr>` (the dashboard's login limiter does).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// The origin a `--public-origin` value names, normalised (`https://host[:port]`, lower case),
+/// or why it is not one: http or https, a host, no path, query or user.
+pub fn public_origin_of(raw: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = raw
+        .parse()
+        .map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{raw:?}: an origin is http:// or https://"));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{raw:?}: an origin names a host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("{raw:?}: an origin has no user part"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{raw:?}: an origin has no path or query (the dashboard is at /ui under it)"
+        ));
+    }
+    Ok(format!(
+        "{scheme}://{}",
+        authority.as_str().to_ascii_lowercase()
+    ))
 }
 
 async fn observe<S: Store>(
@@ -902,7 +963,7 @@ async fn erase_subject<S: Store>(
     Path((scope, key)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authorize(&headers, Scope::Admin)?;
-    let subject = model::subject_of("subject", &scope, &key, &app.settings.ip)?;
+    let subject = model::stored_subject_of("subject", &scope, &key, &app.settings.ip)?;
     let erased = app.store.erase_subject(subject).await?;
     Ok(Json(serde_json::json!({"erased": erased})))
 }
@@ -1303,7 +1364,7 @@ async fn subject<S: Store>(
     Path((scope, key)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authorize(&headers, Scope::Read)?;
-    let subject = model::subject_of("subject", &scope, &key, &app.settings.ip)?;
+    let subject = model::stored_subject_of("subject", &scope, &key, &app.settings.ip)?;
     let state = app
         .store
         .subjects(vec![subject.clone()])

@@ -18,16 +18,24 @@
 //! `SameSite=Strict` cookie scoped to `/ui` (`Secure` when the cache serves TLS), so the token
 //! never lands in a URL, a page or browser storage. Sessions last 8 hours and end at logout or
 //! restart. Forms that change anything carry the session's CSRF token (compared in constant
-//! time), and a request whose `Origin` is another origin (or `null`) is refused.
+//! time), and a request whose `Origin` is another origin (or `null`) is refused. Behind a proxy
+//! that terminates TLS or rewrites `Host`, `--public-origin` names the origin browsers use.
+//!
+//! The dashboard has its own bounds, apart from the API's: at most [`MAX_IN_FLIGHT`] requests
+//! at once (more are answered 503), the API's request deadline, small form bodies, and at most
+//! [`FAILED_LOGINS_PER_MINUTE`] refused logins a minute from one client address (more are
+//! answered 429 before the token is even looked at).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Path, Query, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -37,7 +45,7 @@ use tower::ServiceExt;
 
 use crate::auth::{Scope, Tokens};
 // HTML-escapes text for element content and quoted attributes (the challenge page's escaper).
-use crate::server::now_ms;
+use crate::server::{PeerAddr, now_ms};
 use signalbox_policy::page::escape_html as esc;
 
 /// The session cookie's name.
@@ -50,6 +58,31 @@ const MAX_SESSIONS_PER_TOKEN: usize = 20;
 const MAX_SESSIONS: usize = 1_000;
 /// Decision log records the overview charts read, at most (the newest hour).
 const OVERVIEW_RECORDS: usize = 2_000;
+/// Dashboard requests in flight at once, at most; more are answered 503. Each page makes a
+/// few API calls in-process, so this also bounds the dashboard's share of the API.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Largest form body, bytes (a login or a decision is a few hundred).
+const FORM_BODY_LIMIT: usize = 16 * 1024;
+/// Refused logins one client address may make in a minute; more are answered 429.
+pub const FAILED_LOGINS_PER_MINUTE: u32 = 10;
+const LOGIN_WINDOW_MS: u64 = 60_000;
+/// Client addresses the login limiter remembers, at most.
+const MAX_LOGIN_ADDRESSES: usize = 10_000;
+
+/// How the dashboard is reached and bounded.
+#[derive(Debug, Clone)]
+pub struct UiSettings {
+    /// Who may log in, with which scopes.
+    pub tokens: Tokens,
+    /// The session cookie is `Secure` (the cache serves TLS, or the public origin is https).
+    pub secure_cookies: bool,
+    /// The origin browsers reach the dashboard at (`https://signalbox.example.com`), when a
+    /// proxy in front rewrites `Host` or terminates TLS: form posts must come from it. `None`:
+    /// from the request's own `Host`.
+    pub public_origin: Option<String>,
+    /// A dashboard request's deadline (the API's).
+    pub request_timeout: Duration,
+}
 
 #[derive(Clone)]
 struct Session {
@@ -59,33 +92,65 @@ struct Session {
     expires_ms: u64,
 }
 
-/// The dashboard's state: the API it reads through, the tokens, the sessions.
+/// The dashboard's state: the API it reads through, its settings, the sessions.
 pub struct Ui {
     api: Router,
-    tokens: Tokens,
-    secure_cookies: bool,
+    settings: UiSettings,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Refused logins per client address: (start of its window, count).
+    failed_logins: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The `/ui` routes, reading through `api` (the API router, with its state).
-pub fn routes(api: Router, tokens: Tokens, secure_cookies: bool) -> Router {
+pub fn routes(api: Router, settings: UiSettings) -> Router {
     let ui = Arc::new(Ui {
         api,
-        tokens,
-        secure_cookies,
+        settings,
         sessions: Mutex::new(HashMap::new()),
+        failed_logins: Mutex::new(HashMap::new()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
+    let bounds = axum::middleware::from_fn_with_state(Arc::clone(&ui), bound);
     Router::new()
         .route("/ui", get(overview))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/subjects", get(subjects))
-        .route("/ui/subjects/{scope}/{key}", get(subject))
+        .route("/ui/subjects/{scope}/{key}", get(subject_by_path))
+        .route("/ui/subject", get(subject_by_query))
         .route("/ui/decisions", get(decisions).post(add_decision))
         .route("/ui/decisions/{id}/remove", post(remove_decision))
         .route("/ui/log", get(log))
+        .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
+        .layer(bounds)
         .layer(axum::middleware::map_response(protect))
         .with_state(ui)
+}
+
+/// The dashboard's bounds on every request: [`MAX_IN_FLIGHT`] at once (503 beyond, at once),
+/// and the API's deadline (503 after it). One semaphore for all `/ui` routes.
+async fn bound(
+    State(ui): State<Arc<Ui>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = Arc::clone(&ui.in_flight).try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "the dashboard is busy; retry",
+        )
+            .into_response();
+    };
+    match tokio::time::timeout(ui.settings.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the page took too long; retry",
+        )
+            .into_response(),
+    }
 }
 
 /// What every dashboard answer carries: no scripts, styles or forms from anywhere else, never
@@ -128,6 +193,22 @@ fn enc(text: &str) -> String {
     out
 }
 
+/// Percent-encodes a path segment, `.` and `..` too (which [`enc`] keeps, and a URL would
+/// otherwise resolve as "this" and "parent" folder).
+fn enc_segment(text: &str) -> String {
+    match text {
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        other => enc(other),
+    }
+}
+
+/// A link to one subject's page. Its key goes in the query: browsers resolve a `..` path
+/// segment (even `%2E%2E`) before sending it, so no key can be lost that way.
+fn subject_link(scope: &str, key: &str) -> String {
+    format!("/ui/subject?scope={}&key={}", enc(scope), enc(key))
+}
+
 /// A JSON object's field, `null` when absent (indexing without the panic lint's doubt).
 trait Field {
     fn f(&self, name: &str) -> &Value;
@@ -159,17 +240,32 @@ fn time_of(ms: u64) -> String {
 }
 
 /// Whether a post comes from the dashboard's own origin: no `Origin` (an older client), or
-/// one naming this host; `null` and other origins are refused.
-fn same_origin(headers: &HeaderMap) -> bool {
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(origin) => headers
+/// the public origin when one is set, else one naming this request's `Host`; `null` and other
+/// origins are refused.
+fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    match public_origin {
+        Some(public) => origin.eq_ignore_ascii_case(public),
+        None => headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|host| {
-                origin == format!("http://{host}") || origin == format!("https://{host}")
+                origin.eq_ignore_ascii_case(&format!("http://{host}"))
+                    || origin.eq_ignore_ascii_case(&format!("https://{host}"))
             }),
     }
+}
+
+/// The client address of a request, as the listener saw it (`None` in-process).
+fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|ConnectInfo(PeerAddr(addr))| addr.ip().to_canonical())
 }
 
 impl Ui {
@@ -248,7 +344,44 @@ impl Ui {
     /// Whether a form post may change anything: the session's CSRF token, and no other origin.
     fn form_allowed(&self, headers: &HeaderMap, session: &Session, csrf: &str) -> bool {
         let same_token = bool::from(session.csrf.as_bytes().ct_eq(csrf.as_bytes()));
-        same_token && same_origin(headers)
+        same_token && same_origin(headers, self.settings.public_origin.as_deref())
+    }
+
+    /// Seconds until `client` may try to log in again, if it made too many refused logins.
+    fn login_wait(&self, client: IpAddr, now: u64) -> Option<u64> {
+        let failed = self.failed_logins.lock().ok()?;
+        let (start, count) = failed.get(&client)?;
+        let ends = start.saturating_add(LOGIN_WINDOW_MS);
+        (now < ends && *count >= FAILED_LOGINS_PER_MINUTE).then(|| (ends - now).div_ceil(1000))
+    }
+
+    /// Counts a refused login from `client` in its current window.
+    fn note_failed_login(&self, client: IpAddr, now: u64) {
+        let Ok(mut failed) = self.failed_logins.lock() else {
+            return;
+        };
+        if failed.len() >= MAX_LOGIN_ADDRESSES && !failed.contains_key(&client) {
+            failed.retain(|_, (start, _)| start.saturating_add(LOGIN_WINDOW_MS) > now);
+            if failed.len() >= MAX_LOGIN_ADDRESSES {
+                // Still full of live windows: forget the oldest (a flood of addresses cannot
+                // grow the map, and cannot clear the ones that are limited now either).
+                if let Some(oldest) = failed
+                    .iter()
+                    .filter(|(_, (_, count))| *count < FAILED_LOGINS_PER_MINUTE)
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(ip, _)| *ip)
+                {
+                    failed.remove(&oldest);
+                } else {
+                    return;
+                }
+            }
+        }
+        let entry = failed.entry(client).or_insert((now, 0));
+        if entry.0.saturating_add(LOGIN_WINDOW_MS) <= now {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
     }
 }
 
@@ -326,17 +459,33 @@ struct LoginForm {
 async fn login(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
+    extensions: Extensions,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, ui.settings.public_origin.as_deref()) {
         return (
             StatusCode::FORBIDDEN,
             "login refused: posted from another origin",
         )
             .into_response();
     }
-    let scopes = ui.tokens.scopes_of(form.token.trim());
+    // In-process callers (tests) have no address: they share one limit.
+    let client = peer_of(&extensions).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let Some(wait) = ui.login_wait(client, now_ms()) {
+        let mut refused = login_page(Some(&format!(
+            "Too many refused logins from this address; try again in {wait} s."
+        )))
+        .into_response();
+        *refused.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            refused.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return refused;
+    }
+    let scopes = ui.settings.tokens.scopes_of(form.token.trim());
     let Some(scopes) = scopes.filter(|s| s.allows(Scope::Read)) else {
+        ui.note_failed_login(client, now_ms());
+        tracing::info!(%client, "dashboard login refused");
         let mut refused = login_page(Some(
             "That token is not accepted here (a read or admin token is).",
         ))
@@ -386,7 +535,11 @@ async fn login(
     let cookie = format!(
         "{SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
         SESSION_MS / 1000,
-        if ui.secure_cookies { "; Secure" } else { "" }
+        if ui.settings.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -774,11 +927,10 @@ async fn subjects(
             .collect();
         let _ = write!(
             body,
-            r#"<tr data-subject="{scope}:{k}"><td><a href="/ui/subjects/{s_enc}/{k_enc}">{scope}:{k}</a></td><td data-score>{score}</td><td>{level}</td><td>{trend}</td><td>{factors}</td></tr>"#,
+            r#"<tr data-subject="{scope}:{k}"><td><a href="{link}">{scope}:{k}</a></td><td data-score>{score}</td><td>{level}</td><td>{trend}</td><td>{factors}</td></tr>"#,
             scope = esc(&scope),
             k = esc(&key),
-            s_enc = enc(&scope),
-            k_enc = enc(&key),
+            link = esc(&subject_link(&scope, &key)),
             score = esc(&text_of(s.f("score"))),
             level = esc(&text_of(s.f("level"))),
             trend = esc(&text_of(s.f("trend"))),
@@ -831,18 +983,39 @@ fn history_chart(history: &[Value]) -> String {
     svg
 }
 
-async fn subject(
+/// `/ui/subjects/{scope}/{key}`: one subject (a link anyone can type).
+async fn subject_by_path(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
     Path((scope, key)): Path<(String, String)>,
 ) -> Response {
-    let Some((_, session)) = ui.session(&headers) else {
+    subject(&ui, &headers, &scope, &key).await
+}
+
+#[derive(Deserialize)]
+struct SubjectQuery {
+    scope: String,
+    key: String,
+}
+
+/// `/ui/subject?scope=&key=`: one subject, whatever its key (the lists link here).
+async fn subject_by_query(
+    State(ui): State<Arc<Ui>>,
+    headers: HeaderMap,
+    Query(q): Query<SubjectQuery>,
+) -> Response {
+    subject(&ui, &headers, &q.scope, &q.key).await
+}
+
+/// One subject's page: score, history chart, factors, events, any manual decision.
+async fn subject(ui: &Ui, headers: &HeaderMap, scope: &str, key: &str) -> Response {
+    let Some((_, session)) = ui.session(headers) else {
         return to_login();
     };
     let answer = match ui
         .get(
             &session,
-            &format!("/v1/subjects/{}/{}", enc(&scope), enc(&key)),
+            &format!("/v1/subjects/{}/{}", enc_segment(scope), enc_segment(key)),
         )
         .await
     {
@@ -1094,7 +1267,7 @@ async fn log(
         let _ = write!(
             body,
             r#"<tr data-request="{id}"><td>{at}</td><td class="{d}">{d}</td><td>{score}</td><td>{class}</td><td>{method} {path}</td><td>{rev}</td>
-<td><details><summary>explain</summary><ul>{reasons}</ul><p>rules: {rules}</p><p>decided by revision {rev} on {node}; level {level}{shadow}</p></details></td></tr>"#,
+<td><details><summary>explain</summary><ul>{reasons}</ul><p>rules: {rules}</p><p>decided by {by} on {node}; level {level}{shadow}{limited}</p></details></td></tr>"#,
             id = esc(&text_of(r.f("request_id"))),
             at = esc(&time_of(r.f("at_ms").as_u64().unwrap_or(0))),
             d = esc(&decision),
@@ -1109,6 +1282,19 @@ async fn log(
                 rules.join(", ")
             }),
             node = esc(&text_of(r.f("node_id"))),
+            by = match r.f("manual_decision").as_str() {
+                Some(scope) => format!(
+                    r#"<span data-manual="{s}">a manual decision on the {s}</span> (revision {rev} serving)"#,
+                    s = esc(scope),
+                    rev = esc(&text_of(r.f("revision"))),
+                ),
+                None => format!("revision {}", esc(&text_of(r.f("revision")))),
+            },
+            limited = if r.f("rate_limited").as_bool() == Some(true) {
+                "; throttled by a rate budget"
+            } else {
+                ""
+            },
             level = esc(&text_of(r.f("level"))),
             shadow = match r.f("shadow_decision").as_str() {
                 Some(s) => format!("; shadow decision {}", esc(s)),

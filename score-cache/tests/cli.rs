@@ -284,7 +284,8 @@ fn policy_of(yaml: &str) -> signalbox_policy::Policy {
 /// `signalbox policy diff --log`: records an edge would ship for the scenario requests (built by
 /// `signalbox_pipeline::record`, posted to a real cache) replay against a candidate to the flips
 /// the candidate makes on the original requests, raw addresses and all; the same bundle flips
-/// nothing; rate-limited records and records without facts are counted, not replayed.
+/// nothing; rate-limited records, records a manual decision decided and records without facts
+/// are counted, not replayed.
 #[test]
 fn policy_diff_replays_the_decision_log_against_a_candidate() {
     use signalbox_pipeline::Final;
@@ -363,8 +364,14 @@ fn policy_diff_replays_the_decision_log_against_a_candidate() {
     let mut bare = records[1].clone();
     bare.request_id = "bare".into();
     bare.facts = None;
+    // One blocked by a manual ban on its address: whatever the candidate, it stays blocked.
+    let mut banned = records[2].clone();
+    banned.request_id = "banned".into();
+    banned.decision = "block".into();
+    banned.manual_decision = Some("ip".into());
     records.push(limited);
     records.push(bare);
+    records.push(banned);
     let total = records.len();
     for chunk in records.chunks(40) {
         let body = serde_json::json!({ "records": chunk }).to_string();
@@ -392,8 +399,9 @@ fn policy_diff_replays_the_decision_log_against_a_candidate() {
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["records"], total);
-    assert_eq!(report["replayed"], total - 2);
+    assert_eq!(report["replayed"], total - 3);
     assert_eq!(report["rate_limited"], 1);
+    assert_eq!(report["manual_decision"], 1);
     assert_eq!(report["without_facts"], 1);
     let mut got: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for pair in report["flips"].as_array().unwrap() {
@@ -427,11 +435,12 @@ fn policy_diff_replays_the_decision_log_against_a_candidate() {
     assert!(
         human.starts_with(&format!(
             "replayed {} of {total} logged verdicts",
-            total - 2
+            total - 3
         )),
         "{human}"
     );
     assert!(human.contains("1 throttled by a rate budget"), "{human}");
+    assert!(human.contains("1 decided by a manual decision"), "{human}");
 
     // Without a token the cache refuses, and the exit code says so.
     let out = Command::new(signalbox())

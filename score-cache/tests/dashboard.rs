@@ -493,3 +493,221 @@ async fn sessions_are_bounded_and_replaced() {
         .unwrap();
     assert_eq!(send(&r, cross).await.status, StatusCode::FORBIDDEN);
 }
+
+fn router_with(settings: Settings) -> (Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let settings = Settings {
+        tokens: common::tokens(),
+        ..settings
+    };
+    let app = App::new(AnyStore::Embedded(store), common::policy(), settings);
+    (server::router(Arc::clone(&app)), dir)
+}
+
+/// A login post from `origin` to a cache whose `Host` is `host`.
+fn login_from(host: &str, origin: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::HOST, host)
+        .header(header::ORIGIN, origin)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={}", common::ADMIN)))
+        .unwrap()
+}
+
+/// Behind a proxy (`--public-origin https://dash.example.com`, the cache on plain HTTP): posts
+/// from the public origin are taken whatever `Host` the proxy sends, posts naming the cache's
+/// own address are not, and the session cookie is `Secure`.
+#[tokio::test]
+async fn a_public_origin_names_where_posts_may_come_from() {
+    assert_eq!(
+        server::public_origin_of("https://Dash.Example.com/").unwrap(),
+        "https://dash.example.com"
+    );
+    assert_eq!(
+        server::public_origin_of("http://10.0.0.5:8080").unwrap(),
+        "http://10.0.0.5:8080"
+    );
+    for bad in [
+        "dash.example.com",
+        "ftp://dash.example.com",
+        "https://dash.example.com/ui",
+        "https://dash.example.com/?a=1",
+        "https://admin@dash.example.com",
+    ] {
+        assert!(server::public_origin_of(bad).is_err(), "{bad} taken");
+    }
+
+    let (r, _dir) = router_with(Settings {
+        public_origin: Some("https://dash.example.com".into()),
+        ..Settings::default()
+    });
+    let taken = send(&r, login_from("127.0.0.1:7900", "https://dash.example.com")).await;
+    assert_eq!(taken.status, StatusCode::SEE_OTHER, "{}", taken.text);
+    let cookie = taken.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let direct = send(&r, login_from("127.0.0.1:7900", "http://127.0.0.1:7900")).await;
+    assert_eq!(direct.status, StatusCode::FORBIDDEN);
+
+    // The session's forms follow the same rule.
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = get(&r, "/ui/decisions", &session).await;
+    let csrf = csrf_of(&page);
+    let form =
+        format!("csrf={csrf}&action=ban&scope=ip&key=192.0.2.7&duration_seconds=600&reason=t");
+    let own = post_form(
+        &r,
+        "/ui/decisions",
+        &session,
+        Some("https://dash.example.com"),
+        &form,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::SEE_OTHER, "{}", own.text);
+    let listed = get(&r, "/ui/decisions", &session).await;
+    assert!(listed.text.contains("192.0.2.7"), "{}", listed.text);
+    let host_named = post_form(
+        &r,
+        "/ui/decisions",
+        &session,
+        Some("http://cache.test"),
+        &form.replace("192.0.2.7", "192.0.2.8"),
+    )
+    .await;
+    assert_eq!(host_named.status, StatusCode::FORBIDDEN);
+
+    // Without a public origin the cookie is not `Secure` on plain HTTP.
+    let (plain, _dir) = router();
+    let page = login(&plain, common::READ).await;
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+/// Links from the subjects list reach every subject's page: IP subjects when the cache keys
+/// them by hash (the list shows the hash), and keys a URL path would resolve away (`..`).
+/// Events still take addresses only.
+#[tokio::test]
+async fn every_listed_subject_has_a_working_page() {
+    let (r, _dir) = router_with(Settings {
+        ip: signalbox_score_cache::model::IpKeying {
+            ipv6_prefix: 64,
+            hash_key: Some(b"a privacy key of 32 bytes or so!".to_vec()),
+        },
+        ..Settings::default()
+    });
+    let events = json!({"events": [
+        {"id": "e1", "subject": {"scope": "ip", "key": "81.62.10.4"}, "type": "failed_login", "severity": "high"},
+        {"id": "e2", "subject": {"scope": "user", "key": ".."}, "type": "failed_login", "severity": "high"},
+        {"id": "e3", "subject": {"scope": "user", "key": "."}, "type": "failed_login", "severity": "medium"},
+    ]});
+    let taken = api(&r, "POST", "/v1/events", common::INGEST, Some(events)).await;
+    assert_eq!(taken["accepted"], 3, "{taken}");
+    let cookie = cookie_of(&login(&r, common::READ).await);
+    let list = get(&r, "/ui/subjects", &cookie).await;
+    let links: Vec<String> = list
+        .text
+        .split(r#"<a href=""#)
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter(|href| href.starts_with("/ui/subject?"))
+        .map(|href| href.replace("&amp;", "&"))
+        .collect();
+    assert_eq!(links.len(), 3, "{}", list.text);
+    assert!(!list.text.contains("81.62.10.4"), "a raw address listed");
+    for link in &links {
+        let page = get(&r, link, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{link}");
+        assert!(!page.text.contains("data-error"), "{link}: {}", page.text);
+        assert!(page.text.contains(r#"id="subject-score""#), "{link}");
+        assert!(page.text.contains(r#"data-event="failed_login""#), "{link}");
+    }
+    assert!(links.iter().any(|l| l.ends_with("key=..")), "{links:?}");
+    // A hash is a name to look a subject up by, not an address to send events about.
+    let hash = links
+        .iter()
+        .find_map(|l| l.strip_prefix("/ui/subject?scope=ip&key="))
+        .unwrap();
+    assert_eq!(hash.len(), 32);
+    let refused = api(
+        &r,
+        "POST",
+        "/v1/events",
+        common::INGEST,
+        Some(json!({"events": [{"id": "e4", "subject": {"scope": "ip", "key": hash}, "type": "failed_login", "severity": "high"}]})),
+    )
+    .await;
+    assert_ne!(refused["accepted"], 1, "{refused}");
+}
+
+/// Dashboard forms are small: a body over 16 KiB is refused before it is read.
+#[tokio::test]
+async fn dashboard_forms_are_small() {
+    let (r, _dir) = router();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={}", "x".repeat(17 * 1024))))
+        .unwrap();
+    assert_eq!(
+        send(&r, request).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
+
+/// One raw login post to a real cache, from the local address `from`: the status and any
+/// `Retry-After`.
+async fn login_over_tcp(port: u16, from: &str, token: &str) -> (u16, Option<String>) {
+    use std::io::{Read, Write};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    // Plain blocking I/O from here (the cache is another process).
+    let mut stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let body = format!("token={token}");
+    let request = format!(
+        "POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let retry = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .map(str::to_owned);
+    (status, retry)
+}
+
+/// A real `signalbox-cache` answers the 11th refused login in a minute from one address with
+/// 429 (even with a good token: it is not looked at), while another address still logs in.
+#[tokio::test]
+async fn refused_logins_are_limited_per_client_address() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let cache =
+        common::CacheProcess::start(work.path(), &["--data".into(), data.display().to_string()]);
+    for i in 0..10 {
+        let (status, _) = login_over_tcp(cache.port, "127.0.0.1", "wrong-token").await;
+        assert_eq!(status, 401, "refused login {i}");
+    }
+    let (status, retry) = login_over_tcp(cache.port, "127.0.0.1", "wrong-token").await;
+    assert_eq!(status, 429);
+    let wait: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let (status, _) = login_over_tcp(cache.port, "127.0.0.1", common::ADMIN).await;
+    assert_eq!(status, 429, "a limited address logs in with a good token");
+    let (status, _) = login_over_tcp(cache.port, "127.0.0.2", common::ADMIN).await;
+    assert_eq!(status, 303, "another address must not share the limit");
+}

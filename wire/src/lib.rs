@@ -281,6 +281,10 @@ pub struct DecisionRecordV1 {
     /// cannot reproduce (bucket state is not recorded).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rate_limited: bool,
+    /// An operator's manual decision decided the request: the scope it was on (`ip`, `user`,
+    /// `device`). It overrides any bundle, so `policy diff --log` keeps it as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_decision: Option<String>,
     /// The rest of what the engine saw, for `policy diff --log`. Records without it are
     /// listed but not replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
