@@ -491,8 +491,9 @@ impl
     }
 }
 
-/// The origin a `--public-origin` value names, normalised (`https://host[:port]`, lower case),
-/// or why it is not one: http or https, a host, no path, query or user.
+/// The origin a `--public-origin` value names, normalised as browsers send `Origin` (lower
+/// case, no default port: `https://host[:port]`), or why it is not one: http or https, a host,
+/// no path, query or user.
 pub fn public_origin_of(raw: &str) -> Result<String, String> {
     let uri: axum::http::Uri = raw
         .parse()
@@ -512,9 +513,14 @@ pub fn public_origin_of(raw: &str) -> Result<String, String> {
             "{raw:?}: an origin has no path or query (the dashboard is at /ui under it)"
         ));
     }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = match authority.port_u16() {
+        Some(port) if port != default_port => format!(":{port}"),
+        _ => String::new(),
+    };
     Ok(format!(
-        "{scheme}://{}",
-        authority.as_str().to_ascii_lowercase()
+        "{scheme}://{}{port}",
+        authority.host().to_ascii_lowercase()
     ))
 }
 

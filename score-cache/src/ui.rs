@@ -28,8 +28,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -63,11 +63,14 @@ const OVERVIEW_RECORDS: usize = 2_000;
 pub const MAX_IN_FLIGHT: usize = 32;
 /// Largest form body, bytes (a login or a decision is a few hundred).
 const FORM_BODY_LIMIT: usize = 16 * 1024;
-/// Refused logins one client address may make in a minute; more are answered 429.
+/// Refused logins one client (an IPv4 address, an IPv6 /64) may make in a window of a minute
+/// from its first; more are answered 429 until the window ends.
 pub const FAILED_LOGINS_PER_MINUTE: u32 = 10;
 const LOGIN_WINDOW_MS: u64 = 60_000;
-/// Client addresses the login limiter remembers, at most.
-const MAX_LOGIN_ADDRESSES: usize = 10_000;
+/// Clients the login limiter remembers, at most; beyond them, new clients share one window.
+const MAX_LOGIN_CLIENTS: usize = 10_000;
+/// The window the clients beyond [`MAX_LOGIN_CLIENTS`] share (no client has this address).
+const OVERFLOW_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// How the dashboard is reached and bounded.
 #[derive(Debug, Clone)]
@@ -97,8 +100,9 @@ pub struct Ui {
     api: Router,
     settings: UiSettings,
     sessions: Mutex<HashMap<String, Session>>,
-    /// Refused logins per client address: (start of its window, count).
-    failed_logins: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    /// Login attempts per client (see [`login_client`]) that were not given back by a
+    /// successful login: (start of its window, count).
+    login_attempts: Mutex<HashMap<IpAddr, (u64, u32)>>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -108,7 +112,7 @@ pub fn routes(api: Router, settings: UiSettings) -> Router {
         api,
         settings,
         sessions: Mutex::new(HashMap::new()),
-        failed_logins: Mutex::new(HashMap::new()),
+        login_attempts: Mutex::new(HashMap::new()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
     let bounds = axum::middleware::from_fn_with_state(Arc::clone(&ui), bound);
@@ -268,6 +272,15 @@ fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
         .map(|ConnectInfo(PeerAddr(addr))| addr.ip().to_canonical())
 }
 
+/// Who the login limiter counts an address as: an IPv4 address itself, an IPv6 address by its
+/// /64 (one site's share: a /64 holds 2^64 addresses to rotate through).
+fn login_client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        v4 => v4,
+    }
+}
+
 impl Ui {
     /// The session id the request's cookie names (whether or not it is a live session).
     fn session_id(&self, headers: &HeaderMap) -> Option<String> {
@@ -347,41 +360,57 @@ impl Ui {
         same_token && same_origin(headers, self.settings.public_origin.as_deref())
     }
 
-    /// Seconds until `client` may try to log in again, if it made too many refused logins.
-    fn login_wait(&self, client: IpAddr, now: u64) -> Option<u64> {
-        let failed = self.failed_logins.lock().ok()?;
-        let (start, count) = failed.get(&client)?;
-        let ends = start.saturating_add(LOGIN_WINDOW_MS);
-        (now < ends && *count >= FAILED_LOGINS_PER_MINUTE).then(|| (ends - now).div_ceil(1000))
-    }
-
-    /// Counts a refused login from `client` in its current window.
-    fn note_failed_login(&self, client: IpAddr, now: u64) {
-        let Ok(mut failed) = self.failed_logins.lock() else {
-            return;
-        };
-        if failed.len() >= MAX_LOGIN_ADDRESSES && !failed.contains_key(&client) {
-            failed.retain(|_, (start, _)| start.saturating_add(LOGIN_WINDOW_MS) > now);
-            if failed.len() >= MAX_LOGIN_ADDRESSES {
-                // Still full of live windows: forget the oldest (a flood of addresses cannot
-                // grow the map, and cannot clear the ones that are limited now either).
-                if let Some(oldest) = failed
+    /// Takes one login attempt of `client`'s current window: the key it was counted under, or
+    /// the seconds until the window ends when none is left. Checking and counting are one step
+    /// under the lock, so concurrent posts cannot slip past the limit; a login that succeeds
+    /// gives its attempt back ([`Ui::give_back_login_attempt`]), so only refusals add up.
+    fn take_login_attempt(&self, client: IpAddr, now: u64) -> Result<IpAddr, u64> {
+        let mut attempts = self
+            .login_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut key = client;
+        if attempts.len() >= MAX_LOGIN_CLIENTS && !attempts.contains_key(&client) {
+            attempts.retain(|_, (start, _)| start.saturating_add(LOGIN_WINDOW_MS) > now);
+            if attempts.len() >= MAX_LOGIN_CLIENTS {
+                // Still full of live windows: forget the oldest that is not limited now, else
+                // count this client in the shared overflow window (a flood of addresses can
+                // neither grow the map nor clear a limited client's window).
+                match attempts
                     .iter()
-                    .filter(|(_, (_, count))| *count < FAILED_LOGINS_PER_MINUTE)
+                    .filter(|(ip, (_, count))| {
+                        **ip != OVERFLOW_CLIENT && *count < FAILED_LOGINS_PER_MINUTE
+                    })
                     .min_by_key(|(_, (start, _))| *start)
                     .map(|(ip, _)| *ip)
                 {
-                    failed.remove(&oldest);
-                } else {
-                    return;
+                    Some(oldest) => {
+                        attempts.remove(&oldest);
+                    }
+                    None => key = OVERFLOW_CLIENT,
                 }
             }
         }
-        let entry = failed.entry(client).or_insert((now, 0));
-        if entry.0.saturating_add(LOGIN_WINDOW_MS) <= now {
-            *entry = (now, 0);
+        let window = attempts.entry(key).or_insert((now, 0));
+        let ends = window.0.saturating_add(LOGIN_WINDOW_MS);
+        if ends <= now {
+            *window = (now, 0);
+        } else if window.1 >= FAILED_LOGINS_PER_MINUTE {
+            return Err(ends.saturating_sub(now).div_ceil(1000).max(1));
         }
-        entry.1 = entry.1.saturating_add(1);
+        window.1 = window.1.saturating_add(1);
+        Ok(key)
+    }
+
+    /// Gives back the attempt a successful login took under `key`.
+    fn give_back_login_attempt(&self, key: IpAddr) {
+        let mut attempts = self
+            .login_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(window) = attempts.get_mut(&key) {
+            window.1 = window.1.saturating_sub(1);
+        }
     }
 }
 
@@ -470,22 +499,24 @@ async fn login(
             .into_response();
     }
     // In-process callers (tests) have no address: they share one limit.
-    let client = peer_of(&extensions).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    if let Some(wait) = ui.login_wait(client, now_ms()) {
-        let mut refused = login_page(Some(&format!(
-            "Too many refused logins from this address; try again in {wait} s."
-        )))
-        .into_response();
-        *refused.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
-            refused.headers_mut().insert(header::RETRY_AFTER, value);
+    let peer = peer_of(&extensions).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let attempt = match ui.take_login_attempt(login_client(peer), now_ms()) {
+        Ok(key) => key,
+        Err(wait) => {
+            let mut refused = login_page(Some(&format!(
+                "Too many refused logins from this address; try again in {wait} s."
+            )))
+            .into_response();
+            *refused.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+                refused.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return refused;
         }
-        return refused;
-    }
+    };
     let scopes = ui.settings.tokens.scopes_of(form.token.trim());
     let Some(scopes) = scopes.filter(|s| s.allows(Scope::Read)) else {
-        ui.note_failed_login(client, now_ms());
-        tracing::info!(%client, "dashboard login refused");
+        tracing::info!(client = %peer, "dashboard login refused");
         let mut refused = login_page(Some(
             "That token is not accepted here (a read or admin token is).",
         ))
@@ -493,6 +524,7 @@ async fn login(
         *refused.status_mut() = StatusCode::UNAUTHORIZED;
         return refused;
     };
+    ui.give_back_login_attempt(attempt);
     let (Some(id), Some(csrf)) = (random_hex(32), random_hex(32)) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "no randomness").into_response();
     };

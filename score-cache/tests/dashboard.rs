@@ -530,6 +530,19 @@ async fn a_public_origin_names_where_posts_may_come_from() {
         server::public_origin_of("http://10.0.0.5:8080").unwrap(),
         "http://10.0.0.5:8080"
     );
+    // Browsers leave a scheme's default port out of `Origin`.
+    assert_eq!(
+        server::public_origin_of("https://dash.example.com:443").unwrap(),
+        "https://dash.example.com"
+    );
+    assert_eq!(
+        server::public_origin_of("http://[2001:DB8::1]:80/").unwrap(),
+        "http://[2001:db8::1]"
+    );
+    assert_eq!(
+        server::public_origin_of("https://dash.example.com:80").unwrap(),
+        "https://dash.example.com:80"
+    );
     for bad in [
         "dash.example.com",
         "ftp://dash.example.com",
@@ -630,15 +643,130 @@ async fn every_listed_subject_has_a_working_page() {
         .find_map(|l| l.strip_prefix("/ui/subject?scope=ip&key="))
         .unwrap();
     assert_eq!(hash.len(), 32);
-    let refused = api(
+    let event = Request::builder()
+        .method("POST")
+        .uri("/v1/events")
+        .header("authorization", format!("Bearer {}", common::INGEST))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"events": [{"id": "e4", "subject": {"scope": "ip", "key": hash}, "type": "failed_login", "severity": "high"}]})
+                .to_string(),
+        ))
+        .unwrap();
+    let refused = send(&r, event).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert!(
+        refused.text.contains("not an IP address"),
+        "{}",
+        refused.text
+    );
+    // An admin erases the subject by the hash the list shows.
+    let erase = Request::builder()
+        .method("DELETE")
+        .uri(format!("/v1/subjects/ip/{hash}"))
+        .header("authorization", format!("Bearer {}", common::ADMIN))
+        .body(Body::empty())
+        .unwrap();
+    let erased = send(&r, erase).await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
+    let after = get(&r, &format!("/ui/subject?scope=ip&key={hash}"), &cookie).await;
+    assert!(
+        !after.text.contains(r#"data-event="failed_login""#),
+        "{}",
+        after.text
+    );
+}
+
+/// A log record a manual decision decided says so in its explanation.
+#[tokio::test]
+async fn the_log_names_the_manual_decision_that_decided() {
+    let (r, _dir) = router();
+    let now = server::now_ms();
+    let mut banned = record("m1", now - 1_000, "block", "browser", "ua.browser");
+    banned["manual_decision"] = json!("ip");
+    let plain = record("m2", now - 2_000, "block", "automation", "ua.automation");
+    let taken = api(
         &r,
         "POST",
-        "/v1/events",
-        common::INGEST,
-        Some(json!({"events": [{"id": "e4", "subject": {"scope": "ip", "key": hash}, "type": "failed_login", "severity": "high"}]})),
+        "/v1/decisions/log",
+        common::READ,
+        Some(json!({"records": [banned, plain]})),
     )
     .await;
-    assert_ne!(refused["accepted"], 1, "{refused}");
+    assert_eq!(taken["accepted"], 2, "{taken}");
+    let cookie = cookie_of(&login(&r, common::READ).await);
+    let log = get(&r, "/ui/log", &cookie).await;
+    let row = |id: &str| {
+        let at = log.text.find(&format!(r#"data-request="{id}""#)).unwrap();
+        log.text[at..].split("</tr>").next().unwrap().to_owned()
+    };
+    assert!(
+        row("m1").contains(r#"<span data-manual="ip">a manual decision on the ip</span>"#),
+        "{}",
+        row("m1")
+    );
+    assert!(row("m2").contains("decided by revision 7"), "{}", row("m2"));
+    assert!(!row("m2").contains("data-manual"), "{}", row("m2"));
+}
+
+/// A login post as if from `peer` (what the listener records for a real connection).
+fn login_as(peer: &str, token: &str) -> Request<Body> {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={token}")))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(server::PeerAddr(
+            peer.parse().unwrap(),
+        )));
+    request
+}
+
+/// The limiter counts an IPv6 client by its /64 (rotating through a network's addresses buys
+/// nothing), and concurrent posts cannot slip past it: of 30 refused logins sent at once,
+/// exactly 10 are looked at. Successful logins do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_login_limit_counts_a_network_and_holds_under_concurrency() {
+    let (r, _dir) = router();
+    for i in 0..25 {
+        let ok = send(
+            &r,
+            login_as(&format!("[2001:db8:0:7::{i}]:4000"), common::READ),
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::SEE_OTHER, "successful login {i}");
+    }
+    for i in 0..10 {
+        let refused = send(&r, login_as(&format!("[2001:db8:0:7::{i}]:4000"), "wrong")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNAUTHORIZED,
+            "refused login {i}"
+        );
+    }
+    let same_net = send(&r, login_as("[2001:db8:0:7:ffff::1]:4000", common::READ)).await;
+    assert_eq!(same_net.status, StatusCode::TOO_MANY_REQUESTS);
+    let other_net = send(&r, login_as("[2001:db8:0:8::1]:4000", common::READ)).await;
+    assert_eq!(other_net.status, StatusCode::SEE_OTHER);
+
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { send(&r, login_as("192.0.2.9:5000", "wrong")).await.status })
+        })
+        .collect();
+    let mut looked_at = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::UNAUTHORIZED => looked_at += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(looked_at, 10);
 }
 
 /// Dashboard forms are small: a body over 16 KiB is refused before it is read.

@@ -282,7 +282,9 @@ pub struct DecisionRecordV1 {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rate_limited: bool,
     /// An operator's manual decision decided the request: the scope it was on (`ip`, `user`,
-    /// `device`). It overrides any bundle, so `policy diff --log` keeps it as it was.
+    /// `device`). It overrides any bundle, so `policy diff --log` keeps it as it was. New in
+    /// this version: a score cache older than its edges refuses their records (unknown field),
+    /// so upgrade the cache first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manual_decision: Option<String>,
     /// The rest of what the engine saw, for `policy diff --log`. Records without it are
