@@ -1337,3 +1337,86 @@ async fn log(
     body.push_str("</table>");
     page("Decision log", Some(&session), &body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A dashboard router with one route that waits until `gate` has permits, behind the same
+    /// [`bound`] every `/ui` route has.
+    fn held(timeout: Duration, gate: Arc<tokio::sync::Semaphore>) -> Router {
+        let ui = Arc::new(Ui {
+            api: Router::new(),
+            settings: UiSettings {
+                tokens: Tokens::default(),
+                secure_cookies: false,
+                public_origin: None,
+                request_timeout: timeout,
+            },
+            sessions: Mutex::new(HashMap::new()),
+            login_attempts: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        });
+        Router::new()
+            .route(
+                "/ui/held",
+                get(move || async move {
+                    let _passed = gate.acquire().await;
+                    "done"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(ui, bound))
+    }
+
+    fn request() -> Request<Body> {
+        Request::builder()
+            .uri("/ui/held")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// Sends one request; fails the test rather than hang if it is held.
+    async fn status_of(router: &Router) -> StatusCode {
+        tokio::time::timeout(Duration::from_secs(10), router.clone().oneshot(request()))
+            .await
+            .expect("held: the bound let it through")
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_in_flight_bound_are_answered_503_at_once() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let router = held(Duration::from_secs(3600), Arc::clone(&gate));
+        let held_requests: Vec<_> = (0..MAX_IN_FLIGHT)
+            .map(|_| tokio::spawn(router.clone().oneshot(request())))
+            .collect();
+        // Let every spawned request reach the handler (and hold its permit).
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
+        }
+        let shed = tokio::time::timeout(Duration::from_secs(10), router.clone().oneshot(request()))
+            .await
+            .expect("held: the bound let it through")
+            .unwrap();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        gate.add_permits(MAX_IN_FLIGHT + 1);
+        for r in held_requests {
+            assert_eq!(r.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        // The permits came back.
+        assert_eq!(status_of(&router).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_deadline_is_answered_503() {
+        // The handler never finishes: whatever the machine's speed, the deadline answers.
+        let router = held(
+            Duration::from_millis(50),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+        assert_eq!(status_of(&router).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
