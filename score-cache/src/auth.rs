@@ -11,10 +11,14 @@
 //!   - name: soc
 //!     sha256: …
 //!     scopes: [admin]
+//!   - name: analysts            # the dashboard, `signalbox fleet`, `policy diff --log`
+//!     sha256: …
+//!     scopes: [view]
 //! ```
 //!
-//! Scopes: `read` (edges: context, decisions, stream), `ingest` (producers: events), `admin`
-//! (decisions, erasure; implies the others). The file holds digests, not tokens; a presented
+//! Scopes: `view` (people who look: every `GET`, nothing else), `read` (edges: `view`, and
+//! what edges report: fleet reports, decision-log records, rate-bucket counts), `ingest`
+//! (producers: events), `admin` (decisions, bundles, erasure; implies the others). The file holds digests, not tokens; a presented
 //! token is hashed and compared with every digest in constant time (`subtle`), so neither the
 //! comparison nor which entry matched shows in the timing.
 
@@ -28,7 +32,9 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// Edges: context, decisions, the stream.
+    /// People who look: everything the API answers to `GET`, and nothing else.
+    View,
+    /// Edges: what `view` allows, and their reports (fleet, decision log, rate buckets).
     Read,
     /// Producers: events.
     Ingest,
@@ -40,6 +46,7 @@ impl Scope {
     /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Scope::View => "view",
             Scope::Read => "read",
             Scope::Ingest => "ingest",
             Scope::Admin => "admin",
@@ -52,9 +59,11 @@ impl Scope {
 pub struct Scopes(Vec<Scope>);
 
 impl Scopes {
-    /// Whether they allow `wanted` (`admin` allows everything).
+    /// Whether they allow `wanted` (`admin` allows everything, `read` also `view`).
     pub fn allows(&self, wanted: Scope) -> bool {
-        self.0.iter().any(|s| *s == wanted || *s == Scope::Admin)
+        self.0.iter().any(|s| {
+            *s == wanted || *s == Scope::Admin || (*s == Scope::Read && wanted == Scope::View)
+        })
     }
 }
 
@@ -145,7 +154,7 @@ impl Tokens {
                 _ => anyhow::bail!("tokens[{i}]: give exactly one of sha256, token_env"),
             };
             if e.scopes.is_empty() {
-                anyhow::bail!("tokens[{i}].scopes: at least one of read, ingest, admin");
+                anyhow::bail!("tokens[{i}].scopes: at least one of view, read, ingest, admin");
             }
             entries.push(Entry {
                 name: e.name,
@@ -205,6 +214,21 @@ mod tests {
                 .allows(Scope::Ingest)
         );
         assert!(tokens.scopes_of("guess").is_none());
+        assert!(edge.allows(Scope::View));
+        let viewer = Tokens::parse(
+            &format!(
+                "tokens:\n  - {{name: analysts, sha256: {}, scopes: [view]}}\n",
+                digest_hex("look")
+            ),
+            |_| None,
+        )
+        .unwrap()
+        .scopes_of("look")
+        .unwrap();
+        assert!(viewer.allows(Scope::View));
+        for more in [Scope::Read, Scope::Ingest, Scope::Admin] {
+            assert!(!viewer.allows(more), "{more:?}");
+        }
         let err =
             Tokens::parse("tokens:\n  - name: x\n    scopes: [read]\n", |_| None).unwrap_err();
         assert!(err.to_string().contains("tokens[0]"), "{err}");

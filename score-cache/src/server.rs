@@ -2,16 +2,19 @@
 //!
 //! | route | scope | what |
 //! |---|---|---|
-//! | `GET /v1/context?ip=&user=&device=` | read | the wire context answer for a request's subjects |
+//! | `GET /v1/context?ip=&user=&device=` | view | the wire context answer for a request's subjects |
 //! | `POST /v1/events` | ingest | a batch of events (all or nothing; ids make retries idempotent) |
 //! | `POST /v1/decisions` | admin | a manual decision |
 //! | `DELETE /v1/decisions/{id}` | admin | lift it |
-//! | `GET /v1/decisions` | read | the decisions in force |
-//! | `GET /v1/decisions/stream?since=CURSOR` | read | changes since a cursor (`0`: a snapshot) |
+//! | `GET /v1/decisions` | view | the decisions in force |
+//! | `GET /v1/decisions/stream?since=CURSOR` | view | changes since a cursor (`0`: a snapshot) |
 //! | `DELETE /v1/subjects/{scope}/{key}` | admin | erase a subject's data |
 //! | `POST /v1/rate` | read | edge workers' rate-bucket counts; each bucket's total in its window |
 //! | `GET /metrics`, `/healthz`, `/readyz` | none | Prometheus text, liveness, readiness |
-//! | `/ui/…` | a session from a read or admin token | the dashboard (`crate::ui`) |
+//! | `/ui/…` | a session from a view, read or admin token | the dashboard (`crate::ui`) |
+//!
+//! `view` allows every `GET` and nothing else (people who look); `read` is an edge's: `view`
+//! and its reports (fleet, decision log, rate counts); `admin` allows everything.
 //!
 //! Every error is JSON, `{"error": code, "message": …, "field": …}`, and never carries a
 //! store's own message (those go to the log).
@@ -574,8 +577,8 @@ impl<S: Store> App<S> {
     }
 }
 
-/// `POST /v1/rate`: edge workers' counts per rate bucket (`crate::rates`). Edges hold the
-/// read token, so it is read scope.
+/// `POST /v1/rate`: edge workers' counts per rate bucket (`crate::rates`). An edge's report:
+/// `read` scope (a `view` token, a person's, cannot post counts).
 async fn rate<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
@@ -631,7 +634,7 @@ async fn context<S: Store>(
     headers: HeaderMap,
     query: Result<Query<ContextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ContextAnswerV1>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let Query(q) =
         query.map_err(|e| ApiError::BadRequest(FieldError::new("query", e.body_text())))?;
     if q.ip.is_none() && q.user.is_none() && q.device.is_none() {
@@ -694,7 +697,7 @@ async fn noop<S: Store>(
     headers: HeaderMap,
     _query: Query<ContextQuery>,
 ) -> Result<Json<ContextAnswerV1>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     Ok(Json(ContextAnswerV1 {
         ip: Some(SubjectContextV1::default()),
         ttl_seconds: app.scoring().context_ttl_seconds,
@@ -774,7 +777,7 @@ async fn list_decisions<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     app.follow().await?;
     let now = now_ms() / 1000;
     let active = app.active.read().await;
@@ -885,7 +888,7 @@ async fn stream<S: Store>(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let cursor = match q.since.as_deref() {
         None => Cursor::Log(0),
         Some(text) => Cursor::parse(text)
@@ -1056,7 +1059,7 @@ async fn get_bundle<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let (_, state) = app.bundle_state().await?;
     let etag = state.etag();
     if headers
@@ -1211,7 +1214,7 @@ async fn fleet<S: Store>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let now = now_ms() / 1000;
     let (_, state) = app.bundle_state().await?;
     let nodes: Vec<serde_json::Value> = app
@@ -1285,7 +1288,7 @@ async fn scores<S: Store>(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let min = param::<u8>(&params, "min_score", "0..=100")?.unwrap_or(0);
     let max = param::<u8>(&params, "max_score", "0..=100")?.unwrap_or(100);
     if min > 100 || max > 100 || min > max {
@@ -1369,7 +1372,7 @@ async fn subject<S: Store>(
     headers: HeaderMap,
     Path((scope, key)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let subject = model::stored_subject_of("subject", &scope, &key, &app.settings.ip)?;
     let state = app
         .store
@@ -1419,7 +1422,7 @@ async fn list_events<S: Store>(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let subjects: Vec<SubjectKey> = match params.get("subject") {
         Some(text) => {
             let (scope, key) = text
@@ -1549,7 +1552,7 @@ async fn read_log<S: Store>(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authorize(&headers, Scope::Read)?;
+    app.authorize(&headers, Scope::View)?;
     let decision = params.get("decision").map(String::as_str);
     if let Some(d) = decision
         && !DECISIONS.contains(&d)

@@ -3,7 +3,7 @@
 //!
 //! Every page reads through the JSON API in-process (`tower::ServiceExt::oneshot` on the API
 //! router, with the session's bearer token), so the dashboard sees exactly what the API
-//! answers and the same scopes apply: a read-only token sees everything and changes nothing;
+//! answers and the same scopes apply: a `view` token sees everything and changes nothing;
 //! adding or removing a decision needs an admin token. No front-end build step and no
 //! third-party network access: the HTML, its few lines of CSS and the charts (inline SVG,
 //! drawn here; no chart library) come from this module.
@@ -52,7 +52,7 @@ use signalbox_policy::page::escape_html as esc;
 pub const SESSION_COOKIE: &str = "signalbox_session";
 /// How long a session lasts.
 const SESSION_MS: u64 = 8 * 3600 * 1000;
-/// Sessions per token, at most (a leaked read token cannot fill the server's memory).
+/// Sessions per token, at most (a leaked view token cannot fill the server's memory).
 const MAX_SESSIONS_PER_TOKEN: usize = 20;
 /// Sessions in all, at most.
 const MAX_SESSIONS: usize = 1_000;
@@ -473,7 +473,7 @@ fn login_page(problem: Option<&str>) -> Html<String> {
         None,
         &format!(
             r#"{problem}<form method="post" action="/ui/login" class="card">
-<p>Paste a token from the score cache's tokens file: a read token shows everything; an admin token can also add and remove decisions.</p>
+<p>Paste a token from the score cache's tokens file: a view token shows everything; an admin token can also add and remove decisions.</p>
 <label>Token <input type="password" name="token" autocomplete="off" required></label>
 <button type="submit">Log in</button></form>"#
         ),
@@ -515,10 +515,10 @@ async fn login(
         }
     };
     let scopes = ui.settings.tokens.scopes_of(form.token.trim());
-    let Some(scopes) = scopes.filter(|s| s.allows(Scope::Read)) else {
+    let Some(scopes) = scopes.filter(|s| s.allows(Scope::View)) else {
         tracing::info!(client = %peer, "dashboard login refused");
         let mut refused = login_page(Some(
-            "That token is not accepted here (a read or admin token is).",
+            "That token is not accepted here (a view, read or admin token is).",
         ))
         .into_response();
         *refused.status_mut() = StatusCode::UNAUTHORIZED;

@@ -839,3 +839,87 @@ async fn refused_logins_are_limited_per_client_address() {
     let (status, _) = login_over_tcp(cache.port, "127.0.0.2", common::ADMIN).await;
     assert_eq!(status, 303, "another address must not share the limit");
 }
+
+/// A `view` token (a person who only looks) reads every `GET` the API has and the whole
+/// dashboard, and can report nothing an edge reports: no log records, fleet reports or rate
+/// counts (a `read` token, an edge's, can), and no events or decisions.
+#[tokio::test]
+async fn a_view_token_reads_everything_and_writes_nothing() {
+    let (r, _dir) = router();
+    let status = |method: &str, uri: &str, token: &str, body: Option<Value>| {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let r = r.clone();
+        async move { send(&r, request).await.status }
+    };
+    for uri in [
+        "/v1/context?ip=192.0.2.1",
+        "/v1/decisions",
+        "/v1/decisions/stream",
+        "/v1/fleet",
+        "/v1/scores",
+        "/v1/subjects/user/mallory",
+        "/v1/events?scope=user&key=mallory",
+        "/v1/decisions/log",
+    ] {
+        let got = status("GET", uri, common::VIEW, None).await;
+        assert!(
+            got != StatusCode::UNAUTHORIZED && got != StatusCode::FORBIDDEN,
+            "GET {uri}: {got}"
+        );
+    }
+    let now = server::now_ms();
+    let reports = [
+        (
+            "/v1/decisions/log",
+            json!({"records": [record("v1", now, "block", "browser", "ua.browser")]}),
+        ),
+        (
+            "/v1/fleet",
+            json!({"node_id": "forged", "stable_revision": 1, "last_error": null, "clock_skew_ms": 0, "reported_at": now / 1000}),
+        ),
+        (
+            "/v1/rate",
+            json!({"counts": [{"key": "k", "per_seconds": 60, "count": 1}]}),
+        ),
+        (
+            "/v1/events",
+            json!({"events": [{"id": "v", "subject": {"scope": "user", "key": "u"}, "type": "failed_login", "severity": "high"}]}),
+        ),
+        (
+            "/v1/decisions",
+            json!({"action": "ban", "scope": "ip", "key": "192.0.2.1", "duration_seconds": 60, "reason": "v"}),
+        ),
+    ];
+    for (uri, body) in &reports {
+        assert_eq!(
+            status("POST", uri, common::VIEW, Some(body.clone())).await,
+            StatusCode::FORBIDDEN,
+            "POST {uri}"
+        );
+    }
+    // An edge's token still reports.
+    for (uri, body) in &reports[..3] {
+        let got = status("POST", uri, common::READ, Some(body.clone())).await;
+        assert!(got.is_success(), "edge POST {uri}: {got}");
+    }
+    // The dashboard: a read-only session with every page and no forms that change anything.
+    let cookie = cookie_of(&login(&r, common::VIEW).await);
+    for page in ["/ui", "/ui/subjects", "/ui/decisions", "/ui/log"] {
+        let got = get(&r, page, &cookie).await;
+        assert_eq!(got.status, StatusCode::OK, "{page}");
+        assert!(!got.text.contains("data-error"), "{page}: {}", got.text);
+        assert!(got.text.contains("read-only"), "{page}");
+    }
+    assert!(
+        !get(&r, "/ui/decisions", &cookie)
+            .await
+            .text
+            .contains(r#"action="/ui/decisions""#)
+    );
+}

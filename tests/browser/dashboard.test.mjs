@@ -131,9 +131,9 @@ describe('chromium on the dashboard', () => {
     });
   });
 
-  test('a read-only login sees decisions but cannot add one', async () => {
+  test('a read-only (view) login sees decisions but cannot add one', async () => {
     await inFreshContext(B.browser, async (context, page) => {
-      await logIn(page, cache.readToken);
+      await logIn(page, cache.viewToken);
       await page.goto(`${base}/ui/decisions`);
       assert.ok(await page.$('#read-only'));
       assert.equal(await page.$('#add-decision'), null, 'no form for a read-only session');

@@ -144,18 +144,21 @@ fn redis_ping(port: u16) -> bool {
 pub const READ: &str = "edge-token";
 pub const INGEST: &str = "origin-token";
 pub const ADMIN: &str = "soc-token";
+/// A person's token that only looks (`view`).
+pub const VIEW: &str = "analyst-token";
 
-/// A tokens file for the three.
+/// A tokens file for the four.
 pub fn tokens_file(dir: &Path) -> PathBuf {
     let d = signalbox_score_cache::auth::digest_hex;
     let path = dir.join("tokens.yaml");
     std::fs::write(
         &path,
         format!(
-            "tokens:\n  - {{name: edges, sha256: {}, scopes: [read]}}\n  - {{name: origin, sha256: {}, scopes: [ingest]}}\n  - {{name: soc, sha256: {}, scopes: [admin]}}\n",
+            "tokens:\n  - {{name: edges, sha256: {}, scopes: [read]}}\n  - {{name: origin, sha256: {}, scopes: [ingest]}}\n  - {{name: soc, sha256: {}, scopes: [admin]}}\n  - {{name: analysts, sha256: {}, scopes: [view]}}\n",
             d(READ),
             d(INGEST),
-            d(ADMIN)
+            d(ADMIN),
+            d(VIEW)
         ),
     )
     .unwrap();
@@ -168,6 +171,7 @@ pub fn tokens() -> signalbox_score_cache::auth::Tokens {
     let mut t = Tokens::single("edges", READ, &[Scope::Read]);
     t.extend(Tokens::single("origin", INGEST, &[Scope::Ingest]));
     t.extend(Tokens::single("soc", ADMIN, &[Scope::Admin]));
+    t.extend(Tokens::single("analysts", VIEW, &[Scope::View]));
     t
 }
 
