@@ -468,6 +468,18 @@ pub fn fetch_log(
     Ok(Ok(records))
 }
 
+/// Unix seconds as an RFC 3339 UTC time (the dashboard shows the same), or the number itself.
+fn utc_time(unix_seconds: u64) -> String {
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix_seconds.to_string())
+}
+
 /// `signalbox fleet`.
 pub fn fleet(cache: &CacheArgs) -> Result<ExitCode> {
     let client = Client::new(cache)?;
@@ -485,7 +497,7 @@ pub fn fleet(cache: &CacheArgs) -> Result<ExitCode> {
                         .as_u64()
                         .map_or_else(|| "-".to_owned(), |r| r.to_string()),
                     at(&n, "clock_skew_ms").as_i64().unwrap_or(0),
-                    at(&n, "last_seen").as_u64().unwrap_or(0),
+                    utc_time(at(&n, "last_seen").as_u64().unwrap_or(0)),
                     if at(&n, "stale").as_bool() == Some(true) {
                         "  STALE"
                     } else {

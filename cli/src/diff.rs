@@ -284,7 +284,7 @@ fn over_log(args: &DiffArgs, candidate_path: &std::path::Path) -> Result<ExitCod
     }
     if !unrecorded.is_empty() {
         println!(
-            "  lists no record names: {} (records keep the lists of the bundle that decided; a list that bundle did not have counts as holding no address)",
+            "  lists no replayed address was in: {} (a record keeps only the lists its address was in when it was decided: a list the candidate adds or widens counts as holding none of these addresses)",
             unrecorded.join(", ")
         );
     }

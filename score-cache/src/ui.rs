@@ -716,7 +716,8 @@ fn time_chart(
 }
 
 /// Horizontal bars of `(label, count)` pairs.
-fn bars(id: &str, rows: &[(String, u64)]) -> String {
+/// Horizontal bars, one per row, the `k`th filled with `fill(k)`.
+fn bars(id: &str, rows: &[(String, u64)], fill: impl Fn(usize) -> &'static str) -> String {
     let max = rows.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
     let height = rows.len() as u64 * 22 + 4;
     let mut svg = format!(
@@ -727,8 +728,9 @@ fn bars(id: &str, rows: &[(String, u64)]) -> String {
         let w = n * 300 / max;
         let _ = write!(
             svg,
-            r##"<g data-label="{l}" data-count="{n}"><text x="0" y="{ty}" font-size="12">{l}</text><rect x="200" y="{y}" width="{w}" height="16" fill="#3b7ddd"/><text x="{tx}" y="{ty}" font-size="12">{n}</text></g>"##,
+            r##"<g data-label="{l}" data-count="{n}"><text x="0" y="{ty}" font-size="12">{l}</text><rect x="200" y="{y}" width="{w}" height="16" fill="{f}"/><text x="{tx}" y="{ty}" font-size="12">{n}</text></g>"##,
             l = esc(label),
+            f = fill(i),
             ty = y + 12,
             tx = 205 + w,
         );
@@ -814,7 +816,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         .collect();
     let _ = write!(
         body,
-        r#"<h2>Decisions, last hour</h2><p id="decision-totals">{shown} of {total} records: {counts}</p>{chart}
+        r#"<h2>Decisions, last hour</h2><p id="decision-totals">{shown} of {total} records: {counts}</p><p class="muted">Edges record every challenge, throttle and block, and a sample of passes (their <code>decision_log.pass_sample_percent</code>, 1% by default), so passes are undercounted here.</p>{chart}
 <h2>By client class, last hour</h2>{classes}<h2>Top reasons</h2>{reasons}"#,
         shown = records.len(),
         chart = time_chart(
@@ -846,10 +848,13 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
                         .unwrap_or("#7f8c8d")
                         .to_owned(),
                 ),
-                bars("class-chart", &top)
+                // The same colour per class as the chart above.
+                bars("class-chart", &top, |k| {
+                    CLASS_COLOURS.get(k).copied().unwrap_or("#7f8c8d")
+                })
             )
         },
-        reasons = bars("reason-chart", &ranked(by_reason, 10)),
+        reasons = bars("reason-chart", &ranked(by_reason, 10), |_| "#3b7ddd"),
     );
     body.push_str(r#"<h2>Fleet</h2><table id="fleet"><tr><th>node</th><th>stable</th><th>canary</th><th>last report</th><th>last error</th></tr>"#);
     for node in fleet.f("nodes").as_array().into_iter().flatten() {
@@ -927,7 +932,7 @@ async fn subjects(
     let mut body = error_block(&errors);
     let _ = write!(
         body,
-        r#"<form method="get" class="card">{inputs}<button>Filter</button></form><p>{total} subjects; average score {avg:.1}; high risk {high}, critical {critical}</p>
+        r#"<form method="get" class="card">{inputs}<button>Filter</button></form><p>{total} {noun}; average score {avg:.1}; high risk {high}, critical {critical}</p>
 <table id="subjects"><tr><th>subject</th><th>score</th><th>level</th><th>trend</th><th>factors</th></tr>"#,
         inputs = filter_inputs(
             &params,
@@ -940,6 +945,11 @@ async fn subjects(
             ]
         ),
         total = esc(&text_of(answer.f("total"))),
+        noun = if answer.f("total").as_u64() == Some(1) {
+            "subject"
+        } else {
+            "subjects"
+        },
         avg = answer
             .f("summary")
             .f("average_score")
@@ -1115,15 +1125,19 @@ async fn decisions_page(ui: &Ui, session: &Session, problems: &[String]) -> Resp
             body,
             r#"<form method="post" action="/ui/decisions" class="card" id="add-decision"><input type="hidden" name="csrf" value="{csrf}">
 <label>Action <select name="action"><option>ban</option><option>challenge</option><option>throttle</option><option>allow</option></select></label>
-<label>Scope <select name="scope"><option>ip</option><option>user</option><option>device</option></select></label>
+<label>Scope <select name="scope"><option>ip</option><option>range</option><option>user</option><option>device</option><option>country</option><option>asn</option></select></label>
 <label>Key <input name="key" required></label>
-<label>Duration (s) <input name="duration_seconds" value="3600" size="8"></label>
+<label>Duration <input name="duration_seconds" value="1h" size="8" title="seconds, or with a unit: 10m, 1h, 7d"></label>
 <label>Reason <input name="reason" required></label>
 <button type="submit">Add decision</button></form>"#,
             csrf = esc(&session.csrf)
         );
     } else {
         body.push_str(r#"<p class="muted" id="read-only">Read-only: an admin token can add and remove decisions.</p>"#);
+    }
+    let in_force = answer.f("decisions").as_array().map_or(0, Vec::len);
+    if in_force == 0 && errors.is_empty() {
+        body.push_str(r#"<p id="no-decisions">No manual decisions in force. (Lifted and expired ones leave this list; edges drop them within a poll.)</p>"#);
     }
     body.push_str(r#"<table id="decisions"><tr><th>action</th><th>subject</th><th>reason</th><th>expires</th><th></th></tr>"#);
     for d in answer.f("decisions").as_array().into_iter().flatten() {
@@ -1152,6 +1166,24 @@ async fn decisions_page(ui: &Ui, session: &Session, problems: &[String]) -> Resp
     page("Manual decisions", Some(session), &body).into_response()
 }
 
+/// A duration as people write it: seconds (`600`), or a number with a unit (`90s`, `10m`,
+/// `1h`, `7d`), as `signalbox decisions add --duration` takes it.
+fn duration_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (at, c) if c.is_ascii_alphabetic() => (text.get(..at)?, c),
+        _ => (text, 's'),
+    };
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(per)
+}
+
 #[derive(Deserialize)]
 struct DecisionForm {
     csrf: String,
@@ -1177,8 +1209,13 @@ async fn add_decision(
         )
             .into_response();
     }
-    let Ok(duration) = form.duration_seconds.trim().parse::<u64>() else {
-        return decisions_page(&ui, &session, &["duration: a number of seconds".to_owned()]).await;
+    let Some(duration) = duration_seconds(&form.duration_seconds) else {
+        return decisions_page(
+            &ui,
+            &session,
+            &["duration: seconds, or a number with a unit (10m, 1h, 7d)".to_owned()],
+        )
+        .await;
     };
     let decision = serde_json::json!({
         "action": form.action, "scope": form.scope, "key": form.key.trim(),
@@ -1408,6 +1445,18 @@ mod tests {
         }
         // The permits came back.
         assert_eq!(status_of(&router).await, StatusCode::OK);
+    }
+
+    #[test]
+    fn durations_are_read_as_people_write_them() {
+        assert_eq!(duration_seconds("600"), Some(600));
+        assert_eq!(duration_seconds(" 10m "), Some(600));
+        assert_eq!(duration_seconds("1h"), Some(3_600));
+        assert_eq!(duration_seconds("7d"), Some(604_800));
+        assert_eq!(duration_seconds("90s"), Some(90));
+        for bad in ["", "h", "10x", "-5m", "1.5h", "99999999999999999999d"] {
+            assert_eq!(duration_seconds(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

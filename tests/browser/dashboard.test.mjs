@@ -121,13 +121,21 @@ describe('chromium on the dashboard', () => {
       await page.select('select[name=scope]', 'ip');
       await page.type('input[name=key]', '198.51.100.23');
       await page.type('input[name=reason]', 'card testing seen by the fraud team');
+      // A duration as people write it: ten minutes.
+      await page.$eval('input[name=duration_seconds]', (e) => { e.value = ''; });
+      await page.type('input[name=duration_seconds]', '10m');
       await Promise.all([page.waitForNavigation(), page.click('#add-decision button')]);
       assert.ok(await page.$('#decisions tr[data-decision-id]'), 'the decision is listed');
+      const inForce = await api('GET', '/v1/decisions', cache.adminToken);
+      const added = inForce.decisions.find((d) => d.key === '198.51.100.23');
+      const left = added.expires_at - Date.now() / 1000;
+      assert.ok(left > 540 && left <= 600, `expires in ${left} s, not 10 minutes`);
       const stream = await api('GET', '/v1/decisions/stream?since=0', cache.readToken);
       assert.ok(JSON.stringify(stream).includes('198.51.100.23'), JSON.stringify(stream));
       await page.screenshot({ path: screenshotPath('dashboard-decisions'), fullPage: true });
       await Promise.all([page.waitForNavigation(), page.click('#decisions tr[data-decision-id] button')]);
       assert.equal(await page.$('#decisions tr[data-decision-id]'), null, 'removed');
+      assert.ok(await page.$('#no-decisions'), 'the empty list says so');
     });
   });
 
