@@ -106,15 +106,22 @@ pub struct Ui {
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
+impl Ui {
+    /// The dashboard over `api`, with no sessions yet.
+    fn new(api: Router, settings: UiSettings) -> Self {
+        Ui {
+            api,
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            login_attempts: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+}
+
 /// The `/ui` routes, reading through `api` (the API router, with its state).
 pub fn routes(api: Router, settings: UiSettings) -> Router {
-    let ui = Arc::new(Ui {
-        api,
-        settings,
-        sessions: Mutex::new(HashMap::new()),
-        login_attempts: Mutex::new(HashMap::new()),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-    });
+    let ui = Arc::new(Ui::new(api, settings));
     let bounds = axum::middleware::from_fn_with_state(Arc::clone(&ui), bound);
     Router::new()
         .route("/ui", get(overview))
@@ -276,7 +283,9 @@ fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
 /// /64 (one site's share: a /64 holds 2^64 addresses to rotate through).
 fn login_client(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        IpAddr::V6(v6) => {
+            ipnet::Ipv6Net::new(v6, 64).map_or(IpAddr::V6(v6), |net| IpAddr::V6(net.trunc().addr()))
+        }
         v4 => v4,
     }
 }
@@ -1383,18 +1392,15 @@ mod tests {
     /// A dashboard router with one route that waits until `gate` has permits, behind the same
     /// [`bound`] every `/ui` route has.
     fn held(timeout: Duration, gate: Arc<tokio::sync::Semaphore>) -> Router {
-        let ui = Arc::new(Ui {
-            api: Router::new(),
-            settings: UiSettings {
+        let ui = Arc::new(Ui::new(
+            Router::new(),
+            UiSettings {
                 tokens: Tokens::default(),
                 secure_cookies: false,
                 public_origin: None,
                 request_timeout: timeout,
             },
-            sessions: Mutex::new(HashMap::new()),
-            login_attempts: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-        });
+        ));
         Router::new()
             .route(
                 "/ui/held",
